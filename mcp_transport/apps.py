@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class McpTransportConfig(AppConfig):
+    name = "mcp_transport"
+    verbose_name = "MCP transport"

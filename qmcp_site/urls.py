@@ -1,0 +1,18 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from qmcp_site import views
+from qmcp_site.api import api
+
+admin.site.site_header = "QMCP administration"
+admin.site.site_title = "QMCP"
+admin.site.index_title = "Tools, audit log and approvals"
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("health", views.health, name="health"),
+    path("admin/", admin.site.urls),
+    path("v1/", api.urls),
+    path("", include("django_prometheus.urls")),
+]

@@ -1,0 +1,47 @@
+import pytest
+from django.test import Client
+
+from tests.factories import StaffFactory, make_token
+from users.principals import Principal
+
+
+@pytest.fixture
+def staff(db):
+    return StaffFactory()
+
+
+@pytest.fixture
+def principal(staff):
+    """A staff principal with every scope, as if logged in."""
+    return Principal.for_user(staff)
+
+
+class ApiClient:
+    """A Django test client that sends a bearer token and JSON bodies."""
+
+    def __init__(self, secret: str | None):
+        self.client = Client()
+        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+
+    def get(self, path, **params):
+        return self.client.get(path, params, headers=self.headers)
+
+    def post(self, path, body: str | bytes = "", content_type="application/json"):
+        return self.client.post(path, body, content_type=content_type, headers=self.headers)
+
+
+@pytest.fixture
+def api_for(db):
+    """``api_for(user, scopes)`` gives an ApiClient with a fresh token."""
+
+    def make(user=None, scopes=None):
+        _, secret = make_token(user=user, scopes=scopes)
+        return ApiClient(secret)
+
+    return make
+
+
+@pytest.fixture
+def api(api_for, staff):
+    """A client for a staff user's token with every scope."""
+    return api_for(staff, ["tools:read", "tools:call", "hitl:respond"])

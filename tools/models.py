@@ -1,0 +1,107 @@
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+
+class ToolPolicy(models.Model):
+    """Per-tool rules, created from the registry's defaults and edited in the admin."""
+
+    tool_name = models.CharField(max_length=100, unique=True)
+    enabled = models.BooleanField(default=True)
+    requires_approval = models.BooleanField(default=False)
+    approver_group = models.ForeignKey(
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        help_text="Only members of this group may approve; empty means any reviewer.",
+    )
+    approvals_required = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(10)]
+    )
+    approval_timeout_seconds = models.PositiveIntegerField(
+        default=3600, validators=[MinValueValidator(10)]
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tool_name"]
+        verbose_name_plural = "tool policies"
+
+    def __str__(self):
+        return self.tool_name
+
+
+class ToolInvocation(models.Model):
+    """The audit record of one tool call through any interface; never edited by hand."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        REFUSED = "refused", "Refused"
+        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
+        REJECTED = "rejected", "Rejected"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Via(models.TextChoices):
+        MCP = "mcp", "MCP"
+        REST = "rest", "REST /v1"
+        API = "api", "DRF /api"
+        ADMIN = "admin", "Admin"
+        TASK = "task", "Celery task"
+        CLI = "cli", "manage.py"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tool_name = models.CharField(max_length=100, db_index=True)
+    arguments = models.JSONField(null=True, blank=True)
+    principal = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tool_invocations",
+    )
+    principal_label = models.CharField(
+        max_length=255, blank=True, help_text="Who called, kept if the user is deleted."
+    )
+    token = models.ForeignKey(
+        "users.ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    via = models.CharField(max_length=16, choices=Via.choices)
+    mcp_session_id = models.CharField(max_length=64, blank=True, db_index=True)
+    request_id = models.CharField(max_length=128, blank=True)
+    correlation_id = models.CharField(max_length=128, blank=True, db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["principal", "-created_at"])]
+
+    def __str__(self):
+        return f"{self.tool_name} {self.status} ({self.id})"
+
+    FINAL_STATUSES = frozenset(
+        {
+            Status.SUCCEEDED,
+            Status.FAILED,
+            Status.REFUSED,
+            Status.REJECTED,
+            Status.EXPIRED,
+            Status.CANCELLED,
+        }
+    )
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATUSES

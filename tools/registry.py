@@ -1,0 +1,174 @@
+"""The tool registry: ``@tool`` registers a function with pydantic input and output models.
+
+A tool function takes ``(args, ctx)``: ``args`` is an instance of its input model, already
+validated, and ``ctx`` a :class:`ToolContext`. It returns an instance of its output model,
+a string, or a :class:`ToolResult`, and raises ``ApplicationError`` to report a failure the
+caller should read.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from qmcp_site.errors import ApplicationError
+
+ANNOTATION_KEYS = {"title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"}
+
+
+@dataclass
+class ToolResult:
+    """What a tool produced, in MCP's CallToolResult shape."""
+
+    content: list[dict[str, Any]]
+    structured: dict[str, Any] | None = None
+    is_error: bool = False
+
+    @classmethod
+    def text(cls, text: str, structured: dict[str, Any] | None = None) -> "ToolResult":
+        return cls(content=[{"type": "text", "text": text}], structured=structured)
+
+    def as_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"content": self.content, "isError": self.is_error}
+        if self.structured is not None:
+            result["structuredContent"] = self.structured
+        return result
+
+
+class ToolContext:
+    """What a running tool may use besides its arguments.
+
+    Interfaces that can stream (MCP) pass ``notify``, which receives progress and log
+    notifications as ``(method, params)``; elsewhere they are only logged.
+    """
+
+    def __init__(self, *, principal=None, invocation=None, notify: Callable | None = None):
+        self.principal = principal
+        self.invocation = invocation
+        self._notify = notify
+
+    def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ):
+        params: dict[str, Any] = {"progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        self._emit("notifications/progress", params)
+
+    def log(self, level: str, data: Any, logger: str | None = None):
+        params: dict[str, Any] = {"level": level, "data": data}
+        if logger:
+            params["logger"] = logger
+        self._emit("notifications/message", params)
+
+    def _emit(self, method: str, params: dict[str, Any]):
+        if self._notify is not None:
+            self._notify(method, params)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    func: Callable[[Any, ToolContext], Any]
+    input_model: type[pydantic.BaseModel]
+    output_model: type[pydantic.BaseModel] | None = None
+    title: str | None = None
+    annotations: dict[str, Any] = field(default_factory=dict)
+    requires_approval: bool = False
+
+    def input_schema(self) -> dict[str, Any]:
+        return self.input_model.model_json_schema()
+
+    def output_schema(self) -> dict[str, Any] | None:
+        return self.output_model.model_json_schema() if self.output_model else None
+
+    def parse_arguments(self, arguments: Any) -> pydantic.BaseModel:
+        """The validated input model; ``invalid_arguments`` with pydantic's errors otherwise."""
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise ApplicationError(
+                "Tool arguments must be a JSON object.",
+                "invalid_arguments",
+                {"received_type": type(arguments).__name__},
+            )
+        try:
+            return self.input_model.model_validate(arguments)
+        except pydantic.ValidationError as exc:
+            errors = [
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+            summary = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in errors
+            )
+            raise ApplicationError(
+                f"Invalid arguments for tool '{self.name}': {summary}",
+                "invalid_arguments",
+                {"errors": errors},
+            ) from exc
+
+    def to_result(self, value: Any) -> ToolResult:
+        """Normalises what the tool function returned into a ToolResult."""
+        if isinstance(value, ToolResult):
+            return value
+        if isinstance(value, pydantic.BaseModel):
+            data = value.model_dump(mode="json")
+            return ToolResult.text(json.dumps(data, ensure_ascii=False), structured=data)
+        if isinstance(value, str):
+            return ToolResult.text(value)
+        raise TypeError(f"Tool {self.name!r} returned {type(value).__name__}")
+
+
+_REGISTRY: dict[str, ToolSpec] = {}
+
+
+def tool(
+    *,
+    name: str,
+    description: str,
+    input: type[pydantic.BaseModel],
+    output: type[pydantic.BaseModel] | None = None,
+    title: str | None = None,
+    annotations: dict[str, Any] | None = None,
+    requires_approval: bool = False,
+):
+    """Registers the decorated function as a tool; names are unique."""
+    annotations = dict(annotations or {})
+    unknown = set(annotations) - ANNOTATION_KEYS
+    if unknown:
+        raise ValueError(f"Unknown tool annotations: {sorted(unknown)}")
+
+    def decorator(func):
+        if name in _REGISTRY and _REGISTRY[name].func is not func:
+            raise ValueError(f"A tool named {name!r} is already registered.")
+        _REGISTRY[name] = ToolSpec(
+            name=name,
+            description=description,
+            func=func,
+            input_model=input,
+            output_model=output,
+            title=title,
+            annotations=annotations,
+            requires_approval=requires_approval,
+        )
+        return func
+
+    return decorator
+
+
+def get_tool(name: str) -> ToolSpec | None:
+    return _REGISTRY.get(name)
+
+
+def all_tools() -> list[ToolSpec]:
+    return sorted(_REGISTRY.values(), key=lambda spec: spec.name)
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)

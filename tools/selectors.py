@@ -1,0 +1,62 @@
+import uuid
+
+from django.db.models import QuerySet
+
+from qmcp_site.errors import ApplicationError
+from tools.models import ToolInvocation, ToolPolicy
+from tools.registry import ToolSpec, all_tools
+from users.models import ApiToken
+from users.principals import Principal
+
+
+def tool_list(*, principal: Principal) -> list[tuple[ToolSpec, ToolPolicy | None]]:
+    """Every registered tool with its policy (None until the policy row exists)."""
+    principal.require_scope(ApiToken.Scope.TOOLS_READ)
+    policies = {p.tool_name: p for p in ToolPolicy.objects.select_related("approver_group")}
+    return [(spec, policies.get(spec.name)) for spec in all_tools()]
+
+
+def invocation_queryset(*, principal: Principal) -> QuerySet[ToolInvocation]:
+    """Invocations the principal may read: staff see all, others their own."""
+    principal.require_scope(ApiToken.Scope.TOOLS_READ)
+    qs = ToolInvocation.objects.all()
+    if not principal.user.is_staff:
+        qs = qs.filter(principal=principal.user)
+    return qs
+
+
+def invocation_list(
+    *,
+    principal: Principal,
+    tool: str | None = None,
+    status: str | None = None,
+    principal_id: int | None = None,
+) -> QuerySet[ToolInvocation]:
+    if status is not None and status not in ToolInvocation.Status.values:
+        raise ApplicationError(
+            f"Unknown status '{status}'.",
+            "bad_request",
+            {"allowed": list(ToolInvocation.Status.values)},
+        )
+    qs = invocation_queryset(principal=principal)
+    if tool:
+        qs = qs.filter(tool_name=tool)
+    if status:
+        qs = qs.filter(status=status)
+    if principal_id is not None:
+        qs = qs.filter(principal_id=principal_id)
+    return qs.order_by("-created_at")
+
+
+def invocation_get(*, principal: Principal, invocation_id: uuid.UUID | str) -> ToolInvocation:
+    """One readable invocation; ``not_found`` for an unknown, malformed or foreign id."""
+    try:
+        pk = uuid.UUID(str(invocation_id))
+    except ValueError:
+        pk = None
+    invocation = invocation_queryset(principal=principal).filter(pk=pk).first() if pk else None
+    if invocation is None:
+        raise ApplicationError(
+            f"No invocation with id '{invocation_id}'.", "not_found", {"id": str(invocation_id)}
+        )
+    return invocation

@@ -1,0 +1,187 @@
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from qmcp_site.errors import ApplicationError
+from tools.models import ToolInvocation, ToolPolicy
+from tools.registry import ToolContext, ToolResult, ToolSpec, all_tools, get_tool
+from tools.signals import invocation_gated
+from users.models import ApiToken
+from users.principals import Principal
+
+logger = logging.getLogger(__name__)
+
+Status = ToolInvocation.Status
+
+
+def tool_policy_defaults(spec: ToolSpec) -> dict[str, Any]:
+    return {"requires_approval": spec.requires_approval}
+
+
+def tool_policy_get(*, spec: ToolSpec) -> ToolPolicy:
+    """The tool's policy row, created from the registry's defaults on first use."""
+    policy = ToolPolicy.objects.filter(tool_name=spec.name).first()
+    if policy is None:
+        policy, _ = ToolPolicy.objects.get_or_create(
+            tool_name=spec.name, defaults=tool_policy_defaults(spec)
+        )
+    return policy
+
+
+def tool_policies_sync() -> list[ToolPolicy]:
+    """Creates the missing policy rows for every registered tool; existing rows are kept."""
+    existing = set(ToolPolicy.objects.values_list("tool_name", flat=True))
+    created = [
+        ToolPolicy(tool_name=spec.name, **tool_policy_defaults(spec))
+        for spec in all_tools()
+        if spec.name not in existing
+    ]
+    ToolPolicy.objects.bulk_create(created, ignore_conflicts=True)
+    return created
+
+
+def tool_invoke(
+    *,
+    name: str,
+    arguments: Any,
+    principal: Principal,
+    via: str,
+    mcp_session_id: str = "",
+    request_id: str = "",
+    correlation_id: str = "",
+    notify: Callable[[str, dict], None] | None = None,
+) -> ToolInvocation:
+    """Records one tool call and runs it, or leaves it waiting for approval.
+
+    Exactly one ToolInvocation row is written per call. A refusal (unknown tool, missing
+    scope, disabled tool, invalid arguments) is recorded as ``refused`` and then raised as
+    ApplicationError. Otherwise the returned invocation is ``succeeded``, ``failed`` (the
+    tool raised; its error is in ``error`` and an ``isError`` result) or
+    ``awaiting_approval`` (the ``invocation_gated`` signal has been sent in the same
+    transaction).
+    """
+    record = _invocation_record(
+        name=name,
+        arguments=arguments,
+        principal=principal,
+        via=via,
+        mcp_session_id=mcp_session_id,
+        request_id=request_id,
+        correlation_id=correlation_id,
+    )
+    spec = get_tool(name)
+    try:
+        if spec is None:
+            raise ApplicationError(f"Unknown tool '{name}'.", "unknown_tool", {"tool": name})
+        principal.require_scope(ApiToken.Scope.TOOLS_CALL)
+        policy = tool_policy_get(spec=spec)
+        if not policy.enabled:
+            raise ApplicationError(
+                f"Tool '{name}' is disabled by its policy.", "tool_disabled", {"tool": name}
+            )
+        args = spec.parse_arguments(arguments)
+    except ApplicationError as exc:
+        _record_refusal(record, exc)
+        raise
+
+    if policy.requires_approval:
+        with transaction.atomic():
+            invocation = ToolInvocation.objects.create(**record, status=Status.AWAITING_APPROVAL)
+            invocation_gated.send(sender=ToolInvocation, invocation=invocation, policy=policy)
+        return invocation
+
+    invocation = ToolInvocation.objects.create(
+        **record, status=Status.RUNNING, started_at=timezone.now()
+    )
+    return tool_invocation_execute(
+        invocation=invocation, spec=spec, args=args, principal=principal, notify=notify
+    )
+
+
+def tool_invoke_refuse(*, error: ApplicationError, **call) -> None:
+    """Records a call refused before it could be parsed (say, a malformed body), then raises
+    ``error``. Takes the same keyword arguments as :func:`tool_invoke`."""
+    _record_refusal(_invocation_record(**call), error)
+    raise error
+
+
+def _record_refusal(record: dict[str, Any], error: ApplicationError) -> None:
+    ToolInvocation.objects.create(
+        **record, status=Status.REFUSED, error=error.as_dict(), finished_at=timezone.now()
+    )
+
+
+def _invocation_record(
+    *,
+    name: str,
+    arguments: Any,
+    principal: Principal,
+    via: str,
+    mcp_session_id: str = "",
+    request_id: str = "",
+    correlation_id: str = "",
+) -> dict[str, Any]:
+    return {
+        "tool_name": str(name)[:100],
+        "arguments": arguments,
+        "principal": principal.user,
+        "principal_label": principal.label[:255],
+        "token": principal.token,
+        "via": via,
+        "mcp_session_id": mcp_session_id,
+        "request_id": request_id[:128],
+        "correlation_id": correlation_id[:128],
+    }
+
+
+def tool_invocation_execute(
+    *,
+    invocation: ToolInvocation,
+    spec: ToolSpec,
+    args: Any,
+    principal: Principal | None,
+    notify: Callable[[str, dict], None] | None = None,
+) -> ToolInvocation:
+    """Runs a ``running`` invocation's tool and records the outcome.
+
+    The tool's own writes happen in a savepoint, so a tool that fails half way leaves
+    nothing behind but the invocation's ``failed`` record.
+    """
+    context = ToolContext(principal=principal, invocation=invocation, notify=notify)
+    started = time.perf_counter()
+    error = None
+    try:
+        with transaction.atomic():
+            result = spec.to_result(spec.func(args, context))
+    except ApplicationError as exc:
+        error = exc.as_dict()
+        result = ToolResult.text(exc.message)
+        result.is_error = True
+    except Exception:
+        logger.exception("tool %s failed", spec.name, extra={"invocation": str(invocation.pk)})
+        error = {"code": "tool_failed", "message": f"Tool '{spec.name}' failed unexpectedly."}
+        result = ToolResult.text(error["message"])
+        result.is_error = True
+    if result.is_error and error is None:
+        error = {
+            "code": "tool_failed",
+            "message": _first_text(result) or "The tool reported an error.",
+        }
+    invocation.status = Status.FAILED if result.is_error else Status.SUCCEEDED
+    invocation.result = result.as_dict()
+    invocation.error = error
+    invocation.finished_at = timezone.now()
+    invocation.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    invocation.save(update_fields=["status", "result", "error", "finished_at", "duration_ms"])
+    return invocation
+
+
+def _first_text(result: ToolResult) -> str:
+    for item in result.content:
+        if item.get("type") == "text":
+            return item.get("text", "")
+    return ""

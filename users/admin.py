@@ -1,0 +1,126 @@
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.forms import UserChangeForm as BaseUserChangeForm
+from django.contrib.auth.forms import UserCreationForm as BaseUserCreationForm
+
+from users.models import ApiToken, User
+from users.services import api_token_create, api_token_revoke
+
+
+class UserCreationForm(BaseUserCreationForm):
+    class Meta:
+        model = User
+        fields = ("email", "name", "surname")
+
+
+class UserChangeForm(BaseUserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    form = UserChangeForm
+    add_form = UserCreationForm
+    ordering = ("email",)
+    list_display = ("email", "name", "surname", "company", "is_staff", "is_active")
+    list_filter = ("is_staff", "is_superuser", "is_active", "gender", "groups")
+    search_fields = ("email", "name", "surname", "company")
+    fieldsets = (
+        (None, {"fields": ("email", "password")}),
+        (
+            "Profile",
+            {
+                "fields": (
+                    ("name", "surname"),
+                    "about_me",
+                    ("phone", "date_of_birth"),
+                    "address",
+                    ("gender", "company", "salary"),
+                )
+            },
+        ),
+        (
+            "Permissions",
+            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+        ),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = (
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": ("email", "name", "surname", "password1", "password2"),
+            },
+        ),
+    )
+
+
+class ApiTokenForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiToken.Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        initial=[ApiToken.Scope.TOOLS_READ, ApiToken.Scope.TOOLS_CALL],
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ("user", "name", "scopes", "expires_at")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    form = ApiTokenForm
+    list_display = (
+        "name",
+        "user",
+        "prefix",
+        "scopes",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    )
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "prefix", "user__email")
+    autocomplete_fields = ("user",)
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    fields = (
+        "user",
+        "name",
+        "scopes",
+        "expires_at",
+        "prefix",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    actions = ["revoke"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A token's owner and scopes are fixed once it exists; make a new one instead.
+        if obj is not None:
+            return self.readonly_fields + ("user", "scopes", "name")
+        return self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        token, secret = api_token_create(
+            user=obj.user, name=obj.name, scopes=obj.scopes, expires_at=obj.expires_at
+        )
+        obj.pk = token.pk
+        self.message_user(
+            request,
+            f"Token created. Copy the secret now; it is not shown again: {secret}",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke(self, request, queryset):
+        for token in queryset:
+            api_token_revoke(token=token)
+        self.message_user(request, f"Revoked {queryset.count()} token(s).", messages.SUCCESS)

@@ -1,0 +1,21 @@
+"""Bearer-token authentication for the REST APIs."""
+
+from ninja.security import HttpBearer
+
+from users.principals import Principal
+from users.services import api_token_authenticate
+
+
+class BearerAuth(HttpBearer):
+    """Accepts ``Authorization: Bearer <token>``; sets ``request.principal``.
+
+    An invalid, revoked or expired token raises ``unauthenticated``, so the client learns
+    which; a missing header gets ninja's plain 401.
+    """
+
+    openapi_description = "An API token from `manage.py create_api_token` or the admin."
+
+    def authenticate(self, request, token: str) -> Principal:
+        principal = api_token_authenticate(secret=token)
+        request.principal = principal
+        return principal

@@ -1,0 +1,40 @@
+"""Who is calling: a user, and the token (with its scopes) they came with, if any."""
+
+from dataclasses import dataclass, field
+
+from qmcp_site.errors import ApplicationError
+from users.models import ApiToken, User
+
+ALL_SCOPES = frozenset(ApiToken.Scope.values)
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: User
+    token: ApiToken | None = None
+    scopes: frozenset[str] = field(default=ALL_SCOPES)
+
+    @classmethod
+    def for_user(cls, user: User) -> "Principal":
+        """A person logged in with a session: every scope their permissions allow."""
+        return cls(user=user)
+
+    @classmethod
+    def for_token(cls, token: ApiToken) -> "Principal":
+        return cls(user=token.user, token=token, scopes=frozenset(token.scopes))
+
+    @property
+    def label(self) -> str:
+        if self.token is not None:
+            return f"{self.user.email} (token {self.token.prefix}…)"
+        return self.user.email
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def require_scope(self, scope: str) -> None:
+        """Raises ``missing_scope`` unless the principal holds ``scope``."""
+        if not self.has_scope(scope):
+            raise ApplicationError(
+                f"This token lacks the '{scope}' scope.", "missing_scope", {"scope": scope}
+            )

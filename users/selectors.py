@@ -1,0 +1,33 @@
+from django.db.models import Q, QuerySet
+
+from qmcp_site.errors import ApplicationError
+from users.models import User
+
+
+def managed_user_queryset() -> QuerySet[User]:
+    """Users the user tools may see: never staff or superusers."""
+    return User.objects.filter(is_staff=False, is_superuser=False)
+
+
+def user_get_managed(*, user_id: int) -> User:
+    """The managed user with ``user_id``; a clear error for a missing or privileged account."""
+    user = User.objects.filter(pk=user_id).first()
+    if user is None:
+        raise ApplicationError(f"No user with id {user_id}.", "not_found", {"user_id": user_id})
+    if user.is_privileged:
+        raise ApplicationError(
+            f"User {user_id} is a staff account; the user tools never read or change staff "
+            "or superuser accounts.",
+            "forbidden",
+            {"user_id": user_id},
+        )
+    return user
+
+
+def user_search(*, query: str, limit: int = 20) -> list[User]:
+    """Managed users whose name, surname or email contains ``query`` (case-insensitive)."""
+    query = query.strip()
+    condition = Q()
+    for term in query.split():
+        condition &= Q(name__icontains=term) | Q(surname__icontains=term) | Q(email__icontains=term)
+    return list(managed_user_queryset().filter(condition).order_by("id")[:limit])

@@ -1,0 +1,132 @@
+import secrets
+from datetime import datetime, timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from qmcp_site.errors import ApplicationError
+from users.models import ApiToken, User, hash_token
+from users.principals import Principal
+
+TOKEN_PREFIX = "qmcp_"
+# last_used_at is written at most this often per token, to keep auth off the write path.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+PROFILE_FIELDS = (
+    "name",
+    "surname",
+    "email",
+    "about_me",
+    "phone",
+    "date_of_birth",
+    "address",
+    "gender",
+    "company",
+    "salary",
+)
+
+
+def _validation_error(exc: ValidationError) -> ApplicationError:
+    details = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+    if any("already exists" in m for msgs in details.values() for m in msgs):
+        return ApplicationError("A user with this email already exists.", "conflict", details)
+    return ApplicationError("Invalid user data.", "invalid_arguments", details)
+
+
+def _save_profile(user: User) -> User:
+    try:
+        user.full_clean(exclude=["password"])
+        with transaction.atomic():
+            user.save()
+    except ValidationError as exc:
+        raise _validation_error(exc) from exc
+    except IntegrityError as exc:
+        raise ApplicationError("A user with this email already exists.", "conflict") from exc
+    return user
+
+
+def user_create(*, email: str, name: str = "", surname: str = "", **profile) -> User:
+    """Creates a non-staff user record with an unusable password; the email must be free."""
+    unknown = set(profile) - set(PROFILE_FIELDS)
+    if unknown:
+        raise ApplicationError(f"Unknown profile fields: {sorted(unknown)}", "invalid_arguments")
+    user = User(email=User.objects.normalize_email(email), name=name, surname=surname, **profile)
+    user.set_unusable_password()
+    return _save_profile(user)
+
+
+def user_update(*, user: User, **changes) -> User:
+    """Applies profile ``changes`` (only the profile fields) and validates the result."""
+    unknown = set(changes) - set(PROFILE_FIELDS)
+    if unknown:
+        raise ApplicationError(f"Unknown profile fields: {sorted(unknown)}", "invalid_arguments")
+    for name, value in changes.items():
+        setattr(user, name, value)
+    if "email" in changes:
+        user.email = User.objects.normalize_email(user.email)
+    return _save_profile(user)
+
+
+def user_delete(*, user: User) -> None:
+    user.delete()
+
+
+def api_token_create(
+    *,
+    user: User,
+    name: str,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """Creates a token and returns it with its secret, which is never stored or shown again."""
+    scopes = (
+        list(scopes)
+        if scopes is not None
+        else [ApiToken.Scope.TOOLS_READ, ApiToken.Scope.TOOLS_CALL]
+    )
+    unknown = sorted(set(scopes) - set(ApiToken.Scope.values))
+    if unknown:
+        allowed = ", ".join(ApiToken.Scope.values)
+        raise ApplicationError(f"Unknown scopes: {', '.join(unknown)}; choose from {allowed}.")
+    if not name.strip():
+        raise ApplicationError("A token needs a name.", "invalid")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user,
+        name=name.strip(),
+        prefix=secret[: len(TOKEN_PREFIX) + 6],
+        token_hash=hash_token(secret),
+        scopes=sorted(set(scopes)),
+        expires_at=expires_at,
+    )
+    return token, secret
+
+
+def api_token_revoke(*, token: ApiToken) -> ApiToken:
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    return token
+
+
+def api_token_authenticate(*, secret: str) -> Principal:
+    """The principal for a bearer secret; ``unauthenticated`` if unknown, revoked or expired."""
+    token = (
+        ApiToken.objects.select_related("user").filter(token_hash=hash_token(secret)).first()
+        if secret
+        else None
+    )
+    if token is None:
+        raise ApplicationError("Invalid API token.", "unauthenticated")
+    if token.is_revoked:
+        raise ApplicationError("This API token has been revoked.", "unauthenticated")
+    if token.is_expired:
+        raise ApplicationError("This API token has expired.", "unauthenticated")
+    if not token.user.is_active:
+        raise ApplicationError("The token's user is inactive.", "unauthenticated")
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return Principal.for_token(token)

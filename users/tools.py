@@ -1,0 +1,204 @@
+"""The five user tools. They manage ordinary user records and refuse staff accounts."""
+
+from datetime import date
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from tools.registry import ToolResult, tool
+from tools.schemas import ToolInput
+from users import selectors, services
+from users.models import User
+
+Gender = Literal["female", "male", "non_binary", "other", ""]
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    surname: str
+    email: str
+    about_me: str
+    phone: str
+    date_of_birth: date | None
+    address: str
+    gender: str
+    company: str
+    salary: float | None
+
+    @classmethod
+    def of(cls, user: User) -> "UserOut":
+        return cls(
+            id=user.pk,
+            name=user.name,
+            surname=user.surname,
+            email=user.email,
+            about_me=user.about_me,
+            phone=user.phone,
+            date_of_birth=user.date_of_birth,
+            address=user.address,
+            gender=user.gender,
+            company=user.company,
+            salary=float(user.salary) if user.salary is not None else None,
+        )
+
+
+def describe(user: User) -> str:
+    """One readable line about a user, for an LLM."""
+    parts = [f"User #{user.pk}: {user.get_full_name() or '(no name)'} <{user.email}>"]
+    for label, value in (
+        ("company", user.company),
+        ("phone", user.phone),
+        ("born", user.date_of_birth),
+        ("address", user.address),
+        ("gender", user.get_gender_display() if user.gender else ""),
+        ("salary", user.salary),
+    ):
+        if value not in ("", None):
+            parts.append(f"{label}: {value}")
+    text = "; ".join(parts)
+    if user.about_me:
+        text += f"\nAbout: {user.about_me}"
+    return text
+
+
+class ProfileFields(ToolInput):
+    about_me: str = Field(default="", max_length=5000)
+    phone: str = Field(default="", max_length=32)
+    date_of_birth: date | None = Field(default=None, description="ISO date, e.g. 1968-04-01.")
+    address: str = Field(default="", max_length=255)
+    gender: Gender = ""
+    company: str = Field(default="", max_length=150)
+    salary: float | None = Field(default=None, ge=0, le=9_999_999_999)
+
+
+def _profile(fields: dict) -> dict:
+    if fields.get("salary") is not None:
+        fields["salary"] = Decimal(str(round(fields["salary"], 2)))
+    return fields
+
+
+class AddUserInput(ProfileFields):
+    name: str = Field(min_length=1, max_length=150)
+    surname: str = Field(min_length=1, max_length=150)
+    email: str = Field(min_length=3, max_length=254)
+
+
+@tool(
+    name="add_user",
+    title="Add user",
+    description="Creates a user record with a name, surname and unique email, plus optional "
+    "profile fields. Returns the new user with its id.",
+    input=AddUserInput,
+    output=UserOut,
+    annotations={"readOnlyHint": False, "destructiveHint": False, "openWorldHint": False},
+)
+def add_user(args: AddUserInput, ctx) -> ToolResult:
+    user = services.user_create(**_profile(args.model_dump()))
+    return ToolResult.text(
+        f"Created {describe(user)}", structured=UserOut.of(user).model_dump(mode="json")
+    )
+
+
+class UserIdInput(ToolInput):
+    user_id: int = Field(ge=1, description="The user's id.")
+
+
+@tool(
+    name="get_user_by_id",
+    title="Get user",
+    description="Returns one user's profile by id.",
+    input=UserIdInput,
+    output=UserOut,
+    annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+)
+def get_user_by_id(args: UserIdInput, ctx) -> ToolResult:
+    user = selectors.user_get_managed(user_id=args.user_id)
+    return ToolResult.text(describe(user), structured=UserOut.of(user).model_dump(mode="json"))
+
+
+class SearchUsersInput(ToolInput):
+    query: str = Field(
+        min_length=1, max_length=200, description="Words to find in the name, surname or email."
+    )
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+class SearchUsersOutput(BaseModel):
+    query: str
+    count: int
+    users: list[UserOut]
+
+
+@tool(
+    name="search_users",
+    title="Search users",
+    description="Finds users whose name, surname or email contains every word of the query "
+    "(case-insensitive). Use it to check whether someone is already a user.",
+    input=SearchUsersInput,
+    output=SearchUsersOutput,
+    annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+)
+def search_users(args: SearchUsersInput, ctx) -> ToolResult:
+    users = selectors.user_search(query=args.query, limit=args.limit)
+    if users:
+        text = f"{len(users)} user(s) match '{args.query}':\n" + "\n".join(map(describe, users))
+    else:
+        text = f"No user matches '{args.query}'."
+    data = SearchUsersOutput(
+        query=args.query, count=len(users), users=[UserOut.of(u) for u in users]
+    )
+    return ToolResult.text(text, structured=data.model_dump(mode="json"))
+
+
+class UpdateUserInput(ProfileFields):
+    user_id: int = Field(ge=1)
+    name: str | None = Field(default=None, min_length=1, max_length=150)
+    surname: str | None = Field(default=None, min_length=1, max_length=150)
+    email: str | None = Field(default=None, min_length=3, max_length=254)
+
+
+@tool(
+    name="update_user",
+    title="Update user",
+    description="Changes the given profile fields of a user; fields left out stay as they are.",
+    input=UpdateUserInput,
+    output=UserOut,
+    annotations={"readOnlyHint": False, "destructiveHint": False, "idempotentHint": True},
+)
+def update_user(args: UpdateUserInput, ctx) -> ToolResult:
+    user = selectors.user_get_managed(user_id=args.user_id)
+    changes = _profile(args.model_dump(exclude_unset=True, exclude={"user_id"}))
+    changes = {
+        k: v for k, v in changes.items() if v is not None or k in {"date_of_birth", "salary"}
+    }
+    user = services.user_update(user=user, **changes)
+    return ToolResult.text(
+        f"Updated {describe(user)}", structured=UserOut.of(user).model_dump(mode="json")
+    )
+
+
+class DeleteUserOutput(BaseModel):
+    deleted: bool
+    user_id: int
+    email: str
+
+
+@tool(
+    name="delete_user",
+    title="Delete user",
+    description="Deletes a user record. Needs a reviewer's approval by default.",
+    input=UserIdInput,
+    output=DeleteUserOutput,
+    annotations={"readOnlyHint": False, "destructiveHint": True, "idempotentHint": True},
+    requires_approval=True,
+)
+def delete_user(args: UserIdInput, ctx) -> ToolResult:
+    user = selectors.user_get_managed(user_id=args.user_id)
+    email = user.email
+    services.user_delete(user=user)
+    return ToolResult.text(
+        f"Deleted user #{args.user_id} <{email}>.",
+        structured={"deleted": True, "user_id": args.user_id, "email": email},
+    )
