@@ -1,4 +1,4 @@
-"""ASGI entry point: Django for HTTP pages and APIs; MCP and websockets join in later apps."""
+"""ASGI entry point: MCP at /mcp (and /mcp/, no redirect), Django for everything else."""
 
 import os
 
@@ -7,6 +7,18 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "qmcp_site.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from mcp_transport.consumers import McpConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": URLRouter(
+            [
+                re_path(r"^mcp/?$", McpConsumer.as_asgi()),
+                re_path(r"", django_asgi_app),
+            ]
+        ),
+    }
+)

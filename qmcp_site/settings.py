@@ -209,3 +209,13 @@ LOGGING = {
 from qmcp_site.observability import configure_structlog  # noqa: E402
 
 configure_structlog(json=LOG_FORMAT == "json")
+
+# --- MCP ------------------------------------------------------------------------------------
+# An idle MCP session expires after this long; stored SSE events are kept this long.
+QMCP_MCP_SESSION_IDLE_SECONDS = int(os.environ.get("QMCP_MCP_SESSION_IDLE_SECONDS", "86400"))
+QMCP_MCP_EVENT_RETENTION_SECONDS = int(os.environ.get("QMCP_MCP_EVENT_RETENTION_SECONDS", "3600"))
+# Email of a user that MCP requests without a token run as (tools:read and tools:call only).
+# For local experiments and the conformance suite; leave empty in production.
+QMCP_MCP_ANONYMOUS_USER = os.environ.get("QMCP_MCP_ANONYMOUS_USER", "")
+# Milliseconds a client should wait before reconnecting to a closed SSE stream.
+QMCP_MCP_SSE_RETRY_MS = int(os.environ.get("QMCP_MCP_SSE_RETRY_MS", "500"))

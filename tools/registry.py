@@ -6,8 +6,9 @@ a string, or a :class:`ToolResult`, and raises ``ApplicationError`` to report a 
 caller should read.
 """
 
+import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ class ToolResult:
     content: list[dict[str, Any]]
     structured: dict[str, Any] | None = None
     is_error: bool = False
+    # The audit log's error record for a failed run: {"code", "message", "details"?}.
+    error: dict[str, Any] | None = None
 
     @classmethod
     def text(cls, text: str, structured: dict[str, Any] | None = None) -> "ToolResult":
@@ -70,6 +73,64 @@ class ToolContext:
             self._notify(method, params)
 
 
+class AsyncToolContext:
+    """The context of an ``async def`` tool: it can also ask the client something.
+
+    ``notify(method, params)`` and ``request(method, params) -> result`` are coroutines
+    given by the interface; MCP streams both to the client. Without them, notifications
+    are dropped and requests fail with a clear error.
+    """
+
+    def __init__(
+        self,
+        *,
+        principal=None,
+        invocation=None,
+        notify: Callable[[str, dict], Awaitable[None]] | None = None,
+        request: Callable[[str, dict], Awaitable[dict]] | None = None,
+        close_stream: Callable[[], Awaitable[None]] | None = None,
+    ):
+        self.principal = principal
+        self.invocation = invocation
+        self._notify = notify
+        self._request = request
+        self._close_stream = close_stream
+
+    async def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ):
+        params: dict[str, Any] = {"progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self._emit("notifications/progress", params)
+
+    async def log(self, level: str, data: Any, logger: str | None = None):
+        params: dict[str, Any] = {"level": level, "data": data}
+        if logger:
+            params["logger"] = logger
+        await self._emit("notifications/message", params)
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Sends a request to the client (sampling, elicitation) and returns its result."""
+        if self._request is None:
+            raise ApplicationError(
+                f"This tool needs a client that answers '{method}', which only MCP provides.",
+                "bad_request",
+            )
+        return await self._request(method, params)
+
+    async def close_stream(self):
+        """Ends the client's HTTP stream while the call goes on; the client resumes later."""
+        if self._close_stream is not None:
+            await self._close_stream()
+
+    async def _emit(self, method: str, params: dict[str, Any]):
+        if self._notify is not None:
+            await self._notify(method, params)
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     name: str
@@ -80,8 +141,17 @@ class ToolSpec:
     title: str | None = None
     annotations: dict[str, Any] = field(default_factory=dict)
     requires_approval: bool = False
+    # A JSON schema used as inputSchema as it is, for tools whose schema pydantic cannot say.
+    raw_input_schema: dict[str, Any] | None = None
+
+    @property
+    def is_async(self) -> bool:
+        """``async def`` tools run on the event loop and get an AsyncToolContext."""
+        return inspect.iscoroutinefunction(self.func)
 
     def input_schema(self) -> dict[str, Any]:
+        if self.raw_input_schema is not None:
+            return self.raw_input_schema
         return self.input_model.model_json_schema()
 
     def output_schema(self) -> dict[str, Any] | None:
@@ -137,6 +207,7 @@ def tool(
     title: str | None = None,
     annotations: dict[str, Any] | None = None,
     requires_approval: bool = False,
+    raw_input_schema: dict[str, Any] | None = None,
 ):
     """Registers the decorated function as a tool; names are unique."""
     annotations = dict(annotations or {})
@@ -156,6 +227,7 @@ def tool(
             title=title,
             annotations=annotations,
             requires_approval=requires_approval,
+            raw_input_schema=raw_input_schema,
         )
         return func
 

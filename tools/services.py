@@ -3,12 +3,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation, ToolPolicy
-from tools.registry import ToolContext, ToolResult, ToolSpec, all_tools, get_tool
+from tools.registry import (
+    AsyncToolContext,
+    ToolContext,
+    ToolResult,
+    ToolSpec,
+    all_tools,
+    get_tool,
+)
 from tools.signals import invocation_gated
 from users.models import ApiToken
 from users.principals import Principal
@@ -64,7 +72,7 @@ def tool_invoke(
     ``awaiting_approval`` (the ``invocation_gated`` signal has been sent in the same
     transaction).
     """
-    record = _invocation_record(
+    invocation, spec, args = tool_invocation_prepare(
         name=name,
         arguments=arguments,
         principal=principal,
@@ -73,6 +81,21 @@ def tool_invoke(
         request_id=request_id,
         correlation_id=correlation_id,
     )
+    if invocation.status != Status.RUNNING:
+        return invocation
+    return tool_invocation_execute(
+        invocation=invocation, spec=spec, args=args, principal=principal, notify=notify
+    )
+
+
+def tool_invocation_prepare(**call) -> tuple[ToolInvocation, ToolSpec, Any]:
+    """Checks and records a call without running it; see :func:`tool_invoke`.
+
+    Returns the invocation (``running``, or ``awaiting_approval``), the tool and its
+    validated arguments. Refusals are recorded and raised.
+    """
+    record = _invocation_record(**call)
+    name, principal = call["name"], call["principal"]
     spec = get_tool(name)
     try:
         if spec is None:
@@ -83,7 +106,7 @@ def tool_invoke(
             raise ApplicationError(
                 f"Tool '{name}' is disabled by its policy.", "tool_disabled", {"tool": name}
             )
-        args = spec.parse_arguments(arguments)
+        args = spec.parse_arguments(call["arguments"])
     except ApplicationError as exc:
         _record_refusal(record, exc)
         raise
@@ -92,14 +115,12 @@ def tool_invoke(
         with transaction.atomic():
             invocation = ToolInvocation.objects.create(**record, status=Status.AWAITING_APPROVAL)
             invocation_gated.send(sender=ToolInvocation, invocation=invocation, policy=policy)
-        return invocation
+        return invocation, spec, args
 
     invocation = ToolInvocation.objects.create(
         **record, status=Status.RUNNING, started_at=timezone.now()
     )
-    return tool_invocation_execute(
-        invocation=invocation, spec=spec, args=args, principal=principal, notify=notify
-    )
+    return invocation, spec, args
 
 
 def tool_invoke_refuse(*, error: ApplicationError, **call) -> None:
@@ -149,35 +170,67 @@ def tool_invocation_execute(
     """Runs a ``running`` invocation's tool and records the outcome.
 
     The tool's own writes happen in a savepoint, so a tool that fails half way leaves
-    nothing behind but the invocation's ``failed`` record.
+    nothing behind but the invocation's ``failed`` record. An ``async def`` tool runs on
+    the event loop with an AsyncToolContext that can notify but not ask the client.
     """
-    context = ToolContext(principal=principal, invocation=invocation, notify=notify)
     started = time.perf_counter()
-    error = None
     try:
         with transaction.atomic():
-            result = spec.to_result(spec.func(args, context))
-    except ApplicationError as exc:
-        error = exc.as_dict()
+            if spec.is_async:
+                context = AsyncToolContext(principal=principal, invocation=invocation)
+                value = async_to_sync(spec.func)(args, context)
+            else:
+                context = ToolContext(principal=principal, invocation=invocation, notify=notify)
+                value = spec.func(args, context)
+            result = spec.to_result(value)
+    except Exception as exc:
+        result = tool_error_result(spec, exc)
+    return tool_invocation_finish(
+        invocation=invocation, result=result, duration=time.perf_counter() - started
+    )
+
+
+def tool_error_result(spec: ToolSpec, exc: Exception) -> ToolResult:
+    """The ``isError`` result for an exception raised by a tool; internals never leak."""
+    if isinstance(exc, ApplicationError):
         result = ToolResult.text(exc.message)
-        result.is_error = True
-    except Exception:
-        logger.exception("tool %s failed", spec.name, extra={"invocation": str(invocation.pk)})
-        error = {"code": "tool_failed", "message": f"Tool '{spec.name}' failed unexpectedly."}
-        result = ToolResult.text(error["message"])
-        result.is_error = True
+        result.error = exc.as_dict()
+    else:
+        logger.error("tool %s failed", spec.name, exc_info=exc)
+        message = f"Tool '{spec.name}' failed unexpectedly."
+        result = ToolResult.text(message)
+        result.error = {"code": "tool_failed", "message": message}
+    result.is_error = True
+    return result
+
+
+def tool_invocation_finish(
+    *, invocation: ToolInvocation, result: ToolResult, duration: float
+) -> ToolInvocation:
+    """Records the outcome of a run: ``failed`` for an ``isError`` result, else ``succeeded``."""
+    error = result.error
     if result.is_error and error is None:
-        error = {
-            "code": "tool_failed",
-            "message": _first_text(result) or "The tool reported an error.",
-        }
+        message = _first_text(result) or "The tool reported an error."
+        error = {"code": "tool_failed", "message": message}
     invocation.status = Status.FAILED if result.is_error else Status.SUCCEEDED
     invocation.result = result.as_dict()
     invocation.error = error
     invocation.finished_at = timezone.now()
-    invocation.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    invocation.duration_ms = round(duration * 1000, 3)
     invocation.save(update_fields=["status", "result", "error", "finished_at", "duration_ms"])
     return invocation
+
+
+def tool_invocation_cancel(*, invocation: ToolInvocation, reason: str = "") -> bool:
+    """Marks a running or waiting invocation ``cancelled``; False if it had already ended."""
+    updated = ToolInvocation.objects.filter(
+        pk=invocation.pk, status__in=[Status.RUNNING, Status.AWAITING_APPROVAL]
+    ).update(
+        status=Status.CANCELLED,
+        error={"code": "cancelled", "message": reason or "Cancelled by the client."},
+        finished_at=timezone.now(),
+    )
+    return bool(updated)
 
 
 def _first_text(result: ToolResult) -> str:

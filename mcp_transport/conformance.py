@@ -1,0 +1,365 @@
+"""The fixture tools, resources and prompts that the official MCP conformance suite calls.
+
+Registered only when ``QMCP_CONFORMANCE_FIXTURES`` is on (it is off by default); run the
+suite with ``../shared/mcp-conformance/run.sh http://127.0.0.1:PORT/mcp``.
+"""
+
+import asyncio
+import base64
+import json
+
+from pydantic import BaseModel, ConfigDict
+
+from mcp_transport.features import Prompt, Resource, ResourceTemplate, register, text_message
+from qmcp_site.errors import ApplicationError
+from tools.registry import ToolResult, tool
+from tools.schemas import ToolInput
+
+# A 1x1 transparent PNG, and a short silent 8 kHz mono WAV.
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kg"
+    "AAAABJRU5ErkJggg=="
+)
+
+
+def _wav() -> str:
+    samples = b"\x00\x00" * 800
+    header = (
+        b"RIFF"
+        + (36 + len(samples)).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")  # PCM
+        + (1).to_bytes(2, "little")  # mono
+        + (8000).to_bytes(4, "little")
+        + (16000).to_bytes(4, "little")
+        + (2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + len(samples).to_bytes(4, "little")
+    )
+    return base64.b64encode(header + samples).decode()
+
+
+WAV = _wav()
+IMAGE = {"type": "image", "data": PNG, "mimeType": "image/png"}
+
+
+class NoArgs(ToolInput):
+    pass
+
+
+class PromptArg(ToolInput):
+    prompt: str
+
+
+class MessageArg(ToolInput):
+    message: str
+
+
+class AnyArgs(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def fixture(name: str, description: str, input=NoArgs, **kwargs):
+    return tool(name=name, description=description, input=input, **kwargs)
+
+
+@fixture("test_simple_text", "Returns a simple text response.")
+def simple_text(args, ctx):
+    return ToolResult.text("This is a simple text response for testing.")
+
+
+@fixture("test_image_content", "Returns an image.")
+def image_content(args, ctx):
+    return ToolResult(content=[IMAGE])
+
+
+@fixture("test_audio_content", "Returns an audio clip.")
+def audio_content(args, ctx):
+    return ToolResult(content=[{"type": "audio", "data": WAV, "mimeType": "audio/wav"}])
+
+
+@fixture("test_embedded_resource", "Returns an embedded resource.")
+def embedded_resource(args, ctx):
+    resource = {
+        "uri": "test://embedded-resource",
+        "mimeType": "text/plain",
+        "text": "This is an embedded resource content.",
+    }
+    return ToolResult(content=[{"type": "resource", "resource": resource}])
+
+
+@fixture("test_multiple_content_types", "Returns text, an image and a resource.")
+def multiple_content_types(args, ctx):
+    resource = {
+        "uri": "test://mixed-content-resource",
+        "mimeType": "application/json",
+        "text": json.dumps({"test": "data", "value": 123}),
+    }
+    return ToolResult(
+        content=[
+            {"type": "text", "text": "Multiple content types test:"},
+            IMAGE,
+            {"type": "resource", "resource": resource},
+        ]
+    )
+
+
+@fixture("test_tool_with_logging", "Sends log messages while it runs.")
+async def tool_with_logging(args, ctx):
+    for index, message in enumerate(
+        ["Tool execution started", "Tool processing data", "Tool execution completed"]
+    ):
+        if index:
+            await asyncio.sleep(0.05)
+        await ctx.log("info", message, logger="conformance")
+    return ToolResult.text("Logging test completed.")
+
+
+@fixture("test_error_handling", "Always fails, as a tool error.")
+def error_handling(args, ctx):
+    raise ApplicationError("This tool intentionally returns an error for testing")
+
+
+@fixture("test_tool_with_progress", "Reports progress while it runs.")
+async def tool_with_progress(args, ctx):
+    for index, progress in enumerate([0, 50, 100]):
+        if index:
+            await asyncio.sleep(0.05)
+        await ctx.report_progress(progress, 100, f"Completed step {index + 1} of 3")
+    return ToolResult.text("Progress test completed.")
+
+
+@fixture("test_sampling", "Asks the client's LLM to complete a prompt.", input=PromptArg)
+async def sampling(args, ctx):
+    result = await ctx.request(
+        "sampling/createMessage",
+        {
+            "messages": [{"role": "user", "content": {"type": "text", "text": args.prompt}}],
+            "maxTokens": 100,
+        },
+    )
+    content = result.get("content") or {}
+    text = content.get("text", "") if isinstance(content, dict) else str(content)
+    return ToolResult.text(f"LLM response: {text}")
+
+
+async def _elicit(ctx, message: str, schema: dict) -> ToolResult:
+    result = await ctx.request(
+        "elicitation/create", {"message": message, "requestedSchema": schema}
+    )
+    return ToolResult.text(
+        f"User response: action={result.get('action')}, content={json.dumps(result.get('content'))}"
+    )
+
+
+@fixture("test_elicitation", "Asks the user for information.", input=MessageArg)
+async def elicitation(args, ctx):
+    schema = {
+        "type": "object",
+        "properties": {
+            "username": {"type": "string", "description": "User's response"},
+            "email": {"type": "string", "description": "User's email address"},
+        },
+        "required": ["username", "email"],
+    }
+    return await _elicit(ctx, args.message, schema)
+
+
+@fixture("test_elicitation_sep1034_defaults", "Elicits with default values (SEP-1034).")
+async def elicitation_defaults(args, ctx):
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "User name", "default": "John Doe"},
+            "age": {"type": "integer", "description": "User age", "default": 30},
+            "score": {"type": "number", "description": "User score", "default": 95.5},
+            "status": {
+                "type": "string",
+                "description": "User status",
+                "enum": ["active", "inactive", "pending"],
+                "default": "active",
+            },
+            "verified": {"type": "boolean", "description": "Verified user", "default": True},
+        },
+    }
+    return await _elicit(ctx, "Please review and update the form fields with defaults", schema)
+
+
+@fixture("test_elicitation_sep1330_enums", "Elicits with every enum style (SEP-1330).")
+async def elicitation_enums(args, ctx):
+    options = [("option1", "First Option"), ("option2", "Second Option"), ("option3", "Third")]
+    schema = {
+        "type": "object",
+        "properties": {
+            "untitledSingle": {
+                "type": "string",
+                "description": "Select one option",
+                "enum": [value for value, _ in options],
+            },
+            "titledSingle": {
+                "type": "string",
+                "description": "Select one option with titles",
+                "oneOf": [{"const": value, "title": title} for value, title in options],
+            },
+            "legacyEnum": {
+                "type": "string",
+                "description": "Select one option (legacy)",
+                "enum": [value for value, _ in options],
+                "enumNames": [title for _, title in options],
+            },
+            "untitledMulti": {
+                "type": "array",
+                "description": "Select multiple options",
+                "minItems": 1,
+                "maxItems": 3,
+                "items": {"type": "string", "enum": [value for value, _ in options]},
+            },
+            "titledMulti": {
+                "type": "array",
+                "description": "Select multiple options with titles",
+                "minItems": 1,
+                "maxItems": 3,
+                "items": {"anyOf": [{"const": value, "title": title} for value, title in options]},
+            },
+        },
+        "required": [],
+    }
+    return await _elicit(ctx, "Please select options from the enum fields", schema)
+
+
+JSON_SCHEMA_2020_12 = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+    "additionalProperties": False,
+}
+
+
+@fixture(
+    "json_schema_2020_12_tool",
+    "Has an input schema in JSON Schema 2020-12.",
+    input=AnyArgs,
+    raw_input_schema=JSON_SCHEMA_2020_12,
+)
+def json_schema_tool(args, ctx):
+    return ToolResult.text(f"Received: {json.dumps(args.model_dump())}")
+
+
+@fixture("test_reconnection", "Closes its stream mid-call; the client resumes it.")
+async def reconnection(args, ctx):
+    await asyncio.sleep(0.05)
+    await ctx.close_stream()
+    await asyncio.sleep(0.2)
+    return ToolResult.text("Reconnection test completed successfully.")
+
+
+def _text(uri: str, text: str, mime_type: str = "text/plain"):
+    return lambda principal: [{"uri": uri, "mimeType": mime_type, "text": text}]
+
+
+register(
+    Resource(
+        uri="test://static-text",
+        name="Static Text Resource",
+        description="A static text resource for testing",
+        mime_type="text/plain",
+        read=_text("test://static-text", "This is the content of the static text resource."),
+    )
+)
+register(
+    Resource(
+        uri="test://static-binary",
+        name="Static Binary Resource",
+        description="A static binary resource (image) for testing",
+        mime_type="image/png",
+        read=lambda principal: [
+            {"uri": "test://static-binary", "mimeType": "image/png", "blob": PNG}
+        ],
+    )
+)
+register(
+    Resource(
+        uri="test://watched-resource",
+        name="Watched Resource",
+        description="A resource that can be subscribed to",
+        mime_type="text/plain",
+        read=_text("test://watched-resource", "Watched resource content."),
+    )
+)
+register(
+    ResourceTemplate(
+        uri_template="test://template/{id}/data",
+        name="Template Resource",
+        description="A resource template with a parameter",
+        mime_type="application/json",
+        read=lambda principal, uri, id: [
+            {
+                "uri": uri,
+                "mimeType": "application/json",
+                "text": json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"}),
+            }
+        ],
+    )
+)
+register(
+    Prompt(
+        name="test_simple_prompt",
+        description="A simple prompt without arguments",
+        arguments=[],
+        render=lambda principal: [text_message("This is a simple prompt for testing.")],
+    )
+)
+register(
+    Prompt(
+        name="test_prompt_with_arguments",
+        description="A prompt with required arguments",
+        arguments=[
+            {"name": "arg1", "description": "First test argument", "required": True},
+            {"name": "arg2", "description": "Second test argument", "required": True},
+        ],
+        render=lambda principal, arg1, arg2: [
+            text_message(f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'")
+        ],
+        complete={"arg1": lambda principal, value: ["paris", "park", "party", "test", "testing"]},
+    )
+)
+register(
+    Prompt(
+        name="test_prompt_with_embedded_resource",
+        description="A prompt that includes an embedded resource",
+        arguments=[{"name": "resourceUri", "description": "URI of the resource", "required": True}],
+        render=lambda principal, resourceUri: [
+            {
+                "role": "user",
+                "content": {
+                    "type": "resource",
+                    "resource": {
+                        "uri": resourceUri,
+                        "mimeType": "text/plain",
+                        "text": "Embedded resource content for testing.",
+                    },
+                },
+            },
+            text_message("Please process the embedded resource above."),
+        ],
+    )
+)
+register(
+    Prompt(
+        name="test_prompt_with_image",
+        description="A prompt that includes image content",
+        arguments=[],
+        render=lambda principal: [
+            {"role": "user", "content": IMAGE},
+            text_message("Please analyze the image above."),
+        ],
+    )
+)

@@ -1,0 +1,472 @@
+"""The async edge of MCP: an AsyncHttpConsumer that serves Streamable HTTP at /mcp.
+
+It checks what needs no database (Host, Origin, Accept, size, JSON), hands each HTTP
+request to the sync protocol in one ``database_sync_to_async`` hop, and writes JSON or SSE.
+Streams that outlive the hop (async tools, resumed streams, the session's GET stream) run
+as tasks that wait with ``await`` on the channel layer, never in a thread.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+
+from mcp_transport import protocol
+from mcp_transport.protocol import (
+    PARSE_ERROR,
+    Continuation,
+    HttpFailure,
+    RpcError,
+    rpc_error,
+    rpc_result,
+    tool_call_result,
+)
+from mcp_transport.sessions import events_after, events_store
+from qmcp_site.observability import clean_id
+from tools.registry import AsyncToolContext
+from tools.services import tool_error_result, tool_invocation_cancel, tool_invocation_finish
+
+logger = logging.getLogger(__name__)
+
+# Tasks that carry on after their consumer has gone (a call whose client disconnected).
+BACKGROUND: set[asyncio.Task] = set()
+KEEPALIVE_SECONDS = 15
+# A resumed or standalone stream is closed after this long; the client reconnects.
+STREAM_MAX_SECONDS = 300
+CLIENT_REQUEST_TIMEOUT = 300
+_SERVER_REQUEST_ID = re.compile(r"^([0-9a-f]{20})\.\d+$")
+
+
+def call_key(rpc_id: Any) -> str:
+    return hashlib.sha1(json.dumps(rpc_id).encode()).hexdigest()[:20]
+
+
+def call_group(session_id: str, key: str) -> str:
+    """The group that reaches a running call: client replies and cancellation."""
+    return f"mcp.call.{session_id}.{key}"
+
+
+def stream_group(stream_id: str) -> str:
+    return f"mcp.stream.{stream_id}"
+
+
+def sse_frame(event_id: str | None, data: str, retry_ms: int | None = None) -> bytes:
+    lines = []
+    if event_id:
+        lines.append(f"id: {event_id}")
+    if retry_ms:
+        lines.append(f"retry: {retry_ms}")
+    if data:
+        lines += ["event: message", f"data: {data}"]
+    else:
+        lines.append("data: ")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _accepts(accept: str, media_type: str) -> bool:
+    kind = media_type.split("/")[0]
+    for item in accept.split(","):
+        value = item.split(";")[0].strip().lower()
+        if value in (media_type, f"{kind}/*", "*/*"):
+            return True
+    return False
+
+
+class Stream:
+    """An SSE stream of one POST: every event is stored, then sent while the client listens."""
+
+    def __init__(
+        self, consumer: "McpConsumer", session_id: str, stream_id: str, seq: int, pending: int
+    ):
+        self.consumer = consumer
+        self.session_id = session_id
+        self.stream_id = stream_id
+        self.next_seq = seq
+        self.pending = pending
+        self.attached = True
+        self.layer = get_channel_layer()
+
+    async def send(self, message: dict[str, Any], *, response: bool = False) -> None:
+        """Stores and sends ``message``; the last pending response completes the stream."""
+        if response:
+            self.pending -= 1
+        final = response and self.pending == 0
+        seq, data = self.next_seq, json.dumps(message)
+        self.next_seq += 1
+        await database_sync_to_async(events_store)(
+            session_id=self.session_id, stream_id=self.stream_id, events=[(seq, data, final)]
+        )
+        if self.attached and not self.consumer.client_gone:
+            await self.consumer.send_body(
+                sse_frame(f"{self.stream_id}-{seq}", data), more_body=not final
+            )
+        if final:
+            self.attached = False
+        await self.layer.group_send(
+            stream_group(self.stream_id),
+            {"type": "mcp.event", "seq": seq, "data": data, "final": final},
+        )
+
+    async def detach(self) -> None:
+        """Ends the HTTP response while the call goes on; the client resumes by Last-Event-ID."""
+        if self.attached:
+            self.attached = False
+            if not self.consumer.client_gone:
+                await self.consumer.send_body(b"", more_body=False)
+
+    async def abandon(self) -> None:
+        """A response that will never come (a cancelled call): close if nothing else is due."""
+        self.pending -= 1
+        if self.pending == 0:
+            await self.detach()
+
+
+class CallChannel:
+    """Client replies to a call's requests, and its cancellation, reach it through a group."""
+
+    def __init__(self, session_id: str, rpc_id: Any):
+        self.layer = get_channel_layer()
+        self.key = call_key(rpc_id)
+        self.group = call_group(session_id, self.key)
+        self.waiting: dict[str, asyncio.Future] = {}
+        self.count = 0
+        self.cancelled = False
+
+    async def open(self) -> None:
+        self.channel = await self.layer.new_channel()
+        await self.layer.group_add(self.group, self.channel)
+
+    async def close(self) -> None:
+        await self.layer.group_discard(self.group, self.channel)
+
+    async def listen(self, task: asyncio.Task) -> None:
+        while True:
+            message = await self.layer.receive(self.channel)
+            if message["type"] == "mcp.cancel":
+                self.cancelled = True
+                task.cancel()
+            elif message["type"] == "mcp.reply":
+                future = self.waiting.pop(str(message["id"]), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+
+    async def request(self, stream: Stream, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        from qmcp_site.errors import ApplicationError
+
+        self.count += 1
+        request_id = f"{self.key}.{self.count}"
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[request_id] = future
+        await stream.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        try:
+            reply = await asyncio.wait_for(future, CLIENT_REQUEST_TIMEOUT)
+        except TimeoutError as exc:
+            raise ApplicationError(f"The client did not answer '{method}' in time.") from exc
+        if "error" in reply:
+            error = reply["error"] or {}
+            raise ApplicationError(
+                f"The client refused '{method}': {error.get('message', 'no reason given')}",
+                "bad_request",
+            )
+        return reply["result"]
+
+
+async def run_continuation(stream: Stream, continuation: Continuation) -> None:
+    """Runs an async tool on the loop: its notifications and requests go down ``stream``."""
+    channel = CallChannel(stream.session_id, continuation.rpc_id)
+    await channel.open()
+
+    async def notify(method: str, params: dict[str, Any]) -> None:
+        message = continuation.outbound.shape(method, params)
+        if message is not None:
+            await stream.send(message)
+
+    async def request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return await channel.request(stream, method, params)
+
+    context = AsyncToolContext(
+        principal=continuation.principal,
+        invocation=continuation.invocation,
+        notify=notify,
+        request=request,
+        close_stream=stream.detach,
+    )
+    spec = continuation.spec
+    started = time.perf_counter()
+    task = asyncio.ensure_future(spec.func(continuation.args, context))
+    listener = asyncio.ensure_future(channel.listen(task))
+    try:
+        result = spec.to_result(await task)
+    except asyncio.CancelledError:
+        if not channel.cancelled:
+            raise
+        await database_sync_to_async(tool_invocation_cancel)(invocation=continuation.invocation)
+        await stream.abandon()
+        return
+    except Exception as exc:
+        result = tool_error_result(spec, exc)
+    finally:
+        listener.cancel()
+        await channel.close()
+    invocation = await database_sync_to_async(tool_invocation_finish)(
+        invocation=continuation.invocation, result=result, duration=time.perf_counter() - started
+    )
+    version = stream.consumer.protocol_version
+    await stream.send(
+        rpc_result(continuation.rpc_id, tool_call_result(invocation, version)), response=True
+    )
+
+
+class McpConsumer(AsyncHttpConsumer):
+    """POST messages, GET the server's stream (or resume one), DELETE the session."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.size = 0
+        self.refused = False
+        self.task: asyncio.Task | None = None
+        self.keep_running = False
+        self.client_gone = False
+        self.protocol_version = protocol.LATEST_VERSION
+
+    async def http_request(self, message):
+        chunk = message.get("body", b"")
+        self.size += len(chunk)
+        if not self.refused:
+            limit = settings.QMCP_MAX_BODY_BYTES
+            if self.size > limit or int(self._headers().get("content-length") or 0) > limit:
+                self.refused = True
+                await self.send_failure(HttpFailure(413, f"Request body exceeds {limit} bytes."))
+            else:
+                self.body.append(chunk)
+        if message.get("more_body"):
+            return
+        if not self.refused:
+            await self.handle(b"".join(self.body))
+        if self.task is None:
+            await self.disconnect()
+            raise StopConsumer()
+
+    async def http_disconnect(self, message):
+        self.client_gone = True
+        if self.task is not None and not self.task.done() and not self.keep_running:
+            self.task.cancel()
+        raise StopConsumer()
+
+    def _headers(self) -> dict[str, str]:
+        if not hasattr(self, "_header_map"):
+            self._header_map = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]
+            }
+        return self._header_map
+
+    # --- responses ---
+
+    async def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None):
+        raw = [(b"content-type", b"application/json")]
+        raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        await self.send_response(status, json.dumps(body).encode(), headers=raw)
+
+    async def send_failure(self, failure: HttpFailure):
+        await self.send_json(failure.status, failure.body(), failure.headers)
+
+    async def start_sse(self, headers: dict[str, str] | None = None):
+        raw = [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-cache, no-transform"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        await self.send_headers(status=200, headers=raw)
+
+    def spawn(self, coroutine, *, keep_running: bool) -> None:
+        """Runs the rest of the response as a task; ``keep_running`` survives a disconnect."""
+        self.keep_running = keep_running
+        self.task = asyncio.ensure_future(coroutine)
+        BACKGROUND.add(self.task)
+        self.task.add_done_callback(_task_done)
+
+    # --- requests ---
+
+    async def handle(self, body: bytes):
+        headers = self._headers()
+        try:
+            self.check_host_and_origin(headers)
+            method = self.scope["method"]
+            if method == "POST":
+                await self.handle_post(headers, body)
+            elif method == "GET":
+                await self.handle_get(headers)
+            elif method == "DELETE":
+                await database_sync_to_async(protocol.handle_delete)(headers=headers)
+                await self.send_response(200, b"", headers=[(b"content-type", b"text/plain")])
+            else:
+                await self.send_json(
+                    405,
+                    rpc_error(None, protocol.INVALID_REQUEST, "Method not allowed."),
+                    {"allow": "GET, POST, DELETE"},
+                )
+        except HttpFailure as failure:
+            await self.send_failure(failure)
+
+    def check_host_and_origin(self, headers: dict[str, str]) -> None:
+        """DNS-rebinding protection: the Host must be allowed, an Origin must be our own."""
+        host = headers.get("host", "")
+        domain, _ = split_domain_port(host)
+        if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+            raise HttpFailure(421, f"Misdirected request: host '{host}' is not allowed.")
+        origin = headers.get("origin")
+        if origin is None:
+            return
+        parts = urlsplit(origin)
+        trusted = set(settings.CSRF_TRUSTED_ORIGINS)
+        if not (parts.scheme in ("http", "https") and (parts.netloc == host or origin in trusted)):
+            raise HttpFailure(403, f"Forbidden: origin '{origin}' is not allowed.")
+
+    async def handle_post(self, headers: dict[str, str], body: bytes):
+        accept = headers.get("accept", "")
+        if not (_accepts(accept, "application/json") and _accepts(accept, "text/event-stream")):
+            raise HttpFailure(
+                406, "Not Acceptable: Accept must include application/json and text/event-stream."
+            )
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise HttpFailure(415, "Unsupported Media Type: Content-Type must be application/json.")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HttpFailure(400, f"Parse error: {exc}", PARSE_ERROR) from exc
+
+        reply = await database_sync_to_async(protocol.handle_post)(
+            headers=headers,
+            payload=payload,
+            request_id=clean_id(headers.get("x-request-id")),
+            correlation_id=clean_id(headers.get("x-correlation-id")),
+        )
+        await self.route_client_messages(reply.session_id, payload)
+        if reply.status == 202:
+            await self.send_response(202, b"", headers=[(b"content-type", b"text/plain")])
+            return
+        if reply.stream_id is None:
+            await self.send_json(reply.status, reply.body, reply.headers)
+            return
+
+        self.protocol_version = reply.protocol_version
+        await self.start_sse(reply.headers)
+        for index, (event_id, data) in enumerate(reply.events):
+            retry = settings.QMCP_MCP_SSE_RETRY_MS if index == 0 and not data else None
+            last = index == len(reply.events) - 1 and reply.pending == 0
+            await self.send_body(sse_frame(event_id, data, retry), more_body=not last)
+        if reply.pending:
+            stream = Stream(self, reply.session_id, reply.stream_id, reply.next_seq, reply.pending)
+            self.spawn(self.run_calls(stream, reply.continuations), keep_running=True)
+
+    async def run_calls(self, stream: Stream, continuations: list[Continuation]):
+        await asyncio.gather(*(run_continuation(stream, c) for c in continuations))
+
+    async def route_client_messages(self, session_id: str, payload: Any):
+        """Client replies to server requests, and cancellations, go to the call they concern."""
+        if not session_id:
+            return
+        layer = get_channel_layer()
+        for raw in payload if isinstance(payload, list) else [payload]:
+            try:
+                message = protocol.classify(raw)
+            except RpcError:
+                continue
+            if message.kind == "response":
+                match = _SERVER_REQUEST_ID.match(str(raw.get("id")))
+                if match:
+                    await layer.group_send(
+                        call_group(session_id, match.group(1)),
+                        {
+                            "type": "mcp.reply",
+                            **{k: raw[k] for k in ("id", "result", "error") if k in raw},
+                        },
+                    )
+            elif message.method == "notifications/cancelled":
+                params = raw.get("params") or {}
+                if isinstance(params, dict) and "requestId" in params:
+                    await layer.group_send(
+                        call_group(session_id, call_key(params["requestId"])),
+                        {"type": "mcp.cancel"},
+                    )
+
+    async def handle_get(self, headers: dict[str, str]):
+        if not _accepts(headers.get("accept", ""), "text/event-stream"):
+            raise HttpFailure(406, "Not Acceptable: Accept must include text/event-stream.")
+        reply = await database_sync_to_async(protocol.handle_get)(headers=headers)
+        await self.start_sse({"mcp-session-id": reply.session_id})
+        if reply.stream_id is None:
+            self.spawn(self.keepalive(), keep_running=False)
+            return
+        for event_id, data, final in reply.events:
+            await self.send_body(sse_frame(event_id, data), more_body=not final)
+        if not reply.complete:
+            self.spawn(
+                self.follow(reply.session_id, reply.stream_id, reply.last_seq), keep_running=False
+            )
+
+    async def keepalive(self):
+        """The session's own stream: comments keep proxies from closing it."""
+        deadline = time.monotonic() + STREAM_MAX_SECONDS
+        await self.send_body(b": connected\n\n", more_body=True)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(KEEPALIVE_SECONDS)
+            await self.send_body(b": keepalive\n\n", more_body=True)
+        await self.send_body(b"", more_body=False)
+
+    async def follow(self, session_id: str, stream_id: str, last_seq: int):
+        """Sends a resumed stream's events as they are stored, until its final event."""
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(stream_group(stream_id), channel)
+        try:
+            # Events stored between the first read and joining the group.
+            for event in await database_sync_to_async(events_after)(
+                session_id=session_id, stream_id=stream_id, seq=last_seq
+            ):
+                last_seq = event.seq
+                await self.send_body(
+                    sse_frame(event.event_id, event.data), more_body=not event.final
+                )
+                if event.final:
+                    return
+            deadline = time.monotonic() + STREAM_MAX_SECONDS
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    message = await asyncio.wait_for(
+                        layer.receive(channel), min(remaining, KEEPALIVE_SECONDS)
+                    )
+                except TimeoutError:
+                    await self.send_body(b": keepalive\n\n", more_body=True)
+                    continue
+                if message["seq"] <= last_seq:
+                    continue
+                last_seq = message["seq"]
+                event_id = f"{stream_id}-{message['seq']}"
+                await self.send_body(
+                    sse_frame(event_id, message["data"]), more_body=not message["final"]
+                )
+                if message["final"]:
+                    return
+            await self.send_body(b"", more_body=False)
+        finally:
+            await layer.group_discard(stream_group(stream_id), channel)
+
+
+def _task_done(task: asyncio.Task) -> None:
+    BACKGROUND.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("MCP stream task failed", exc_info=task.exception())

@@ -1,0 +1,68 @@
+from django.conf import settings
+from django.db import models
+
+
+class McpSession(models.Model):
+    """One MCP session (``Mcp-Session-Id``), usable on any worker and across restarts."""
+
+    id = models.CharField(primary_key=True, max_length=32, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mcp_sessions"
+    )
+    token = models.ForeignKey(
+        "users.ApiToken",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="mcp_sessions",
+        help_text="The token that opened the session; only it may use the session.",
+    )
+    protocol_version = models.CharField(max_length=16)
+    client_info = models.JSONField(default=dict, blank=True)
+    client_capabilities = models.JSONField(default=dict, blank=True)
+    log_level = models.CharField(max_length=16, default="info")
+    subscriptions = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "MCP session"
+
+    def __str__(self):
+        name = (self.client_info or {}).get("name", "client")
+        return f"{name} {self.id[:8]}…"
+
+    @property
+    def client_name(self) -> str:
+        return (self.client_info or {}).get("name", "")
+
+
+class McpEvent(models.Model):
+    """A stored SSE event, so a client that reconnects with Last-Event-ID gets what it missed.
+
+    The event id sent to the client is ``<stream_id>-<seq>``; ``final`` marks the event that
+    completes its stream (the JSON-RPC response).
+    """
+
+    session = models.ForeignKey(McpSession, on_delete=models.CASCADE, related_name="events")
+    stream_id = models.CharField(max_length=32)
+    seq = models.PositiveIntegerField()
+    data = models.TextField(blank=True)
+    final = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["stream_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["stream_id", "seq"], name="mcp_event_stream_seq")
+        ]
+
+    def __str__(self):
+        return self.event_id
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.stream_id}-{self.seq}"

@@ -1,0 +1,606 @@
+"""MCP over Streamable HTTP, the sync part: one POST, GET or DELETE in, one reply out.
+
+Everything here is plain Django and runs in one ``database_sync_to_async`` hop per HTTP
+request; the consumer does the I/O. A tools/call of an ``async def`` tool is prepared here
+(checked and recorded) and handed back as a :class:`Continuation` for the consumer to run.
+"""
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from mcp_transport import features
+from mcp_transport.models import McpSession
+from mcp_transport.sessions import (
+    SessionNotFound,
+    events_after,
+    events_store,
+    new_stream_id,
+    parse_event_id,
+    session_close,
+    session_create,
+    session_get,
+    session_update,
+)
+from qmcp_site.errors import ApplicationError
+from tools.models import ToolInvocation
+from tools.registry import ToolSpec
+from tools.selectors import tool_list
+from tools.services import tool_invocation_execute, tool_invocation_prepare
+from users.models import ApiToken, User
+from users.principals import Principal
+from users.services import api_token_authenticate
+
+SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
+LATEST_VERSION = SUPPORTED_VERSIONS[0]
+# A request without an MCP-Protocol-Version header is taken to speak this version.
+DEFAULT_HEADER_VERSION = "2025-03-26"
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+SERVER_INFO = {"name": "qmcp", "title": "QMCP", "version": "0.1.0"}
+INSTRUCTIONS = (
+    "QMCP runs tools on behalf of people who review what agents do. Every call is audited; "
+    "some calls wait for a reviewer's approval. Read the prompt 'user_tools_guide' before "
+    "managing users."
+)
+TOOLS_PAGE_SIZE = 50
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+RESOURCE_NOT_FOUND = -32002
+
+
+class RpcError(Exception):
+    """A JSON-RPC error for one request."""
+
+    def __init__(self, code: int, message: str, data: Any = None):
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+
+class HttpFailure(Exception):
+    """The whole HTTP request fails: ``status`` with a JSON-RPC error body (id null)."""
+
+    def __init__(self, status: int, message: str, code: int = INVALID_REQUEST, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return rpc_error(None, self.code, self.message)
+
+
+def rpc_result(rpc_id: Any, result: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rpc_id, "result": result}
+
+
+def rpc_error(rpc_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": rpc_id, "error": error}
+
+
+def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+# --- Per-request state ----------------------------------------------------------------------
+
+
+@dataclass
+class Continuation:
+    """A prepared tools/call whose ``async def`` tool the consumer runs on the event loop."""
+
+    rpc_id: Any
+    invocation: ToolInvocation
+    spec: ToolSpec
+    args: Any
+    principal: Principal
+    outbound: "Outbound"
+
+
+@dataclass
+class Outbound:
+    """Shapes the notifications of one request: log level filter and progress token."""
+
+    log_level: str = "info"
+    progress_token: Any = None
+
+    def shape(self, method: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The notification to send, or None when the client did not ask for it."""
+        if method == "notifications/progress":
+            if self.progress_token is None:
+                return None
+            params = {"progressToken": self.progress_token, **params}
+        elif method == "notifications/message":
+            level = params.get("level", "info")
+            if level not in LOG_LEVELS or LOG_LEVELS.index(level) < LOG_LEVELS.index(
+                self.log_level
+            ):
+                return None
+        return notification(method, params)
+
+
+@dataclass
+class Exchange:
+    """One JSON-RPC request being handled."""
+
+    principal: Principal
+    session: McpSession | None
+    protocol_version: str
+    rpc_id: Any
+    http_request_id: str = ""
+    correlation_id: str = ""
+    outbound: Outbound = field(default_factory=Outbound)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    continuation: Continuation | None = None
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        message = self.outbound.shape(method, params)
+        if message is not None:
+            self.notifications.append(message)
+
+
+# --- Methods --------------------------------------------------------------------------------
+
+
+def _require(params: dict, name: str, kind: type | tuple, optional: bool = False) -> Any:
+    value = params.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise RpcError(INVALID_PARAMS, f"Invalid params: '{name}' must be a {expected}.")
+    return value
+
+
+def handle_initialize(ex: Exchange, params: dict) -> dict:
+    requested = _require(params, "protocolVersion", str)
+    capabilities = _require(params, "capabilities", dict)
+    client_info = _require(params, "clientInfo", dict)
+    version = requested if requested in SUPPORTED_VERSIONS else LATEST_VERSION
+    ex.session = session_create(
+        principal=ex.principal,
+        protocol_version=version,
+        client_info=client_info,
+        client_capabilities=capabilities,
+    )
+    ex.protocol_version = version
+    return {
+        "protocolVersion": version,
+        "capabilities": {
+            "tools": {"listChanged": False},
+            "resources": {"subscribe": True, "listChanged": False},
+            "prompts": {"listChanged": False},
+            "logging": {},
+            "completions": {},
+        },
+        "serverInfo": SERVER_INFO,
+        "instructions": INSTRUCTIONS,
+    }
+
+
+def handle_ping(ex: Exchange, params: dict) -> dict:
+    return {}
+
+
+def _page(items: list, cursor: str | None, size: int) -> tuple[list, str | None]:
+    """Cursor pagination over a stable list; the cursor is an opaque offset."""
+    start = 0
+    if cursor is not None:
+        try:
+            start = int(base64.urlsafe_b64decode(cursor.encode()).decode())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RpcError(INVALID_PARAMS, "Invalid params: unknown cursor.") from exc
+        if start < 0 or start > len(items):
+            raise RpcError(INVALID_PARAMS, "Invalid params: unknown cursor.")
+    end = start + size
+    next_cursor = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
+    return items[start:end], next_cursor
+
+
+def describe_tool(spec: ToolSpec, version: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": spec.name,
+        "description": spec.description,
+        "inputSchema": spec.input_schema(),
+    }
+    if version != "2025-03-26":
+        if spec.title:
+            data["title"] = spec.title
+        output = spec.output_schema()
+        if output is not None:
+            data["outputSchema"] = output
+    if spec.annotations or spec.title:
+        data["annotations"] = {**({"title": spec.title} if spec.title else {}), **spec.annotations}
+    return data
+
+
+def handle_tools_list(ex: Exchange, params: dict) -> dict:
+    cursor = _require(params, "cursor", str, optional=True)
+    visible = [
+        spec
+        for spec, policy in tool_list(principal=ex.principal)
+        if policy is None or policy.enabled
+    ]
+    page, next_cursor = _page(visible, cursor, TOOLS_PAGE_SIZE)
+    result: dict[str, Any] = {"tools": [describe_tool(s, ex.protocol_version) for s in page]}
+    if next_cursor:
+        result["nextCursor"] = next_cursor
+    return result
+
+
+def tool_call_result(invocation: ToolInvocation, version: str) -> dict[str, Any]:
+    """The CallToolResult for a recorded invocation, shaped for the protocol version."""
+    if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL:
+        text = (
+            f"Pending approval: this call to '{invocation.tool_name}' waits for a reviewer. "
+            f"Invocation {invocation.pk}; read qmcp://invocations/{invocation.pk} for its status."
+        )
+        result = {"content": [{"type": "text", "text": text}], "isError": False}
+        if version != "2025-03-26":
+            result["structuredContent"] = {
+                "status": invocation.status,
+                "invocation_id": str(invocation.pk),
+            }
+    else:
+        result = dict(invocation.result or {"content": [], "isError": True})
+        if version == "2025-03-26":
+            result.pop("structuredContent", None)
+    result["_meta"] = {"qmcp.dev/invocation": str(invocation.pk)}
+    return result
+
+
+def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
+    name = _require(params, "name", str)
+    arguments = params.get("arguments")
+    call = {
+        "name": name,
+        "arguments": {} if arguments is None else arguments,
+        "principal": ex.principal,
+        "via": ToolInvocation.Via.MCP,
+        "mcp_session_id": ex.session.pk if ex.session else "",
+        "request_id": ex.http_request_id,
+        "correlation_id": ex.correlation_id,
+    }
+    try:
+        invocation, spec, args = tool_invocation_prepare(**call)
+    except ApplicationError as exc:
+        if exc.code == "unknown_tool":
+            raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}") from exc
+        # Other refusals are tool errors, so the model can read them and correct itself.
+        return {"content": [{"type": "text", "text": exc.message}], "isError": True}
+    if invocation.status == ToolInvocation.Status.RUNNING:
+        if spec.is_async:
+            ex.continuation = Continuation(
+                ex.rpc_id, invocation, spec, args, ex.principal, ex.outbound
+            )
+            return None
+        invocation = tool_invocation_execute(
+            invocation=invocation, spec=spec, args=args, principal=ex.principal, notify=ex.notify
+        )
+    return tool_call_result(invocation, ex.protocol_version)
+
+
+def handle_resources_list(ex: Exchange, params: dict) -> dict:
+    return {"resources": [r.describe() for r in features.RESOURCES.values()]}
+
+
+def handle_resource_templates_list(ex: Exchange, params: dict) -> dict:
+    return {"resourceTemplates": [t.describe() for t in features.TEMPLATES.values()]}
+
+
+def handle_resources_read(ex: Exchange, params: dict) -> dict:
+    uri = _require(params, "uri", str)
+    try:
+        return {"contents": features.resource_read(principal=ex.principal, uri=uri)}
+    except ApplicationError as exc:
+        if exc.code == "not_found":
+            raise RpcError(RESOURCE_NOT_FOUND, exc.message, {"uri": uri}) from exc
+        raise
+
+
+def handle_resources_subscribe(ex: Exchange, params: dict) -> dict:
+    uri = _require(params, "uri", str)
+    if uri not in ex.session.subscriptions:
+        session_update(session=ex.session, subscriptions=[*ex.session.subscriptions, uri])
+    return {}
+
+
+def handle_resources_unsubscribe(ex: Exchange, params: dict) -> dict:
+    uri = _require(params, "uri", str)
+    if uri in ex.session.subscriptions:
+        remaining = [u for u in ex.session.subscriptions if u != uri]
+        session_update(session=ex.session, subscriptions=remaining)
+    return {}
+
+
+def handle_prompts_list(ex: Exchange, params: dict) -> dict:
+    return {"prompts": [p.describe() for p in features.PROMPTS.values()]}
+
+
+def handle_prompts_get(ex: Exchange, params: dict) -> dict:
+    name = _require(params, "name", str)
+    arguments = _require(params, "arguments", dict, optional=True) or {}
+    if not all(isinstance(v, str) for v in arguments.values()):
+        raise RpcError(INVALID_PARAMS, "Invalid params: prompt arguments must be strings.")
+    try:
+        return features.prompt_get(principal=ex.principal, name=name, arguments=arguments)
+    except ApplicationError as exc:
+        raise RpcError(INVALID_PARAMS, exc.message) from exc
+
+
+def handle_completion_complete(ex: Exchange, params: dict) -> dict:
+    ref = _require(params, "ref", dict)
+    argument = _require(params, "argument", dict)
+    name, value = argument.get("name"), argument.get("value", "")
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise RpcError(INVALID_PARAMS, "Invalid params: argument needs a name and a value.")
+    values = features.complete(principal=ex.principal, ref=ref, argument=name, value=value)
+    return {"completion": {"values": values, "total": len(values), "hasMore": False}}
+
+
+def handle_logging_set_level(ex: Exchange, params: dict) -> dict:
+    level = _require(params, "level", str)
+    if level not in LOG_LEVELS:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {list(LOG_LEVELS)}.")
+    session_update(session=ex.session, log_level=level)
+    return {}
+
+
+METHODS = {
+    "initialize": handle_initialize,
+    "ping": handle_ping,
+    "tools/list": handle_tools_list,
+    "tools/call": handle_tools_call,
+    "resources/list": handle_resources_list,
+    "resources/templates/list": handle_resource_templates_list,
+    "resources/read": handle_resources_read,
+    "resources/subscribe": handle_resources_subscribe,
+    "resources/unsubscribe": handle_resources_unsubscribe,
+    "prompts/list": handle_prompts_list,
+    "prompts/get": handle_prompts_get,
+    "completion/complete": handle_completion_complete,
+    "logging/setLevel": handle_logging_set_level,
+}
+
+
+def handle_request(ex: Exchange, method: str, params: Any) -> dict[str, Any] | None:
+    """The JSON-RPC reply to one request, or None when a continuation will answer it."""
+    handler = METHODS.get(method)
+    if handler is None:
+        return rpc_error(ex.rpc_id, METHOD_NOT_FOUND, f"Method not found: {method}")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        return rpc_error(ex.rpc_id, INVALID_PARAMS, "Invalid params: params must be an object.")
+    meta = params.get("_meta")
+    if isinstance(meta, dict):
+        ex.outbound.progress_token = meta.get("progressToken")
+    try:
+        result = handler(ex, params)
+    except RpcError as exc:
+        return rpc_error(ex.rpc_id, exc.code, exc.message, exc.data)
+    except ApplicationError as exc:
+        return rpc_error(ex.rpc_id, INVALID_PARAMS, exc.message, exc.as_dict())
+    if result is None:
+        return None
+    return rpc_result(ex.rpc_id, result)
+
+
+# --- HTTP requests --------------------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    """One validated JSON-RPC message from the client."""
+
+    kind: str  # "request", "notification" or "response"
+    raw: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        return self.raw.get("method", "")
+
+
+def classify(raw: Any) -> Message:
+    """Validates a JSON-RPC 2.0 message; RpcError(-32600) when it is not one."""
+    if not isinstance(raw, dict) or raw.get("jsonrpc") != "2.0":
+        raise RpcError(INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message.")
+    has_id = "id" in raw
+    rpc_id = raw.get("id")
+    if has_id and (isinstance(rpc_id, bool) or not isinstance(rpc_id, (str, int))):
+        raise RpcError(INVALID_REQUEST, "Invalid Request: id must be a string or an integer.")
+    if "method" in raw:
+        if not isinstance(raw["method"], str) or not raw["method"]:
+            raise RpcError(INVALID_REQUEST, "Invalid Request: method must be a string.")
+        return Message("request" if has_id else "notification", raw)
+    if has_id and ("result" in raw) != ("error" in raw):
+        return Message("response", raw)
+    raise RpcError(INVALID_REQUEST, "Invalid Request: neither a request nor a response.")
+
+
+def authenticate(authorization: str) -> Principal:
+    """The caller, from ``Authorization: Bearer``; HttpFailure(401) otherwise."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and secret.strip():
+        try:
+            return api_token_authenticate(secret=secret.strip())
+        except ApplicationError as exc:
+            raise _unauthorized(exc.message) from exc
+    anonymous = settings.QMCP_MCP_ANONYMOUS_USER
+    if anonymous and not authorization:
+        user = User.objects.filter(email__iexact=anonymous, is_active=True).first()
+        if user is not None:
+            scopes = frozenset({ApiToken.Scope.TOOLS_READ, ApiToken.Scope.TOOLS_CALL})
+            return Principal(user=user, scopes=scopes)
+    raise _unauthorized("Authentication required: send 'Authorization: Bearer <token>'.")
+
+
+def _unauthorized(message: str) -> HttpFailure:
+    return HttpFailure(
+        401, message, headers={"WWW-Authenticate": 'Bearer realm="qmcp", error="invalid_token"'}
+    )
+
+
+def _header_version(headers: dict[str, str]) -> str:
+    version = headers.get("mcp-protocol-version") or DEFAULT_HEADER_VERSION
+    if version not in SUPPORTED_VERSIONS:
+        raise HttpFailure(
+            400,
+            f"Bad Request: unsupported MCP-Protocol-Version '{version}'; "
+            f"supported: {', '.join(SUPPORTED_VERSIONS)}.",
+        )
+    return version
+
+
+def _session(headers: dict[str, str], principal: Principal) -> McpSession:
+    session_id = headers.get("mcp-session-id", "")
+    if not session_id:
+        raise HttpFailure(400, "Bad Request: Mcp-Session-Id header is required.")
+    try:
+        return session_get(session_id=session_id, principal=principal)
+    except SessionNotFound as exc:
+        raise HttpFailure(404, "Session not found.") from exc
+
+
+@dataclass
+class PostReply:
+    """What the consumer sends for a POST: JSON, or an SSE stream (stored for resumption)."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None  # JSON body; None with 202
+    stream_id: str | None = None
+    events: list[tuple[str, str]] = field(default_factory=list)  # (event id, data)
+    pending: int = 0  # responses still to come from continuations
+    continuations: list[Continuation] = field(default_factory=list)
+    session_id: str = ""
+    protocol_version: str = LATEST_VERSION
+    next_seq: int = 0
+
+
+def handle_post(
+    *, headers: dict[str, str], payload: Any, request_id: str = "", correlation_id: str = ""
+) -> PostReply:
+    """Handles a parsed POST body; raises HttpFailure for an HTTP-level refusal."""
+    principal = authenticate(headers.get("authorization", ""))
+    is_batch = isinstance(payload, list)
+    raws = payload if is_batch else [payload]
+    if is_batch and not raws:
+        raise HttpFailure(400, "Invalid Request: empty batch.")
+
+    messages = []
+    for raw in raws:
+        try:
+            messages.append(classify(raw))
+        except RpcError as exc:
+            if not is_batch:
+                raise HttpFailure(400, exc.message) from exc
+            messages.append(Message("invalid", {"error": exc.message}))
+
+    initialize = [m for m in messages if m.kind == "request" and m.method == "initialize"]
+    if initialize:
+        if is_batch:
+            raise HttpFailure(400, "Invalid Request: initialize must not be part of a batch.")
+        session, version = None, LATEST_VERSION
+    else:
+        version = _header_version(headers)
+        session = _session(headers, principal)
+        version = session.protocol_version
+        if is_batch and version != "2025-03-26":
+            raise HttpFailure(400, f"Invalid Request: batches are not part of MCP {version}.")
+
+    reply = PostReply()
+    replies: list[dict[str, Any]] = []
+    notifications: list[dict[str, Any]] = []
+    for message in messages:
+        if message.kind == "invalid":
+            replies.append(rpc_error(None, INVALID_REQUEST, message.raw["error"]))
+            continue
+        if message.kind != "request":
+            continue  # notifications and responses are routed by the consumer
+        ex = Exchange(
+            principal=principal,
+            session=session,
+            protocol_version=version,
+            rpc_id=message.raw["id"],
+            http_request_id=request_id,
+            correlation_id=correlation_id,
+            outbound=Outbound(log_level=session.log_level if session else "info"),
+        )
+        response = handle_request(ex, message.method, message.raw.get("params"))
+        session = ex.session or session
+        notifications.extend(ex.notifications)
+        if response is not None:
+            replies.append(response)
+        if ex.continuation is not None:
+            reply.continuations.append(ex.continuation)
+
+    if session is not None:
+        reply.session_id = session.pk
+        reply.protocol_version = session.protocol_version
+        reply.headers["mcp-session-id"] = session.pk
+    requests = sum(1 for m in messages if m.kind in ("request", "invalid"))
+    if requests == 0:
+        reply.status = 202
+        return reply
+    if not notifications and not reply.continuations:
+        reply.body = replies if is_batch else replies[0]
+        return reply
+    # SSE: notifications come first, then the responses; all stored for Last-Event-ID.
+    reply.stream_id = new_stream_id()
+    reply.pending = len(reply.continuations)
+    priming = session.protocol_version >= "2025-11-25"
+    frames = ([""] if priming else []) + [json.dumps(m) for m in notifications + replies]
+    first_seq = 0 if priming else 1
+    stored = [
+        (first_seq + i, data, reply.pending == 0 and i == len(frames) - 1)
+        for i, data in enumerate(frames)
+    ]
+    events_store(session_id=session.pk, stream_id=reply.stream_id, events=stored)
+    reply.events = [(f"{reply.stream_id}-{seq}", data) for seq, data, _ in stored]
+    reply.next_seq = first_seq + len(frames)
+    return reply
+
+
+@dataclass
+class GetReply:
+    session_id: str
+    stream_id: str | None = None
+    events: list[tuple[str, str, bool]] = field(default_factory=list)  # (id, data, final)
+    last_seq: int = 0
+    complete: bool = False
+
+
+def handle_get(*, headers: dict[str, str]) -> GetReply:
+    """Opens the session's own stream, or resumes a stream after ``Last-Event-ID``."""
+    principal = authenticate(headers.get("authorization", ""))
+    _header_version(headers)
+    session = _session(headers, principal)
+    last_event_id = headers.get("last-event-id")
+    if not last_event_id:
+        return GetReply(session_id=session.pk)
+    parsed = parse_event_id(last_event_id)
+    if parsed is None:
+        raise HttpFailure(400, "Bad Request: malformed Last-Event-ID.")
+    stream_id, seq = parsed
+    events = events_after(session_id=session.pk, stream_id=stream_id, seq=seq)
+    return GetReply(
+        session_id=session.pk,
+        stream_id=stream_id,
+        events=[(e.event_id, e.data, e.final) for e in events],
+        last_seq=events[-1].seq if events else seq,
+        complete=any(e.final for e in events),
+    )
+
+
+def handle_delete(*, headers: dict[str, str]) -> None:
+    principal = authenticate(headers.get("authorization", ""))
+    session_close(session=_session(headers, principal))

@@ -1,0 +1,115 @@
+"""MCP sessions and stored SSE events: database rows, so any worker serves any request."""
+
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from mcp_transport.models import McpEvent, McpSession
+from users.principals import Principal
+
+# last_used_at and expires_at move at most this often, to keep the hot path free of writes.
+TOUCH_RESOLUTION = timedelta(seconds=60)
+
+
+class SessionNotFound(Exception):
+    """Unknown, expired, closed, or opened by another token: all answered 404."""
+
+
+def _idle_timeout() -> timedelta:
+    return timedelta(seconds=settings.QMCP_MCP_SESSION_IDLE_SECONDS)
+
+
+def session_create(
+    *,
+    principal: Principal,
+    protocol_version: str,
+    client_info: dict,
+    client_capabilities: dict,
+) -> McpSession:
+    """A new session with a random 128-bit id, owned by the principal's token (or user)."""
+    now = timezone.now()
+    return McpSession.objects.create(
+        id=secrets.token_hex(16),
+        user=principal.user,
+        token=principal.token,
+        protocol_version=protocol_version,
+        client_info=client_info,
+        client_capabilities=client_capabilities,
+        last_used_at=now,
+        expires_at=now + _idle_timeout(),
+    )
+
+
+def session_get(*, session_id: str, principal: Principal) -> McpSession:
+    """The live session, touched; SessionNotFound unless it belongs to this principal's token."""
+    session = (
+        McpSession.objects.filter(id=session_id[:32], closed_at__isnull=True).first()
+        if session_id
+        else None
+    )
+    now = timezone.now()
+    if session is None or session.expires_at <= now or not _owned_by(session, principal):
+        raise SessionNotFound(session_id)
+    if now - session.last_used_at > TOUCH_RESOLUTION:
+        session.last_used_at = now
+        session.expires_at = now + _idle_timeout()
+        McpSession.objects.filter(pk=session.pk).update(
+            last_used_at=now, expires_at=session.expires_at
+        )
+    return session
+
+
+def _owned_by(session: McpSession, principal: Principal) -> bool:
+    if principal.token is not None:
+        return session.token_id == principal.token.pk
+    return session.token_id is None and session.user_id == principal.user.pk
+
+
+def session_close(*, session: McpSession) -> None:
+    McpSession.objects.filter(pk=session.pk).update(closed_at=timezone.now())
+
+
+def session_update(*, session: McpSession, **fields) -> None:
+    for name, value in fields.items():
+        setattr(session, name, value)
+    McpSession.objects.filter(pk=session.pk).update(**fields)
+
+
+def sessions_purge() -> int:
+    """Deletes sessions that expired or closed over a day ago, with their events."""
+    cutoff = timezone.now() - timedelta(days=1)
+    deleted, _ = McpSession.objects.filter(expires_at__lt=cutoff).delete()
+    closed, _ = McpSession.objects.filter(closed_at__lt=cutoff).delete()
+    old = timezone.now() - timedelta(seconds=settings.QMCP_MCP_EVENT_RETENTION_SECONDS)
+    events, _ = McpEvent.objects.filter(created_at__lt=old).delete()
+    return deleted + closed + events
+
+
+def new_stream_id() -> str:
+    return secrets.token_hex(8)
+
+
+def events_store(*, session_id: str, stream_id: str, events: list[tuple[int, str, bool]]) -> None:
+    """Stores ``(seq, data, final)`` events of one stream."""
+    McpEvent.objects.bulk_create(
+        McpEvent(session_id=session_id, stream_id=stream_id, seq=seq, data=data, final=final)
+        for seq, data, final in events
+    )
+
+
+def parse_event_id(event_id: str) -> tuple[str, int] | None:
+    stream_id, _, seq = (event_id or "").strip().rpartition("-")
+    if not stream_id or not seq.isdigit() or len(stream_id) > 32:
+        return None
+    return stream_id, int(seq)
+
+
+def events_after(*, session_id: str, stream_id: str, seq: int) -> list[McpEvent]:
+    """The session's stored events of ``stream_id`` after ``seq``, in order."""
+    return list(
+        McpEvent.objects.filter(session_id=session_id, stream_id=stream_id, seq__gt=seq).order_by(
+            "seq"
+        )
+    )
