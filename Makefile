@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv run test lint migrate clean
+.PHONY: venv run test lint migrate conformance clean
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ run: migrate
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+conformance: venv
+	bash .ci/conformance
 
 lint: venv
 	$(BIN)/ruff check .
