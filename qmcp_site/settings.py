@@ -120,6 +120,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # On-disk test database, as Channels' sample project: async tests and live servers
     # in other processes see the same data.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+if os.environ.get("QMCP_TEST_DB_NAME"):
+    # Lets two test runs share a machine without sharing a test database.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ["QMCP_TEST_DB_NAME"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "users.User"

@@ -45,3 +45,20 @@ def api_for(db):
 def api(api_for, staff):
     """A client for a staff user's token with every scope."""
     return api_for(staff, ["tools:read", "tools:call", "hitl:respond"])
+
+
+@pytest.fixture(scope="session")
+def _live_server_process(django_db_setup, django_db_blocker):
+    """One daphne process for the session, on the test database, with conformance fixtures."""
+    from tests.live import LiveServer
+
+    with django_db_blocker.unblock():
+        server = LiveServer(env={"QMCP_CONFORMANCE_FIXTURES": "1"}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live_server(_live_server_process, transactional_db):
+    """A running QMCP server; the test's data is committed, so the server sees it."""
+    return _live_server_process
