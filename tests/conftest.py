@@ -59,6 +59,6 @@ def _live_server_process(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture
-def live_server(_live_server_process, transactional_db):
+def qmcp_server(_live_server_process, transactional_db):
     """A running QMCP server; the test's data is committed, so the server sees it."""
     return _live_server_process
