@@ -15,6 +15,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
@@ -230,6 +231,17 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
 
 class McpConsumer(AsyncHttpConsumer):
     """POST messages, GET the server's stream (or resume one), DELETE the session."""
+
+    # No per-request channel: streams that need the layer make their own channels.
+    channel_layer_alias = "__mcp_none__"
+
+    async def dispatch(self, message):
+        # Channels closes old database connections here with an extra thread hop per
+        # message; every database_sync_to_async call already does that itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -20,6 +20,7 @@ from mcp_transport.sessions import (
     events_store,
     new_stream_id,
     parse_event_id,
+    session_authenticate,
     session_close,
     session_create,
     session_get,
@@ -29,7 +30,11 @@ from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
 from tools.registry import ToolSpec
 from tools.selectors import tool_list
-from tools.services import tool_invocation_execute, tool_invocation_prepare
+from tools.services import (
+    tool_invocation_execute,
+    tool_invocation_prepare,
+    tool_invocation_start,
+)
 from users.models import ApiToken, User
 from users.principals import Principal
 from users.services import api_token_authenticate
@@ -278,6 +283,7 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         return {"content": [{"type": "text", "text": exc.message}], "isError": True}
     if invocation.status == ToolInvocation.Status.RUNNING:
         if spec.is_async:
+            tool_invocation_start(invocation=invocation)
             ex.continuation = Continuation(
                 ex.rpc_id, invocation, spec, args, ex.principal, ex.outbound
             )
@@ -426,12 +432,17 @@ def classify(raw: Any) -> Message:
     raise RpcError(INVALID_REQUEST, "Invalid Request: neither a request nor a response.")
 
 
+def _bearer(headers: dict[str, str]) -> str:
+    scheme, _, secret = headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
 def authenticate(authorization: str) -> Principal:
     """The caller, from ``Authorization: Bearer``; HttpFailure(401) otherwise."""
-    scheme, _, secret = (authorization or "").partition(" ")
-    if scheme.lower() == "bearer" and secret.strip():
+    secret = _bearer({"authorization": authorization or ""})
+    if secret:
         try:
-            return api_token_authenticate(secret=secret.strip())
+            return api_token_authenticate(secret=secret)
         except ApplicationError as exc:
             raise _unauthorized(exc.message) from exc
     anonymous = settings.QMCP_MCP_ANONYMOUS_USER
@@ -460,12 +471,19 @@ def _header_version(headers: dict[str, str]) -> str:
     return version
 
 
-def _session(headers: dict[str, str], principal: Principal) -> McpSession:
+def session_and_principal(headers: dict[str, str]) -> tuple[McpSession, Principal]:
+    """The request's session and caller: 401 for a bad token, 400/404 for a bad session."""
+    fast = session_authenticate(
+        session_id=headers.get("mcp-session-id", ""), secret=_bearer(headers)
+    )
+    if fast is not None:
+        return fast
+    principal = authenticate(headers.get("authorization", ""))
     session_id = headers.get("mcp-session-id", "")
     if not session_id:
         raise HttpFailure(400, "Bad Request: Mcp-Session-Id header is required.")
     try:
-        return session_get(session_id=session_id, principal=principal)
+        return session_get(session_id=session_id, principal=principal), principal
     except SessionNotFound as exc:
         raise HttpFailure(404, "Session not found.") from exc
 
@@ -490,7 +508,6 @@ def handle_post(
     *, headers: dict[str, str], payload: Any, request_id: str = "", correlation_id: str = ""
 ) -> PostReply:
     """Handles a parsed POST body; raises HttpFailure for an HTTP-level refusal."""
-    principal = authenticate(headers.get("authorization", ""))
     is_batch = isinstance(payload, list)
     raws = payload if is_batch else [payload]
     if is_batch and not raws:
@@ -507,12 +524,13 @@ def handle_post(
 
     initialize = [m for m in messages if m.kind == "request" and m.method == "initialize"]
     if initialize:
+        principal = authenticate(headers.get("authorization", ""))
         if is_batch:
             raise HttpFailure(400, "Invalid Request: initialize must not be part of a batch.")
         session, version = None, LATEST_VERSION
     else:
-        version = _header_version(headers)
-        session = _session(headers, principal)
+        _header_version(headers)
+        session, principal = session_and_principal(headers)
         version = session.protocol_version
         if is_batch and version != "2025-03-26":
             raise HttpFailure(400, f"Invalid Request: batches are not part of MCP {version}.")
@@ -581,9 +599,8 @@ class GetReply:
 
 def handle_get(*, headers: dict[str, str]) -> GetReply:
     """Opens the session's own stream, or resumes a stream after ``Last-Event-ID``."""
-    principal = authenticate(headers.get("authorization", ""))
     _header_version(headers)
-    session = _session(headers, principal)
+    session, _ = session_and_principal(headers)
     last_event_id = headers.get("last-event-id")
     if not last_event_id:
         return GetReply(session_id=session.pk)
@@ -602,5 +619,5 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
 
 
 def handle_delete(*, headers: dict[str, str]) -> None:
-    principal = authenticate(headers.get("authorization", ""))
-    session_close(session=_session(headers, principal))
+    session, _ = session_and_principal(headers)
+    session_close(session=session)

@@ -7,7 +7,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from mcp_transport.models import McpEvent, McpSession
+from qmcp_site.errors import ApplicationError
+from qmcp_site.rawjoin import columns, fetch_one
+from users.models import ApiToken, User, hash_token
 from users.principals import Principal
+from users.services import api_token_principal
 
 # last_used_at and expires_at move at most this often, to keep the hot path free of writes.
 TOUCH_RESOLUTION = timedelta(seconds=60)
@@ -49,16 +53,59 @@ def session_get(*, session_id: str, principal: Principal) -> McpSession:
         if session_id
         else None
     )
-    now = timezone.now()
-    if session is None or session.expires_at <= now or not _owned_by(session, principal):
+    if session is None or session.expires_at <= timezone.now():
         raise SessionNotFound(session_id)
+    if not _owned_by(session, principal):
+        raise SessionNotFound(session_id)
+    _touch(session)
+    return session
+
+
+def session_authenticate(*, session_id: str, secret: str) -> tuple[McpSession, Principal] | None:
+    """The session and its principal in one query, when ``secret`` is the session's token.
+
+    None when anything does not match; the caller then checks token and session one by
+    one, to give the precise error.
+    """
+    if not session_id or not secret:
+        return None
+    session = _session_with_token(session_id[:32], hash_token(secret))
+    if session is None or session.expires_at <= timezone.now():
+        return None
+    try:
+        principal = api_token_principal(token=session.token)
+    except ApplicationError:
+        return None
+    _touch(session)
+    return session, principal
+
+
+def _session_with_token(session_id: str, token_hash: str) -> McpSession | None:
+    """The open session with its token and user, in one join on every MCP request's path."""
+    sql = (
+        f"SELECT {columns(McpSession, 's')}, {columns(ApiToken, 't')}, {columns(User, 'u')} "
+        f"FROM {McpSession._meta.db_table} s "
+        f"JOIN {ApiToken._meta.db_table} t ON t.id = s.token_id "
+        f"JOIN {User._meta.db_table} u ON u.id = t.user_id "
+        "WHERE s.id = %s AND t.token_hash = %s AND s.closed_at IS NULL"
+    )
+    found = fetch_one(sql, [session_id, token_hash], (McpSession, ApiToken, User))
+    if found is None:
+        return None
+    session, token, user = found
+    token.user = user
+    session.token = token
+    return session
+
+
+def _touch(session: McpSession) -> None:
+    now = timezone.now()
     if now - session.last_used_at > TOUCH_RESOLUTION:
         session.last_used_at = now
         session.expires_at = now + _idle_timeout()
         McpSession.objects.filter(pk=session.pk).update(
             last_used_at=now, expires_at=session.expires_at
         )
-    return session
 
 
 def _owned_by(session: McpSession, principal: Principal) -> bool:

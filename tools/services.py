@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
+from qmcp_site.rawjoin import columns, fetch_one
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import (
     AsyncToolContext,
@@ -32,7 +33,13 @@ def tool_policy_defaults(spec: ToolSpec) -> dict[str, Any]:
 
 def tool_policy_get(*, spec: ToolSpec) -> ToolPolicy:
     """The tool's policy row, created from the registry's defaults on first use."""
-    policy = ToolPolicy.objects.filter(tool_name=spec.name).first()
+    found = fetch_one(
+        f"SELECT {columns(ToolPolicy, 'p')} FROM {ToolPolicy._meta.db_table} p "
+        "WHERE p.tool_name = %s",
+        [spec.name],
+        (ToolPolicy,),
+    )
+    policy = found[0] if found else None
     if policy is None:
         policy, _ = ToolPolicy.objects.get_or_create(
             tool_name=spec.name, defaults=tool_policy_defaults(spec)
@@ -89,10 +96,13 @@ def tool_invoke(
 
 
 def tool_invocation_prepare(**call) -> tuple[ToolInvocation, ToolSpec, Any]:
-    """Checks and records a call without running it; see :func:`tool_invoke`.
+    """Checks a call; see :func:`tool_invoke`. Returns the invocation, the tool and its
+    validated arguments.
 
-    Returns the invocation (``running``, or ``awaiting_approval``), the tool and its
-    validated arguments. Refusals are recorded and raised.
+    Refusals are recorded and raised. A gated call is saved ``awaiting_approval``. A call
+    that may run comes back ``running`` but not yet saved: a sync tool's run and its audit
+    row then commit together (:func:`tool_invocation_execute`), and an async tool's caller
+    saves it first with :func:`tool_invocation_start`.
     """
     record = _invocation_record(**call)
     name, principal = call["name"], call["principal"]
@@ -117,10 +127,14 @@ def tool_invocation_prepare(**call) -> tuple[ToolInvocation, ToolSpec, Any]:
             invocation_gated.send(sender=ToolInvocation, invocation=invocation, policy=policy)
         return invocation, spec, args
 
-    invocation = ToolInvocation.objects.create(
-        **record, status=Status.RUNNING, started_at=timezone.now()
-    )
+    invocation = ToolInvocation(**record, status=Status.RUNNING, started_at=timezone.now())
     return invocation, spec, args
+
+
+def tool_invocation_start(*, invocation: ToolInvocation) -> ToolInvocation:
+    """Saves a prepared ``running`` invocation before a long (async) run."""
+    invocation.save(force_insert=True)
+    return invocation
 
 
 def tool_invoke_refuse(*, error: ApplicationError, **call) -> None:
@@ -169,25 +183,27 @@ def tool_invocation_execute(
 ) -> ToolInvocation:
     """Runs a ``running`` invocation's tool and records the outcome.
 
-    The tool's own writes happen in a savepoint, so a tool that fails half way leaves
-    nothing behind but the invocation's ``failed`` record. An ``async def`` tool runs on
-    the event loop with an AsyncToolContext that can notify but not ask the client.
+    The tool's writes and the audit row commit in one transaction: a process that dies
+    mid-run leaves neither. The tool runs in a savepoint, so one that fails half way leaves
+    nothing behind but the ``failed`` record. An ``async def`` tool runs on the event loop
+    with an AsyncToolContext that can notify but not ask the client.
     """
     started = time.perf_counter()
-    try:
-        with transaction.atomic():
-            if spec.is_async:
-                context = AsyncToolContext(principal=principal, invocation=invocation)
-                value = async_to_sync(spec.func)(args, context)
-            else:
-                context = ToolContext(principal=principal, invocation=invocation, notify=notify)
-                value = spec.func(args, context)
-            result = spec.to_result(value)
-    except Exception as exc:
-        result = tool_error_result(spec, exc)
-    return tool_invocation_finish(
-        invocation=invocation, result=result, duration=time.perf_counter() - started
-    )
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                if spec.is_async:
+                    context = AsyncToolContext(principal=principal, invocation=invocation)
+                    value = async_to_sync(spec.func)(args, context)
+                else:
+                    context = ToolContext(principal=principal, invocation=invocation, notify=notify)
+                    value = spec.func(args, context)
+                result = spec.to_result(value)
+        except Exception as exc:
+            result = tool_error_result(spec, exc)
+        return tool_invocation_finish(
+            invocation=invocation, result=result, duration=time.perf_counter() - started
+        )
 
 
 def tool_error_result(spec: ToolSpec, exc: Exception) -> ToolResult:
@@ -217,7 +233,10 @@ def tool_invocation_finish(
     invocation.error = error
     invocation.finished_at = timezone.now()
     invocation.duration_ms = round(duration * 1000, 3)
-    invocation.save(update_fields=["status", "result", "error", "finished_at", "duration_ms"])
+    if invocation._state.adding:
+        invocation.save(force_insert=True)
+    else:
+        invocation.save(update_fields=["status", "result", "error", "finished_at", "duration_ms"])
     return invocation
 
 

@@ -119,6 +119,14 @@ def api_token_authenticate(*, secret: str) -> Principal:
     )
     if token is None:
         raise ApplicationError("Invalid API token.", "unauthenticated")
+    return api_token_principal(token=token)
+
+
+def api_token_principal(*, token: ApiToken) -> Principal:
+    """The principal of a token found by its hash; ``unauthenticated`` if it is not usable.
+
+    Records the use at most once per ``LAST_USED_RESOLUTION``.
+    """
     if token.is_revoked:
         raise ApplicationError("This API token has been revoked.", "unauthenticated")
     if token.is_expired:

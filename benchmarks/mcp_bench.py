@@ -1,0 +1,213 @@
+"""MCP throughput: QMCP (daphne, one process) against the official SDK's own server.
+
+Both serve an ``echo`` tool over Streamable HTTP; QMCP writes an audit row per call. Each
+client initializes once, then calls ``tools/call echo`` in a loop for a fixed time, at each
+concurrency level, against each server in turn. Prints calls per second, p50 and p99
+latency, and the ratio QMCP/SDK.
+
+    .venv/bin/python benchmarks/mcp_bench.py                      # SQLite
+    .venv/bin/python benchmarks/mcp_bench.py --postgres postgres://postgres@127.0.0.1:5432/postgres
+
+This is a benchmark, not a test: it prints figures and asserts nothing.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+ACCEPT = "application/json, text/event-stream"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited early: {process.stderr.read()}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+@contextmanager
+def run(cmd: list[str], env: dict[str, str], probe: str):
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until_up(probe, process)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def postgres_database(admin_url: str) -> str:
+    """A fresh database ``qmcp_bench`` next to ``admin_url``; returns its URL."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS qmcp_bench WITH (FORCE)")
+        conn.execute("CREATE DATABASE qmcp_bench")
+    return admin_url.rsplit("/", 1)[0] + "/qmcp_bench"
+
+
+def prepare_qmcp(env: dict[str, str]) -> str:
+    """Migrates, creates a user and returns a token secret."""
+    subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    code = (
+        "from users.models import User; from users.services import api_token_create;"
+        "u, _ = User.objects.get_or_create(email='bench@example.com');"
+        "print(api_token_create(user=u, name='bench', scopes=['tools:call', 'tools:read'])[1])"
+    )
+    out = subprocess.run(
+        [PYTHON, "manage.py", "shell", "-v0", "-c", code],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def parse_reply(response: httpx.Response, rpc_id: int) -> dict:
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return response.json()
+    for line in response.text.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            message = json.loads(line[5:])
+            if message.get("id") == rpc_id:
+                return message
+    raise RuntimeError(f"no reply in {response.text[:200]!r}")
+
+
+async def client_loop(url: str, headers: dict, deadline: float, latencies: list[float]) -> None:
+    async with httpx.AsyncClient(headers=headers, timeout=30) as http:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "bench", "version": "1"},
+            },
+        }
+        response = await http.post(url, json=init)
+        parse_reply(response, 0)
+        session = {
+            "mcp-session-id": response.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+        await http.post(
+            url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
+        )
+        rpc_id = 0
+        while time.perf_counter() < deadline:
+            rpc_id += 1
+            call = {
+                "jsonrpc": "2.0",
+                "id": rpc_id,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": f"hello {rpc_id}"}},
+            }
+            started = time.perf_counter()
+            reply = parse_reply(await http.post(url, json=call, headers=session), rpc_id)
+            latencies.append(time.perf_counter() - started)
+            if reply["result"]["content"][0]["text"] != f"hello {rpc_id}":
+                raise RuntimeError(f"wrong reply {reply}")
+
+
+async def load(url: str, headers: dict, concurrency: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(client_loop(url, headers, deadline, latencies) for _ in range(concurrency))
+    )
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "calls": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50": statistics.median(latencies) * 1000,
+        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--postgres", help="admin URL of a PostgreSQL server to use for QMCP")
+    parser.add_argument("--redis", help="REDIS_URL for QMCP's channel layer")
+    args = parser.parse_args()
+
+    workdir = tempfile.mkdtemp(prefix="qmcp-bench-")
+    database = (
+        postgres_database(args.postgres) if args.postgres else f"sqlite:///{workdir}/db.sqlite3"
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_DEBUG": "",
+    }
+    if args.redis:
+        env["REDIS_URL"] = args.redis
+    token = prepare_qmcp(env)
+    qmcp_port, sdk_port = free_port(), free_port()
+    qmcp_cmd = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(qmcp_port)]
+    qmcp_cmd.append("qmcp_site.asgi:application")
+    sdk_cmd = [PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
+    servers = {
+        "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),
+        "sdk": (f"http://127.0.0.1:{sdk_port}/mcp", {}),
+    }
+    base = {"Accept": ACCEPT, "Content-Type": "application/json"}
+
+    print(f"QMCP on {database.split('://')[0]}; {args.seconds:.0f} s per run; echo tool")
+    print(f"{'conc':>5} {'server':>6} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    with (
+        run(qmcp_cmd, env, f"http://127.0.0.1:{qmcp_port}/health"),
+        run(sdk_cmd, os.environ.copy(), f"http://127.0.0.1:{sdk_port}/"),
+    ):
+        for concurrency in args.concurrency:
+            figures = {}
+            for name, (url, auth) in servers.items():
+                asyncio.run(load(url, {**base, **auth}, concurrency, 1))  # warm up
+                figures[name] = asyncio.run(load(url, {**base, **auth}, concurrency, args.seconds))
+                f = figures[name]
+                print(
+                    f"{concurrency:>5} {name:>6} {f['rps']:>9.0f} {f['p50']:>8.2f} {f['p99']:>8.2f}"
+                )
+            ratio = figures["qmcp"]["rps"] / figures["sdk"]["rps"]
+            print(f"{concurrency:>5} {'ratio':>6} {ratio:>9.2f}  (QMCP/SDK calls per second)")
+
+
+if __name__ == "__main__":
+    main()
