@@ -58,8 +58,9 @@ def call_group(session_id: str, key: str) -> str:
     return f"mcp.call.{session_id}.{key}"
 
 
-def stream_group(stream_id: str) -> str:
-    return f"mcp.stream.{stream_id}"
+def stream_group(session_id: str, stream_id: str) -> str:
+    """The group a resumed stream listens on; keyed by session too, so ids cannot be borrowed."""
+    return f"mcp.stream.{session_id}.{stream_id}"
 
 
 def sse_frame(event_id: str | None, data: str, retry_ms: int | None = None) -> bytes:
@@ -115,7 +116,7 @@ class Stream:
         if final:
             self.attached = False
         await self.layer.group_send(
-            stream_group(self.stream_id),
+            stream_group(self.session_id, self.stream_id),
             {"type": "mcp.event", "seq": seq, "data": data, "final": final},
         )
 
@@ -443,7 +444,7 @@ class McpConsumer(AsyncHttpConsumer):
         """Sends a resumed stream's events as they are stored, until its final event."""
         layer = get_channel_layer()
         channel = await layer.new_channel()
-        await layer.group_add(stream_group(stream_id), channel)
+        await layer.group_add(stream_group(session_id, stream_id), channel)
         try:
             # Events stored between the first read and joining the group.
             for event in await database_sync_to_async(events_after)(
@@ -475,7 +476,7 @@ class McpConsumer(AsyncHttpConsumer):
                     return
             await self.send_body(b"", more_body=False)
         finally:
-            await layer.group_discard(stream_group(stream_id), channel)
+            await layer.group_discard(stream_group(session_id, stream_id), channel)
 
 
 def _task_done(task: asyncio.Task) -> None:

@@ -25,6 +25,7 @@ from mcp_transport.sessions import (
     session_create,
     session_get,
     session_update,
+    stream_exists,
 )
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
@@ -608,6 +609,8 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
     if parsed is None:
         raise HttpFailure(400, "Bad Request: malformed Last-Event-ID.")
     stream_id, seq = parsed
+    if not stream_exists(session_id=session.pk, stream_id=stream_id):
+        raise HttpFailure(404, "Unknown Last-Event-ID: no such stream in this session.")
     events = events_after(session_id=session.pk, stream_id=stream_id, seq=seq)
     return GetReply(
         session_id=session.pk,

@@ -160,3 +160,7 @@ def events_after(*, session_id: str, stream_id: str, seq: int) -> list[McpEvent]
             "seq"
         )
     )
+
+
+def stream_exists(*, session_id: str, stream_id: str) -> bool:
+    return McpEvent.objects.filter(session_id=session_id, stream_id=stream_id).exists()
