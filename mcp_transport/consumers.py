@@ -358,7 +358,7 @@ class McpConsumer(AsyncHttpConsumer):
             raise HttpFailure(415, "Unsupported Media Type: Content-Type must be application/json.")
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise HttpFailure(400, f"Parse error: {exc}", PARSE_ERROR) from exc
 
         reply = await database_sync_to_async(protocol.handle_post)(
@@ -424,9 +424,11 @@ class McpConsumer(AsyncHttpConsumer):
         if reply.stream_id is None:
             self.spawn(self.keepalive(), keep_running=False)
             return
-        for event_id, data, final in reply.events:
-            await self.send_body(sse_frame(event_id, data), more_body=not final)
-        if not reply.complete:
+        for event_id, data, _ in reply.events:
+            await self.send_body(sse_frame(event_id, data), more_body=True)
+        if reply.complete:
+            await self.send_body(b"", more_body=False)
+        else:
             self.spawn(
                 self.follow(reply.session_id, reply.stream_id, reply.last_seq), keep_running=False
             )

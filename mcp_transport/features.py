@@ -118,10 +118,11 @@ def prompt_get(*, principal, name: str, arguments: dict[str, str]) -> dict[str, 
 def complete(*, principal, ref: dict[str, Any], argument: str, value: str) -> list[str]:
     """Suggestions for an argument of a prompt or a template; empty for anything unknown."""
     completer = None
-    if ref.get("type") == "ref/prompt" and ref.get("name") in PROMPTS:
-        completer = PROMPTS[ref["name"]].complete.get(argument)
-    elif ref.get("type") == "ref/resource" and ref.get("uri") in TEMPLATES:
-        completer = TEMPLATES[ref["uri"]].complete.get(argument)
+    name, uri = ref.get("name"), ref.get("uri")
+    if ref.get("type") == "ref/prompt" and isinstance(name, str) and name in PROMPTS:
+        completer = PROMPTS[name].complete.get(argument)
+    elif ref.get("type") == "ref/resource" and isinstance(uri, str) and uri in TEMPLATES:
+        completer = TEMPLATES[uri].complete.get(argument)
     if completer is None:
         return []
     return [v for v in completer(principal, value) if v.startswith(value)][:100]

@@ -25,7 +25,7 @@ from mcp_transport.sessions import (
     session_create,
     session_get,
     session_update,
-    stream_exists,
+    stream_state,
 )
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
@@ -609,7 +609,8 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
     if parsed is None:
         raise HttpFailure(400, "Bad Request: malformed Last-Event-ID.")
     stream_id, seq = parsed
-    if not stream_exists(session_id=session.pk, stream_id=stream_id):
+    exists, complete = stream_state(session_id=session.pk, stream_id=stream_id)
+    if not exists:
         raise HttpFailure(404, "Unknown Last-Event-ID: no such stream in this session.")
     events = events_after(session_id=session.pk, stream_id=stream_id, seq=seq)
     return GetReply(
@@ -617,7 +618,7 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
         stream_id=stream_id,
         events=[(e.event_id, e.data, e.final) for e in events],
         last_seq=events[-1].seq if events else seq,
-        complete=any(e.final for e in events),
+        complete=complete,
     )
 
 

@@ -1,5 +1,6 @@
 """MCP sessions and stored SSE events: database rows, so any worker serves any request."""
 
+import re
 import secrets
 from datetime import timedelta
 
@@ -49,8 +50,8 @@ def session_create(
 def session_get(*, session_id: str, principal: Principal) -> McpSession:
     """The live session, touched; SessionNotFound unless it belongs to this principal's token."""
     session = (
-        McpSession.objects.filter(id=session_id[:32], closed_at__isnull=True).first()
-        if session_id
+        McpSession.objects.filter(id=session_id, closed_at__isnull=True).first()
+        if session_id and len(session_id) <= 32
         else None
     )
     if session is None or session.expires_at <= timezone.now():
@@ -67,9 +68,9 @@ def session_authenticate(*, session_id: str, secret: str) -> tuple[McpSession, P
     None when anything does not match; the caller then checks token and session one by
     one, to give the precise error.
     """
-    if not session_id or not secret:
+    if not session_id or len(session_id) > 32 or not secret:
         return None
-    session = _session_with_token(session_id[:32], hash_token(secret))
+    session = _session_with_token(session_id, hash_token(secret))
     if session is None or session.expires_at <= timezone.now():
         return None
     try:
@@ -146,11 +147,13 @@ def events_store(*, session_id: str, stream_id: str, events: list[tuple[int, str
     )
 
 
+_EVENT_ID = re.compile(r"^([0-9a-f]{1,32})-([0-9]{1,9})$")
+
+
 def parse_event_id(event_id: str) -> tuple[str, int] | None:
-    stream_id, _, seq = (event_id or "").strip().rpartition("-")
-    if not stream_id or not seq.isdigit() or len(stream_id) > 32:
-        return None
-    return stream_id, int(seq)
+    """``(stream_id, seq)`` from an event id we issued, or None for anything else."""
+    match = _EVENT_ID.match((event_id or "").strip())
+    return (match.group(1), int(match.group(2))) if match else None
 
 
 def events_after(*, session_id: str, stream_id: str, seq: int) -> list[McpEvent]:
@@ -162,5 +165,11 @@ def events_after(*, session_id: str, stream_id: str, seq: int) -> list[McpEvent]
     )
 
 
-def stream_exists(*, session_id: str, stream_id: str) -> bool:
-    return McpEvent.objects.filter(session_id=session_id, stream_id=stream_id).exists()
+def stream_state(*, session_id: str, stream_id: str) -> tuple[bool, bool]:
+    """Whether the session has this stream, and whether its final event is stored."""
+    finals = set(
+        McpEvent.objects.filter(session_id=session_id, stream_id=stream_id).values_list(
+            "final", flat=True
+        )
+    )
+    return bool(finals), True in finals
