@@ -149,6 +149,8 @@ async def load(url: str, headers: dict, concurrency: int, seconds: float) -> dic
         *(client_loop(url, headers, deadline, latencies) for _ in range(concurrency))
     )
     elapsed = time.perf_counter() - started
+    if not latencies:
+        raise RuntimeError(f"no call completed in {seconds} s at {url}")
     latencies.sort()
     return {
         "calls": len(latencies),
@@ -181,7 +183,7 @@ def main() -> None:
         env["REDIS_URL"] = args.redis
     token = prepare_qmcp(env)
     qmcp_port, sdk_port = free_port(), free_port()
-    qmcp_cmd = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(qmcp_port)]
+    qmcp_cmd = [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(qmcp_port)]
     qmcp_cmd.append("qmcp_site.asgi:application")
     sdk_cmd = [PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
     servers = {
@@ -199,7 +201,7 @@ def main() -> None:
         for concurrency in args.concurrency:
             figures = {}
             for name, (url, auth) in servers.items():
-                asyncio.run(load(url, {**base, **auth}, concurrency, 1))  # warm up
+                asyncio.run(load(url, {**base, **auth}, concurrency, 2))  # warm up
                 figures[name] = asyncio.run(load(url, {**base, **auth}, concurrency, args.seconds))
                 f = figures[name]
                 print(

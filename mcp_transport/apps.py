@@ -7,7 +7,15 @@ class McpTransportConfig(AppConfig):
     verbose_name = "MCP transport"
 
     def ready(self):
+        from django.db.models.signals import post_save
+
         from mcp_transport import features  # noqa: F401  (QMCP's resources and prompts)
+        from mcp_transport.sessions import auth_cache_clear
+        from users.models import ApiToken, User
+
+        # A revoked token or a deactivated user must not live on in the auth cache.
+        post_save.connect(auth_cache_clear, sender=ApiToken)
+        post_save.connect(auth_cache_clear, sender=User)
 
         if settings.QMCP_CONFORMANCE_FIXTURES:
             from mcp_transport import conformance  # noqa: F401

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from mcp_transport import protocol
+from mcp_transport.batching import run_batched
 from mcp_transport.protocol import (
     PARSE_ERROR,
     Continuation,
@@ -34,6 +35,7 @@ from mcp_transport.protocol import (
     tool_call_result,
 )
 from mcp_transport.sessions import events_after, events_store
+from qmcp_site.errors import ApplicationError
 from qmcp_site.observability import clean_id
 from tools.registry import AsyncToolContext
 from tools.services import tool_error_result, tool_invocation_cancel, tool_invocation_finish
@@ -74,6 +76,13 @@ def sse_frame(event_id: str | None, data: str, retry_ms: int | None = None) -> b
     else:
         lines.append("data: ")
     return ("\n".join(lines) + "\n\n").encode()
+
+
+def _client_id(headers: dict[str, str], name: str) -> str:
+    """A tracing id the client sent, cleaned; empty when it sent none (the JSON-RPC id and
+    the session already identify an MCP call)."""
+    value = headers.get(name)
+    return clean_id(value) if value else ""
 
 
 def _accepts(accept: str, media_type: str) -> bool:
@@ -164,8 +173,6 @@ class CallChannel:
                     future.set_result(message)
 
     async def request(self, stream: Stream, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        from qmcp_site.errors import ApplicationError
-
         self.count += 1
         request_id = f"{self.key}.{self.count}"
         future = asyncio.get_running_loop().create_future()
@@ -361,11 +368,13 @@ class McpConsumer(AsyncHttpConsumer):
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise HttpFailure(400, f"Parse error: {exc}", PARSE_ERROR) from exc
 
-        reply = await database_sync_to_async(protocol.handle_post)(
+        reply = await run_batched(
+            protocol.handle_post,
+            expected=(HttpFailure, ApplicationError),
             headers=headers,
             payload=payload,
-            request_id=clean_id(headers.get("x-request-id")),
-            correlation_id=clean_id(headers.get("x-correlation-id")),
+            request_id=_client_id(headers, "x-request-id"),
+            correlation_id=_client_id(headers, "x-correlation-id"),
         )
         await self.route_client_messages(reply.session_id, payload)
         if reply.status == 202:

@@ -2,6 +2,7 @@
 
 import re
 import secrets
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -62,35 +63,80 @@ def session_get(*, session_id: str, principal: Principal) -> McpSession:
     return session
 
 
+# (session id, token hash) -> (when cached, session, principal); see session_authenticate.
+_AUTH_CACHE: dict[tuple[str, str], tuple[float, McpSession, Principal]] = {}
+_AUTH_CACHE_MAX = 10_000
+
+
+def auth_cache_clear(**kwargs) -> None:
+    """Forgets every cached session (connected to token and user saves)."""
+    _AUTH_CACHE.clear()
+
+
 def session_authenticate(*, session_id: str, secret: str) -> tuple[McpSession, Principal] | None:
     """The session and its principal in one query, when ``secret`` is the session's token.
 
     None when anything does not match; the caller then checks token and session one by
-    one, to give the precise error.
+    one, to give the precise error. A match is kept in memory for
+    ``QMCP_AUTH_CACHE_SECONDS``: closing a session, or saving a token or a user, in this
+    process takes effect at once; in another worker, within that time. Expiry of the
+    session and of the token is checked on every request.
     """
     if not session_id or len(session_id) > 32 or not secret:
         return None
-    session = _session_with_token(session_id, hash_token(secret))
-    if session is None or session.expires_at <= timezone.now():
+    key = (session_id, hash_token(secret))
+    ttl = settings.QMCP_AUTH_CACHE_SECONDS
+    cached = _AUTH_CACHE.get(key)
+    now = timezone.now()
+    if cached is not None and time.monotonic() - cached[0] < ttl:
+        _, session, principal = cached
+        if session.expires_at > now and not principal.token.is_expired:
+            return session, principal
+    session = _session_with_token(*key)
+    if session is None or session.expires_at <= now:
         return None
     try:
         principal = api_token_principal(token=session.token)
     except ApplicationError:
         return None
     _touch(session)
+    if ttl > 0:
+        if len(_AUTH_CACHE) >= _AUTH_CACHE_MAX:
+            _AUTH_CACHE.clear()
+        _AUTH_CACHE[key] = (time.monotonic(), session, principal)
     return session, principal
+
+
+# What an MCP request needs of its session, token and user; the rest stays deferred.
+_SESSION_FIELDS = (
+    "id",
+    "user",
+    "token",
+    "protocol_version",
+    "log_level",
+    "subscriptions",
+    "expires_at",
+    "last_used_at",
+)
+_TOKEN_FIELDS = ("id", "user", "prefix", "scopes", "expires_at", "revoked_at", "last_used_at")
+_USER_FIELDS = ("id", "email", "is_active", "is_staff", "is_superuser")
 
 
 def _session_with_token(session_id: str, token_hash: str) -> McpSession | None:
     """The open session with its token and user, in one join on every MCP request's path."""
     sql = (
-        f"SELECT {columns(McpSession, 's')}, {columns(ApiToken, 't')}, {columns(User, 'u')} "
+        f"SELECT {columns(McpSession, 's', _SESSION_FIELDS)}, "
+        f"{columns(ApiToken, 't', _TOKEN_FIELDS)}, {columns(User, 'u', _USER_FIELDS)} "
         f"FROM {McpSession._meta.db_table} s "
         f"JOIN {ApiToken._meta.db_table} t ON t.id = s.token_id "
         f"JOIN {User._meta.db_table} u ON u.id = t.user_id "
         "WHERE s.id = %s AND t.token_hash = %s AND s.closed_at IS NULL"
     )
-    found = fetch_one(sql, [session_id, token_hash], (McpSession, ApiToken, User))
+    found = fetch_one(
+        sql,
+        [session_id, token_hash],
+        ((McpSession, _SESSION_FIELDS), (ApiToken, _TOKEN_FIELDS), (User, _USER_FIELDS)),
+    )
     if found is None:
         return None
     session, token, user = found
@@ -117,6 +163,8 @@ def _owned_by(session: McpSession, principal: Principal) -> bool:
 
 def session_close(*, session: McpSession) -> None:
     McpSession.objects.filter(pk=session.pk).update(closed_at=timezone.now())
+    for key in [k for k in _AUTH_CACHE if k[0] == session.pk]:
+        _AUTH_CACHE.pop(key, None)
 
 
 def session_update(*, session: McpSession, **fields) -> None:

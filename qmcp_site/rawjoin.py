@@ -1,37 +1,55 @@
-"""Model instances from one hand-written join, for the few queries on a hot path.
+"""Plain SQL for the few queries on the hot path of every tool call.
 
-For a small join the ORM spends far longer compiling SQL than the database spends running
+For a small query the ORM spends far longer compiling SQL than the database spends running
 it. ``fetch_one`` runs plain SQL that selects ``columns(Model, alias)`` for each model, in
-order, and turns the row into instances with the same converters the ORM would apply.
+order, and turns the row into instances with the same converters the ORM would apply;
+``insert_one`` inserts an instance with SQL built once per model.
 """
 
+import threading
+from contextlib import contextmanager
 from functools import cache
 
 from django.db import connections
 
+_deferred = threading.local()
+
+
+def _fields(model, names: tuple[str, ...] | None) -> list:
+    """The named fields in the model's own order, which ``Model.from_db`` relies on."""
+    wanted = None if names is None else {model._meta.get_field(name).attname for name in names}
+    return [f for f in model._meta.concrete_fields if wanted is None or f.attname in wanted]
+
 
 @cache
-def columns(model, alias: str) -> str:
-    """The SELECT list for every concrete field of ``model`` under table ``alias``."""
-    return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
+def columns(model, alias: str, names: tuple[str, ...] | None = None) -> str:
+    """The SELECT list for ``names`` (every concrete field by default) under ``alias``.
+
+    Fields left out are deferred on the instances, as with ``QuerySet.only()``.
+    """
+    return ", ".join(f'{alias}."{f.column}"' for f in _fields(model, names))
 
 
 @cache
 def _plan(vendor: str, models: tuple) -> list[tuple]:
     connection = next(c for c in connections.all() if c.vendor == vendor)
     plan = []
-    for model in models:
+    for model, names in models:
         fields = []
-        for field in model._meta.concrete_fields:
+        for field in _fields(model, names):
             col = field.get_col(model._meta.db_table)
             converters = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
             fields.append((col, converters))
-        plan.append((model, [f.attname for f in model._meta.concrete_fields], fields))
+        plan.append((model, [f.attname for f in _fields(model, names)], fields))
     return plan
 
 
 def fetch_one(sql: str, params: list, models: tuple, using: str = "default") -> list | None:
-    """One instance per model from the first row of ``sql``, or None when there is none."""
+    """One instance per model from the first row of ``sql``, or None when there is none.
+
+    ``models`` lists ``(Model, names)`` in the order of the SELECT list, ``names`` as given
+    to :func:`columns` (None for every field).
+    """
     connection = connections[using]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -49,3 +67,54 @@ def fetch_one(sql: str, params: list, models: tuple, using: str = "default") -> 
             position += 1
         instances.append(model.from_db(using, names, values))
     return instances
+
+
+@cache
+def _insert_plan(vendor: str, model) -> tuple[list, str]:
+    fields = list(model._meta.concrete_fields)
+    names = ", ".join(f'"{f.column}"' for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    return fields, f'INSERT INTO "{model._meta.db_table}" ({names}) VALUES ({marks})'
+
+
+def insert_one(obj, using: str = "default") -> None:
+    """Inserts ``obj`` as ``save(force_insert=True)`` would, without compiling SQL each time.
+
+    For a model whose primary key is set before saving (a UUID, say) and that has no
+    ``pre_save``/``post_save`` receivers: none are sent. Inside :func:`deferred_inserts`
+    the row is written when that block ends, with the others, in one statement.
+    """
+    connection = connections[using]
+    fields, _ = _insert_plan(connection.vendor, type(obj))
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    obj._state.adding = False
+    obj._state.db = using
+    pending = getattr(_deferred, "rows", None)
+    if pending is not None:
+        pending.setdefault((using, type(obj)), []).append(params)
+        return
+    _insert_rows(using, type(obj), [params])
+
+
+@contextmanager
+def deferred_inserts():
+    """Collects :func:`insert_one` rows and writes them per model in one multi-row INSERT.
+
+    Meant to run inside a transaction, which then commits them with everything else.
+    """
+    _deferred.rows = {}
+    try:
+        yield
+        for (using, model), rows in _deferred.rows.items():
+            _insert_rows(using, model, rows)
+    finally:
+        _deferred.rows = None
+
+
+def _insert_rows(using: str, model, rows: list[list]) -> None:
+    connection = connections[using]
+    _, sql = _insert_plan(connection.vendor, model)
+    head, _, marks = sql.rpartition(" VALUES ")
+    statement = f"{head} VALUES " + ", ".join([marks] * len(rows))
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [value for row in rows for value in row])

@@ -105,7 +105,7 @@ DATABASES = {
     "default": dj_database_url.config(
         default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "600")),
-        conn_health_checks=True,
+        conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS"),
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
@@ -119,6 +119,12 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # On-disk test database, as Channels' sample project: async tests and live servers
     # in other processes see the same data.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Server-side binding lets psycopg prepare the statements every tool call repeats,
+    # so PostgreSQL plans them once per connection instead of on every call.
+    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = env_bool(
+        "DB_SERVER_SIDE_BINDING", True
+    )
 if os.environ.get("QMCP_TEST_DB_NAME"):
     # Lets two test runs share a machine without sharing a test database.
     DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ["QMCP_TEST_DB_NAME"]
@@ -191,6 +197,8 @@ NINJA_PAGINATION_PER_PAGE = 50
 # Largest request body accepted by the APIs and the MCP endpoint, in bytes.
 QMCP_MAX_BODY_BYTES = int(os.environ.get("QMCP_MAX_BODY_BYTES", str(1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = QMCP_MAX_BODY_BYTES
+# Seconds a worker keeps a tool policy in memory; other workers see a change within this.
+QMCP_POLICY_CACHE_SECONDS = float(os.environ.get("QMCP_POLICY_CACHE_SECONDS", "1"))
 # Fixture tools, resources and prompts of the official MCP conformance suite.
 QMCP_CONFORMANCE_FIXTURES = env_bool("QMCP_CONFORMANCE_FIXTURES")
 
@@ -216,6 +224,9 @@ configure_structlog(json=LOG_FORMAT == "json")
 # An idle MCP session expires after this long; stored SSE events are kept this long.
 QMCP_MCP_SESSION_IDLE_SECONDS = int(os.environ.get("QMCP_MCP_SESSION_IDLE_SECONDS", "86400"))
 QMCP_MCP_EVENT_RETENTION_SECONDS = int(os.environ.get("QMCP_MCP_EVENT_RETENTION_SECONDS", "3600"))
+# Seconds a worker trusts a checked (session, token) pair before checking it again. Closing
+# a session or saving a token or user in the same worker takes effect at once.
+QMCP_AUTH_CACHE_SECONDS = float(os.environ.get("QMCP_AUTH_CACHE_SECONDS", "1"))
 # Email of a user that MCP requests without a token run as (tools:read and tools:call only).
 # For local experiments and the conformance suite; leave empty in production.
 QMCP_MCP_ANONYMOUS_USER = os.environ.get("QMCP_MCP_ANONYMOUS_USER", "")

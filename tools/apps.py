@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_delete, post_migrate, post_save
 
 
 class ToolsConfig(AppConfig):
@@ -14,6 +14,12 @@ class ToolsConfig(AppConfig):
         # Every app's tools.py registers its own tools.
         autodiscover_modules("tools")
         post_migrate.connect(_sync_policies, sender=self)
+
+        from tools.models import ToolPolicy
+        from tools.services import tool_policy_cache_clear
+
+        post_save.connect(tool_policy_cache_clear, sender=ToolPolicy)
+        post_delete.connect(tool_policy_cache_clear, sender=ToolPolicy)
 
 
 def _sync_policies(**kwargs):

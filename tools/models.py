@@ -73,9 +73,9 @@ class ToolInvocation(models.Model):
         "users.ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     via = models.CharField(max_length=16, choices=Via.choices)
-    mcp_session_id = models.CharField(max_length=64, blank=True, db_index=True)
+    mcp_session_id = models.CharField(max_length=64, blank=True)
     request_id = models.CharField(max_length=128, blank=True)
-    correlation_id = models.CharField(max_length=128, blank=True, db_index=True)
+    correlation_id = models.CharField(max_length=128, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
     result = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)

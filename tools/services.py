@@ -4,11 +4,12 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
-from qmcp_site.rawjoin import columns, fetch_one
+from qmcp_site.rawjoin import columns, fetch_one, insert_one
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import (
     AsyncToolContext,
@@ -31,13 +32,36 @@ def tool_policy_defaults(spec: ToolSpec) -> dict[str, Any]:
     return {"requires_approval": spec.requires_approval}
 
 
+_POLICY_CACHE: dict[str, tuple[float, ToolPolicy]] = {}
+
+
+def tool_policy_cache_clear(**kwargs) -> None:
+    """Forgets cached policies (connected to ToolPolicy's save and delete signals)."""
+    _POLICY_CACHE.clear()
+
+
 def tool_policy_get(*, spec: ToolSpec) -> ToolPolicy:
-    """The tool's policy row, created from the registry's defaults on first use."""
+    """The tool's policy, created from the registry's defaults on first use.
+
+    Kept in memory for ``QMCP_POLICY_CACHE_SECONDS``: a change made in this process is
+    seen at once, one made in another worker within that time.
+    """
+    ttl = settings.QMCP_POLICY_CACHE_SECONDS
+    cached = _POLICY_CACHE.get(spec.name)
+    if cached is not None and time.monotonic() - cached[0] < ttl:
+        return cached[1]
+    policy = _tool_policy_load(spec)
+    if ttl > 0:
+        _POLICY_CACHE[spec.name] = (time.monotonic(), policy)
+    return policy
+
+
+def _tool_policy_load(spec: ToolSpec) -> ToolPolicy:
     found = fetch_one(
         f"SELECT {columns(ToolPolicy, 'p')} FROM {ToolPolicy._meta.db_table} p "
         "WHERE p.tool_name = %s",
         [spec.name],
-        (ToolPolicy,),
+        ((ToolPolicy, None),),
     )
     policy = found[0] if found else None
     if policy is None:
@@ -189,21 +213,32 @@ def tool_invocation_execute(
     with an AsyncToolContext that can notify but not ask the client.
     """
     started = time.perf_counter()
-    with transaction.atomic():
+    if spec.annotations.get("readOnlyHint") is True:
+        # A read-only tool writes nothing to roll back: its audit row needs no transaction.
         try:
-            with transaction.atomic():
-                if spec.is_async:
-                    context = AsyncToolContext(principal=principal, invocation=invocation)
-                    value = async_to_sync(spec.func)(args, context)
-                else:
-                    context = ToolContext(principal=principal, invocation=invocation, notify=notify)
-                    value = spec.func(args, context)
-                result = spec.to_result(value)
+            result = _call(spec, args, principal, invocation, notify)
         except Exception as exc:
             result = tool_error_result(spec, exc)
         return tool_invocation_finish(
             invocation=invocation, result=result, duration=time.perf_counter() - started
         )
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                result = _call(spec, args, principal, invocation, notify)
+        except Exception as exc:
+            result = tool_error_result(spec, exc)
+        return tool_invocation_finish(
+            invocation=invocation, result=result, duration=time.perf_counter() - started
+        )
+
+
+def _call(spec: ToolSpec, args, principal, invocation, notify) -> ToolResult:
+    if spec.is_async:
+        context = AsyncToolContext(principal=principal, invocation=invocation)
+        return spec.to_result(async_to_sync(spec.func)(args, context))
+    context = ToolContext(principal=principal, invocation=invocation, notify=notify)
+    return spec.to_result(spec.func(args, context))
 
 
 def tool_error_result(spec: ToolSpec, exc: Exception) -> ToolResult:
@@ -234,7 +269,7 @@ def tool_invocation_finish(
     invocation.finished_at = timezone.now()
     invocation.duration_ms = round(duration * 1000, 3)
     if invocation._state.adding:
-        invocation.save(force_insert=True)
+        insert_one(invocation)  # the audit row of every call: SQL built once
     else:
         invocation.save(update_fields=["status", "result", "error", "finished_at", "duration_ms"])
     return invocation

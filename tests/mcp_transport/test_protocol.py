@@ -18,7 +18,7 @@ from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import all_tools, tool, unregister
 from tools.schemas import ToolInput
 from tools.services import tool_policies_sync
-from users.models import ApiToken, User
+from users.models import ApiToken, User, hash_token
 from users.services import api_token_revoke
 
 pytestmark = pytest.mark.django_db
@@ -1144,3 +1144,58 @@ def test_notification_needs_a_session(mcp):
             **{"mcp-session-id": None},
         )
     assert failure.value.status == 400
+
+
+# --- the hot path ---------------------------------------------------------------------------
+
+
+def test_a_tool_call_costs_one_join_one_policy_read_and_one_insert(
+    mcp, django_assert_num_queries, settings
+):
+    """Session, token and user come from one join (no fallback to the slow checks)."""
+    settings.QMCP_AUTH_CACHE_SECONDS = 0
+    settings.QMCP_POLICY_CACHE_SECONDS = 0
+    mcp.result("tools/call", {"name": "echo", "arguments": {"message": "warm"}})
+    with django_assert_num_queries(3):
+        result = mcp.result("tools/call", {"name": "echo", "arguments": {"message": "hi"}})
+    assert result["content"][0]["text"] == "hi"
+
+
+def test_with_both_caches_a_tool_call_only_inserts_its_audit_row(
+    mcp, django_assert_num_queries, settings
+):
+    from mcp_transport.sessions import auth_cache_clear
+    from tools.services import tool_policy_cache_clear
+
+    settings.QMCP_AUTH_CACHE_SECONDS = 60
+    settings.QMCP_POLICY_CACHE_SECONDS = 60
+    auth_cache_clear()
+    tool_policy_cache_clear()
+    try:
+        mcp.result("tools/call", {"name": "echo", "arguments": {"message": "warm"}})
+        with django_assert_num_queries(1):
+            mcp.result("tools/call", {"name": "echo", "arguments": {"message": "hi"}})
+        # Closing the session in this process takes effect at once, cache or not.
+        handle_delete(headers=mcp.headers())
+        with pytest.raises(HttpFailure) as failure:
+            mcp.post(rpc("ping"))
+        assert failure.value.status == 404
+    finally:
+        auth_cache_clear()
+        tool_policy_cache_clear()
+
+
+def test_revoking_a_token_in_this_process_clears_the_auth_cache(mcp, settings):
+    from mcp_transport.sessions import auth_cache_clear
+
+    settings.QMCP_AUTH_CACHE_SECONDS = 60
+    auth_cache_clear()
+    try:
+        mcp.result("ping")
+        token = ApiToken.objects.get(token_hash=hash_token(mcp.secret))
+        api_token_revoke(token=token)
+        with pytest.raises(HttpFailure) as failure:
+            mcp.post(rpc("ping"))
+        assert failure.value.status == 401
+    finally:
+        auth_cache_clear()
