@@ -370,7 +370,6 @@ class McpConsumer(AsyncHttpConsumer):
 
         reply = await run_batched(
             protocol.handle_post,
-            expected=(HttpFailure, ApplicationError),
             headers=headers,
             payload=payload,
             request_id=_client_id(headers, "x-request-id"),

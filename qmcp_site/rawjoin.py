@@ -81,8 +81,9 @@ def insert_one(obj, using: str = "default") -> None:
     """Inserts ``obj`` as ``save(force_insert=True)`` would, without compiling SQL each time.
 
     For a model whose primary key is set before saving (a UUID, say) and that has no
-    ``pre_save``/``post_save`` receivers: none are sent. Inside :func:`deferred_inserts`
-    the row is written when that block ends, with the others, in one statement.
+    ``pre_save``/``post_save`` receivers: none are sent. Inside :func:`deferred_inserts`,
+    and outside any transaction, the row is written when that block ends, with the others,
+    in one statement; inside a transaction it is written at once, to commit with it.
     """
     connection = connections[using]
     fields, _ = _insert_plan(connection.vendor, type(obj))
@@ -90,7 +91,7 @@ def insert_one(obj, using: str = "default") -> None:
     obj._state.adding = False
     obj._state.db = using
     pending = getattr(_deferred, "rows", None)
-    if pending is not None:
+    if pending is not None and not connection.in_atomic_block:
         pending.setdefault((using, type(obj)), []).append(params)
         return
     _insert_rows(using, type(obj), [params])
@@ -98,17 +99,18 @@ def insert_one(obj, using: str = "default") -> None:
 
 @contextmanager
 def deferred_inserts():
-    """Collects :func:`insert_one` rows and writes them per model in one multi-row INSERT.
-
-    Meant to run inside a transaction, which then commits them with everything else.
-    """
-    _deferred.rows = {}
+    """Collects the rows :func:`insert_one` is given, for :func:`insert_deferred`."""
+    _deferred.rows = rows = {}
     try:
-        yield
-        for (using, model), rows in _deferred.rows.items():
-            _insert_rows(using, model, rows)
+        yield rows
     finally:
         _deferred.rows = None
+
+
+def insert_deferred(rows: dict) -> None:
+    """Writes collected rows, one multi-row INSERT per model (each all or none)."""
+    for (using, model), values in rows.items():
+        _insert_rows(using, model, values)
 
 
 def _insert_rows(using: str, model, rows: list[list]) -> None:
