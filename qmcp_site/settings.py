@@ -232,3 +232,8 @@ QMCP_AUTH_CACHE_SECONDS = float(os.environ.get("QMCP_AUTH_CACHE_SECONDS", "1"))
 QMCP_MCP_ANONYMOUS_USER = os.environ.get("QMCP_MCP_ANONYMOUS_USER", "")
 # Milliseconds a client should wait before reconnecting to a closed SSE stream.
 QMCP_MCP_SSE_RETRY_MS = int(os.environ.get("QMCP_MCP_SSE_RETRY_MS", "500"))
+
+# --- Human in the loop ----------------------------------------------------------------------
+CELERY_BEAT_SCHEDULE = {
+    "expire-human-requests": {"task": "hitl.tasks.human_requests_expire", "schedule": 30.0},
+}

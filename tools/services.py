@@ -19,7 +19,7 @@ from tools.registry import (
     all_tools,
     get_tool,
 )
-from tools.signals import invocation_gated
+from tools.signals import invocation_finished, invocation_gated
 from users.models import ApiToken
 from users.principals import Principal
 
@@ -284,6 +284,8 @@ def tool_invocation_cancel(*, invocation: ToolInvocation, reason: str = "") -> b
         error={"code": "cancelled", "message": reason or "Cancelled by the client."},
         finished_at=timezone.now(),
     )
+    if updated:
+        _announce_finished(invocation.pk)
     return bool(updated)
 
 
@@ -292,3 +294,75 @@ def _first_text(result: ToolResult) -> str:
         if item.get("type") == "text":
             return item.get("text", "")
     return ""
+
+
+def _announce_finished(invocation_id) -> None:
+    transaction.on_commit(
+        lambda: invocation_finished.send(sender=ToolInvocation, invocation_id=invocation_id)
+    )
+
+
+def tool_invocation_claim(*, invocation_id) -> bool:
+    """Moves an approved call from ``awaiting_approval`` to ``running``, exactly once.
+
+    A conditional UPDATE: of two workers or reviewers racing, one wins and the other
+    gets False.
+    """
+    return bool(
+        ToolInvocation.objects.filter(pk=invocation_id, status=Status.AWAITING_APPROVAL).update(
+            status=Status.RUNNING, started_at=timezone.now()
+        )
+    )
+
+
+def tool_invocation_run_approved(*, invocation_id) -> ToolInvocation | None:
+    """Claims and runs an approved call as its caller; None if another run claimed it."""
+    if not tool_invocation_claim(invocation_id=invocation_id):
+        return None
+    invocation = ToolInvocation.objects.select_related("principal", "token").get(pk=invocation_id)
+    spec = get_tool(invocation.tool_name)
+    principal = None
+    if invocation.principal is not None:
+        principal = (
+            Principal.for_token(invocation.token)
+            if invocation.token is not None
+            else Principal.for_user(invocation.principal)
+        )
+    try:
+        if spec is None:
+            raise ApplicationError(f"Tool '{invocation.tool_name}' no longer exists.")
+        args = spec.parse_arguments(invocation.arguments)
+    except ApplicationError as exc:
+        result = ToolResult.text(exc.message)
+        result.is_error, result.error = True, exc.as_dict()
+        with transaction.atomic():
+            finished = tool_invocation_finish(invocation=invocation, result=result, duration=0)
+            _announce_finished(invocation.pk)
+        return finished
+    with transaction.atomic():
+        finished = tool_invocation_execute(
+            invocation=invocation, spec=spec, args=args, principal=principal
+        )
+        _announce_finished(invocation.pk)
+    return finished
+
+
+def tool_invocation_end(*, invocation_id, status: str, message: str, code: str) -> bool:
+    """Ends a waiting call without running it (rejected, expired or cancelled).
+
+    The reviewer's reason becomes the call's ``isError`` result. False if the call was no
+    longer waiting.
+    """
+    result = ToolResult.text(message)
+    result.is_error = True
+    updated = ToolInvocation.objects.filter(
+        pk=invocation_id, status=Status.AWAITING_APPROVAL
+    ).update(
+        status=status,
+        result=result.as_dict(),
+        error={"code": code, "message": message},
+        finished_at=timezone.now(),
+    )
+    if updated:
+        _announce_finished(invocation_id)
+    return bool(updated)

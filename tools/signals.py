@@ -3,3 +3,7 @@ from django.dispatch import Signal
 # Sent inside the transaction that records a call needing approval, with ``invocation`` and
 # ``policy``. The hitl app receives it and creates the HumanRequest; tools knows nothing of hitl.
 invocation_gated = Signal()
+
+# Sent after the commit that ends an invocation (succeeded, failed, rejected, expired or
+# cancelled), with ``invocation_id``. Interfaces that wait for a result listen to it.
+invocation_finished = Signal()

@@ -1,0 +1,110 @@
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.utils import timezone
+
+
+class HumanRequest(models.Model):
+    """Something only a person can settle: approve or reject a tool call, or answer a question."""
+
+    class Kind(models.TextChoices):
+        APPROVAL = "approval", "Approval"
+        QUESTION = "question", "Question"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RESPONDED = "responded", "Responded"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Outcome(models.TextChoices):
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        ANSWERED = "answered", "Answered"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.APPROVAL)
+    title = models.CharField(max_length=200)
+    prompt = models.TextField(blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(null=True, blank=True, help_text="Allowed answers, if fixed.")
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, blank=True)
+    answer = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="human_requests",
+    )
+    approvals_required = models.PositiveSmallIntegerField(default=1)
+    approver_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.SET_NULL)
+    invocation = models.OneToOneField(
+        "tools.ToolInvocation",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="human_request",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    expires_at = models.DateTimeField(db_index=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        permissions = [("respond_humanrequest", "Can respond to human requests")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["pending", "responded", "expired", "cancelled"]),
+                name="hitl_request_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(approvals_required__gte=1), name="hitl_request_approvals_min"
+            ),
+        ]
+
+    def __str__(self):
+        return self.title
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == self.Status.PENDING
+
+    @property
+    def is_overdue(self) -> bool:
+        return self.is_pending and self.expires_at <= timezone.now()
+
+
+class HumanResponse(models.Model):
+    """One reviewer's decision or answer on a request; one per reviewer and request."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "Approve"
+        REJECT = "reject", "Reject"
+        ANSWER = "answer", "Answer"
+
+    request = models.ForeignKey(HumanRequest, on_delete=models.CASCADE, related_name="responses")
+    responder = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="human_responses"
+    )
+    decision = models.CharField(max_length=16, choices=Decision.choices)
+    option = models.CharField(max_length=200, blank=True)
+    answer = models.TextField(blank=True)
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request", "responder"], name="hitl_one_response_per_reviewer"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.get_decision_display()} by {self.responder}"

@@ -1,0 +1,45 @@
+import uuid
+
+from django.db.models import Case, IntegerField, QuerySet, Value, When
+
+from hitl.models import HumanRequest
+from hitl.services import human_requests_expire
+from qmcp_site.errors import ApplicationError
+
+
+def human_request_list(*, status: str | None = None) -> QuerySet[HumanRequest]:
+    """Requests, pending first and oldest first; overdue ones are expired first."""
+    if status is not None and status not in HumanRequest.Status.values:
+        raise ApplicationError(
+            f"Unknown status '{status}'.", "bad_request", {"allowed": HumanRequest.Status.values}
+        )
+    human_requests_expire()
+    qs = HumanRequest.objects.select_related("invocation", "created_by", "approver_group")
+    if status:
+        qs = qs.filter(status=status)
+    pending_first = Case(
+        When(status=HumanRequest.Status.PENDING, then=Value(0)),
+        default=Value(1),
+        output_field=IntegerField(),
+    )
+    return qs.order_by(pending_first, "created_at")
+
+
+def human_request_get(*, request_id) -> HumanRequest:
+    """One request with its responses; ``not_found`` for an unknown or malformed id."""
+    try:
+        pk = uuid.UUID(str(request_id))
+    except ValueError:
+        pk = None
+    human_requests_expire()
+    request = (
+        HumanRequest.objects.select_related("invocation", "created_by", "approver_group")
+        .prefetch_related("responses__responder")
+        .filter(pk=pk)
+        .first()
+        if pk
+        else None
+    )
+    if request is None:
+        raise ApplicationError(f"No human request '{request_id}'.", "not_found")
+    return request

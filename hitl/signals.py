@@ -1,0 +1,5 @@
+from django.dispatch import Signal
+
+# Sent after the commit that creates or changes a human request, with ``request_id`` and
+# ``event`` ("created", "responded", "decided", "expired" or "cancelled").
+human_request_changed = Signal()
