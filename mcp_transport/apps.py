@@ -9,7 +9,7 @@ class McpTransportConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_save
 
-        from mcp_transport import features  # noqa: F401  (QMCP's resources and prompts)
+        from mcp_transport import features, receivers  # noqa: F401  (resources, prompts, push)
         from mcp_transport.sessions import auth_cache_clear
         from users.models import ApiToken, User
 

@@ -27,6 +27,7 @@ from mcp_transport import protocol
 from mcp_transport.batching import run_batched
 from mcp_transport.protocol import (
     PARSE_ERROR,
+    ApprovalWait,
     Continuation,
     HttpFailure,
     RpcError,
@@ -48,6 +49,10 @@ KEEPALIVE_SECONDS = 15
 # A resumed or standalone stream is closed after this long; the client reconnects.
 STREAM_MAX_SECONDS = 300
 CLIENT_REQUEST_TIMEOUT = 300
+# How often a waiting stream re-reads a gated call, in case a push was lost; and how long
+# a detached wait may last at most (beyond any approval timeout).
+RECHECK_SECONDS = 10
+APPROVAL_WAIT_LIMIT = 8 * 3600
 _SERVER_REQUEST_ID = re.compile(r"^([0-9a-f]{20})\.\d+$")
 
 
@@ -127,6 +132,20 @@ class Stream:
         await self.layer.group_send(
             stream_group(self.session_id, self.stream_id),
             {"type": "mcp.event", "seq": seq, "data": data, "final": final},
+        )
+
+    async def deliver_final(self, event) -> None:
+        """Sends a stored final event (see protocol.stream_finish_if_decided)."""
+        self.pending -= 1
+        if self.attached and not self.consumer.client_gone:
+            await self.consumer.send_body(
+                sse_frame(event.event_id, event.data), more_body=self.pending > 0
+            )
+        if self.pending <= 0:
+            self.attached = False
+        await self.layer.group_send(
+            stream_group(self.session_id, self.stream_id),
+            {"type": "mcp.event", "seq": event.seq, "data": event.data, "final": True},
         )
 
     async def detach(self) -> None:
@@ -235,6 +254,82 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
     await stream.send(
         rpc_result(continuation.rpc_id, tool_call_result(invocation, version)), response=True
     )
+
+
+def invocation_group(invocation_id) -> str:
+    """The group told when a gated invocation ends (see mcp_transport.receivers)."""
+    return f"qmcp.invocation.{str(invocation_id).replace('-', '')}"
+
+
+async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
+    """Keeps a gated call's stream open until a reviewer decides, then answers it.
+
+    The decision arrives by push on the invocation's group (any worker may make it); a
+    re-read every ``RECHECK_SECONDS`` covers a lost message. Past the bounded wait, a
+    client that can resume gets its stream closed (the wait goes on, holding no thread,
+    and the answer is stored for its Last-Event-ID); an older client gets the "pending
+    approval" result instead.
+    """
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = invocation_group(wait.invocation_id)
+    await layer.group_add(group, channel)
+    version = stream.consumer.protocol_version
+    started = time.monotonic()
+    deadline = started + settings.QMCP_MCP_APPROVAL_WAIT_SECONDS
+    try:
+        await _notify(
+            stream,
+            wait,
+            "notifications/message",
+            {
+                "level": "info",
+                "logger": "qmcp.approval",
+                "data": f"Waiting for a reviewer to approve {wait.title}.",
+            },
+        )
+        while True:
+            final = await database_sync_to_async(protocol.stream_finish_if_decided)(
+                session_id=stream.session_id, stream_id=stream.stream_id
+            )
+            if final is not None:
+                await stream.deliver_final(final)
+                return
+            now = time.monotonic()
+            if now >= deadline and stream.attached:
+                if version >= protocol.TASKS_VERSION:
+                    await stream.detach()
+                else:
+                    reply = await database_sync_to_async(protocol.pending_result)(
+                        invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
+                    )
+                    await stream.send(reply, response=True)
+                    return
+            if now - started > APPROVAL_WAIT_LIMIT:
+                return
+            await _notify(
+                stream,
+                wait,
+                "notifications/progress",
+                {"progress": round(now - started), "message": "Waiting for approval"},
+            )
+            timeout = (
+                RECHECK_SECONDS
+                if not stream.attached
+                else max(0.05, min(RECHECK_SECONDS, deadline - now))
+            )
+            try:
+                await asyncio.wait_for(layer.receive(channel), timeout)
+            except TimeoutError:
+                pass
+    finally:
+        await layer.group_discard(group, channel)
+
+
+async def _notify(stream: Stream, wait: ApprovalWait, method: str, params: dict) -> None:
+    message = wait.outbound.shape(method, params)
+    if message is not None and stream.attached:
+        await stream.send(message)
 
 
 class McpConsumer(AsyncHttpConsumer):
@@ -393,8 +488,15 @@ class McpConsumer(AsyncHttpConsumer):
             stream = Stream(self, reply.session_id, reply.stream_id, reply.next_seq, reply.pending)
             self.spawn(self.run_calls(stream, reply.continuations), keep_running=True)
 
-    async def run_calls(self, stream: Stream, continuations: list[Continuation]):
-        await asyncio.gather(*(run_continuation(stream, c) for c in continuations))
+    async def run_calls(self, stream: Stream, continuations: list):
+        await asyncio.gather(
+            *(
+                run_approval_wait(stream, c)
+                if isinstance(c, ApprovalWait)
+                else run_continuation(stream, c)
+                for c in continuations
+            )
+        )
 
     async def route_client_messages(self, session_id: str, payload: Any):
         """Client replies to server requests, and cancellations, go to the call they concern."""
@@ -450,12 +552,24 @@ class McpConsumer(AsyncHttpConsumer):
             await self.send_body(b": keepalive\n\n", more_body=True)
         await self.send_body(b"", more_body=False)
 
-    async def follow(self, session_id: str, stream_id: str, last_seq: int):
-        """Sends a resumed stream's events as they are stored, until its final event."""
+    async def follow(self, session_id: str, stream_id: str, last_seq: int, waits_for=None):
+        """Sends a resumed stream's events as they are stored, until its final event.
+
+        A stream that waits for a gated call is also finished from here when the call
+        ends, so a resume works even if the worker that held the wait is gone.
+        """
         layer = get_channel_layer()
         channel = await layer.new_channel()
-        await layer.group_add(stream_group(session_id, stream_id), channel)
+        groups = [stream_group(session_id, stream_id)]
+        if waits_for is not None:
+            groups.append(invocation_group(waits_for))
+        for group in groups:
+            await layer.group_add(group, channel)
         try:
+            if waits_for is not None:
+                await database_sync_to_async(protocol.stream_finish_if_decided)(
+                    session_id=session_id, stream_id=stream_id
+                )
             # Events stored between the first read and joining the group.
             for event in await database_sync_to_async(events_after)(
                 session_id=session_id, stream_id=stream_id, seq=last_seq
@@ -475,6 +589,21 @@ class McpConsumer(AsyncHttpConsumer):
                 except TimeoutError:
                     await self.send_body(b": keepalive\n\n", more_body=True)
                     continue
+                if message["type"] != "mcp.event":
+                    # The gated call ended: store its answer (if nobody has) and send it.
+                    await database_sync_to_async(protocol.stream_finish_if_decided)(
+                        session_id=session_id, stream_id=stream_id
+                    )
+                    for event in await database_sync_to_async(events_after)(
+                        session_id=session_id, stream_id=stream_id, seq=last_seq
+                    ):
+                        last_seq = event.seq
+                        await self.send_body(
+                            sse_frame(event.event_id, event.data), more_body=not event.final
+                        )
+                        if event.final:
+                            return
+                    continue
                 if message["seq"] <= last_seq:
                     continue
                 last_seq = message["seq"]
@@ -486,7 +615,8 @@ class McpConsumer(AsyncHttpConsumer):
                     return
             await self.send_body(b"", more_body=False)
         finally:
-            await layer.group_discard(stream_group(session_id, stream_id), channel)
+            for group in groups:
+                await layer.group_discard(group, channel)
 
 
 def _task_done(task: asyncio.Task) -> None:

@@ -52,6 +52,12 @@ class McpEvent(models.Model):
     seq = models.PositiveIntegerField()
     data = models.TextField(blank=True)
     final = models.BooleanField(default=False)
+    # On the first event of a stream that waits for a gated call: what it waits for, so
+    # whoever resumes the stream can finish it, on any worker, after any restart.
+    invocation = models.ForeignKey(
+        "tools.ToolInvocation", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    rpc_id = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -66,3 +72,21 @@ class McpEvent(models.Model):
     @property
     def event_id(self) -> str:
         return f"{self.stream_id}-{self.seq}"
+
+
+class McpTask(models.Model):
+    """A task-augmented tools/call (MCP 2025-11-25): the task is the invocation."""
+
+    invocation = models.OneToOneField(
+        "tools.ToolInvocation", primary_key=True, on_delete=models.CASCADE, related_name="mcp_task"
+    )
+    session = models.ForeignKey(McpSession, on_delete=models.CASCADE, related_name="tasks")
+    ttl_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "MCP task"
+
+    def __str__(self):
+        return str(self.invocation_id)

@@ -7,13 +7,16 @@ request; the consumer does the I/O. A tools/call of an ``async def`` tool is pre
 
 import base64
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 
+from hitl.services import human_request_cancel
 from mcp_transport import features
-from mcp_transport.models import McpSession
+from mcp_transport.models import McpEvent, McpSession, McpTask
 from mcp_transport.sessions import (
     SessionNotFound,
     events_after,
@@ -26,12 +29,14 @@ from mcp_transport.sessions import (
     session_get,
     session_update,
     stream_state,
+    stream_waits_for,
 )
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
-from tools.registry import ToolSpec
+from tools.registry import ToolSpec, get_tool
 from tools.selectors import tool_list
 from tools.services import (
+    tool_invocation_cancel,
     tool_invocation_execute,
     tool_invocation_prepare,
     tool_invocation_start,
@@ -52,6 +57,9 @@ INSTRUCTIONS = (
     "managing users."
 )
 TOOLS_PAGE_SIZE = 50
+# Task-augmented calls and the tasks/* methods exist from this protocol version on.
+TASKS_VERSION = "2025-11-25"
+TASK_POLL_INTERVAL_MS = 2000
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -112,6 +120,16 @@ class Continuation:
 
 
 @dataclass
+class ApprovalWait:
+    """A call (or tasks/result) that waits on its SSE stream for a gated invocation."""
+
+    rpc_id: Any
+    invocation_id: Any
+    title: str
+    outbound: "Outbound"
+
+
+@dataclass
 class Outbound:
     """Shapes the notifications of one request: log level filter and progress token."""
 
@@ -145,7 +163,7 @@ class Exchange:
     correlation_id: str = ""
     outbound: Outbound = field(default_factory=Outbound)
     notifications: list[dict[str, Any]] = field(default_factory=list)
-    continuation: Continuation | None = None
+    continuation: Continuation | ApprovalWait | None = None
 
     def notify(self, method: str, params: dict[str, Any]) -> None:
         message = self.outbound.shape(method, params)
@@ -186,6 +204,11 @@ def handle_initialize(ex: Exchange, params: dict) -> dict:
             "prompts": {"listChanged": False},
             "logging": {},
             "completions": {},
+            **(
+                {"tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
+                if version >= TASKS_VERSION
+                else {}
+            ),
         },
         "serverInfo": SERVER_INFO,
         "instructions": INSTRUCTIONS,
@@ -225,6 +248,8 @@ def describe_tool(spec: ToolSpec, version: str) -> dict[str, Any]:
             data["outputSchema"] = output
     if spec.annotations or spec.title:
         data["annotations"] = {**({"title": spec.title} if spec.title else {}), **spec.annotations}
+    if version >= TASKS_VERSION:
+        data["execution"] = {"taskSupport": "forbidden" if spec.is_async else "optional"}
     return data
 
 
@@ -245,15 +270,19 @@ def handle_tools_list(ex: Exchange, params: dict) -> dict:
 def tool_call_result(invocation: ToolInvocation, version: str) -> dict[str, Any]:
     """The CallToolResult for a recorded invocation, shaped for the protocol version."""
     if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL:
+        request = getattr(invocation, "human_request", None)
+        request_id = str(request.pk) if request is not None else None
         text = (
-            f"Pending approval: this call to '{invocation.tool_name}' waits for a reviewer. "
-            f"Invocation {invocation.pk}; read qmcp://invocations/{invocation.pk} for its status."
+            f"Pending approval: this call to '{invocation.tool_name}' waits for a reviewer "
+            f"(approval request {request_id}). It has not run yet. Check on it later with the "
+            f"tool 'approval_status' and invocation_id {invocation.pk}."
         )
         result = {"content": [{"type": "text", "text": text}], "isError": False}
         if version != "2025-03-26":
             result["structuredContent"] = {
                 "status": invocation.status,
                 "invocation_id": str(invocation.pk),
+                "approval_request_id": request_id,
             }
     else:
         result = dict(invocation.result or {"content": [], "isError": True})
@@ -266,6 +295,13 @@ def tool_call_result(invocation: ToolInvocation, version: str) -> dict[str, Any]
 def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
     name = _require(params, "name", str)
     arguments = params.get("arguments")
+    task = params.get("task") if ex.protocol_version >= TASKS_VERSION else None
+    if task is not None:
+        if not isinstance(task, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: 'task' must be an object.")
+        spec = get_tool(name)
+        if spec is not None and spec.is_async:
+            raise RpcError(INVALID_PARAMS, f"Tool '{name}' cannot run as a task.")
     call = {
         "name": name,
         "arguments": {} if arguments is None else arguments,
@@ -292,7 +328,103 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         invocation = tool_invocation_execute(
             invocation=invocation, spec=spec, args=args, principal=ex.principal, notify=ex.notify
         )
+    if task is not None:
+        ttl = task.get("ttl") if isinstance(task.get("ttl"), int) else None
+        McpTask.objects.create(invocation=invocation, session=ex.session, ttl_ms=ttl)
+        return {"task": task_of(invocation, ttl)}
+    if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL:
+        ex.continuation = ApprovalWait(
+            ex.rpc_id, invocation.pk, f"'{invocation.tool_name}'", ex.outbound
+        )
+        return None
     return tool_call_result(invocation, ex.protocol_version)
+
+
+TASK_STATUS = {
+    ToolInvocation.Status.RUNNING: "working",
+    ToolInvocation.Status.AWAITING_APPROVAL: "working",
+    ToolInvocation.Status.SUCCEEDED: "completed",
+    ToolInvocation.Status.CANCELLED: "cancelled",
+}
+
+
+def task_of(invocation: ToolInvocation, ttl: int | None) -> dict[str, Any]:
+    """The MCP Task that a task-augmented call is: its invocation, seen as a task."""
+    status = TASK_STATUS.get(invocation.status, "failed")
+    task: dict[str, Any] = {
+        "taskId": str(invocation.pk),
+        "status": status,
+        "createdAt": invocation.created_at.isoformat(),
+        "lastUpdatedAt": (invocation.finished_at or invocation.created_at).isoformat(),
+        "ttl": ttl,
+        "pollInterval": TASK_POLL_INTERVAL_MS,
+    }
+    if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL:
+        task["statusMessage"] = "Waiting for a reviewer's approval."
+    elif invocation.error:
+        task["statusMessage"] = invocation.error.get("message", "")
+    return task
+
+
+def _task(ex: Exchange, params: dict) -> McpTask:
+    task_id = _require(params, "taskId", str)
+    found = (
+        McpTask.objects.select_related("invocation")
+        .filter(invocation_id=_uuid_or_none(task_id), session__user=ex.principal.user)
+        .first()
+    )
+    if found is None:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: unknown task '{task_id}'.")
+    return found
+
+
+def _uuid_or_none(value: str):
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def handle_tasks_get(ex: Exchange, params: dict) -> dict:
+    task = _task(ex, params)
+    return task_of(task.invocation, task.ttl_ms)
+
+
+def handle_tasks_result(ex: Exchange, params: dict) -> dict | None:
+    task = _task(ex, params)
+    invocation = task.invocation
+    if invocation.is_final:
+        result = tool_call_result(invocation, ex.protocol_version)
+        result["_meta"]["io.modelcontextprotocol/related-task"] = {"taskId": str(invocation.pk)}
+        return result
+    ex.continuation = ApprovalWait(ex.rpc_id, invocation.pk, f"task {invocation.pk}", ex.outbound)
+    return None
+
+
+def handle_tasks_list(ex: Exchange, params: dict) -> dict:
+    cursor = _require(params, "cursor", str, optional=True)
+    tasks = list(
+        McpTask.objects.select_related("invocation").filter(session__user=ex.principal.user)[:500]
+    )
+    page, next_cursor = _page(tasks, cursor, TOOLS_PAGE_SIZE)
+    result: dict[str, Any] = {"tasks": [task_of(t.invocation, t.ttl_ms) for t in page]}
+    if next_cursor:
+        result["nextCursor"] = next_cursor
+    return result
+
+
+def handle_tasks_cancel(ex: Exchange, params: dict) -> dict:
+    task = _task(ex, params)
+    invocation = task.invocation
+    if invocation.is_final:
+        raise RpcError(INVALID_PARAMS, f"Task {invocation.pk} has already ended.")
+    request = getattr(invocation, "human_request", None)
+    if request is not None and request.is_pending:
+        human_request_cancel(request_id=request.pk, reason="Cancelled by the client.")
+    else:
+        tool_invocation_cancel(invocation=invocation)
+    invocation.refresh_from_db()
+    return task_of(invocation, task.ttl_ms)
 
 
 def handle_resources_list(ex: Exchange, params: dict) -> dict:
@@ -375,6 +507,10 @@ METHODS = {
     "prompts/get": handle_prompts_get,
     "completion/complete": handle_completion_complete,
     "logging/setLevel": handle_logging_set_level,
+    "tasks/get": handle_tasks_get,
+    "tasks/result": handle_tasks_result,
+    "tasks/list": handle_tasks_list,
+    "tasks/cancel": handle_tasks_cancel,
 }
 
 
@@ -576,17 +712,66 @@ def handle_post(
     # SSE: notifications come first, then the responses; all stored for Last-Event-ID.
     reply.stream_id = new_stream_id()
     reply.pending = len(reply.continuations)
+    waits = [c for c in reply.continuations if isinstance(c, ApprovalWait)]
     priming = session.protocol_version >= "2025-11-25"
-    frames = ([""] if priming else []) + [json.dumps(m) for m in notifications + replies]
-    first_seq = 0 if priming else 1
+    # A stream that waits for a decision always stores a head event naming what it waits
+    # for (sent as the priming event where the client can resume).
+    head = priming or bool(waits)
+    frames = ([""] if head else []) + [json.dumps(m) for m in notifications + replies]
+    first_seq = 0 if head else 1
     stored = [
         (first_seq + i, data, reply.pending == 0 and i == len(frames) - 1)
         for i, data in enumerate(frames)
     ]
-    events_store(session_id=session.pk, stream_id=reply.stream_id, events=stored)
+    wait = waits[0] if len(waits) == 1 else None
+    events_store(
+        session_id=session.pk,
+        stream_id=reply.stream_id,
+        events=stored,
+        invocation_id=wait.invocation_id if wait else None,
+        rpc_id=wait.rpc_id if wait else None,
+    )
     reply.events = [(f"{reply.stream_id}-{seq}", data) for seq, data, _ in stored]
+    if head and not priming:
+        reply.events = reply.events[1:]
     reply.next_seq = first_seq + len(frames)
     return reply
+
+
+def stream_finish_if_decided(*, session_id: str, stream_id: str) -> McpEvent | None:
+    """The final event of a stream that waits for a gated call, once the call has ended.
+
+    Stores it the first time (whoever gets there first: the waiting task, or a client
+    resuming on another worker); None while the call still waits.
+    """
+    head = (
+        McpEvent.objects.select_related("invocation", "session")
+        .filter(session_id=session_id, stream_id=stream_id, invocation__isnull=False)
+        .first()
+    )
+    if head is None:
+        return None
+    final = McpEvent.objects.filter(session_id=session_id, stream_id=stream_id, final=True).first()
+    if final is not None or not head.invocation.is_final:
+        return final
+    result = tool_call_result(head.invocation, head.session.protocol_version)
+    data = json.dumps(rpc_result(head.rpc_id, result))
+    last = (
+        McpEvent.objects.filter(stream_id=stream_id).order_by("-seq").values_list("seq", flat=True)
+    )
+    try:
+        with transaction.atomic():
+            return McpEvent.objects.create(
+                session_id=session_id, stream_id=stream_id, seq=last[0] + 1, data=data, final=True
+            )
+    except IntegrityError:
+        return McpEvent.objects.filter(stream_id=stream_id, final=True).first()
+
+
+def pending_result(*, invocation_id, rpc_id, version: str) -> dict[str, Any]:
+    """The non-error "pending approval" reply for a client that cannot resume a stream."""
+    invocation = ToolInvocation.objects.get(pk=invocation_id)
+    return rpc_result(rpc_id, tool_call_result(invocation, version))
 
 
 @dataclass
@@ -596,6 +781,7 @@ class GetReply:
     events: list[tuple[str, str, bool]] = field(default_factory=list)  # (id, data, final)
     last_seq: int = 0
     complete: bool = False
+    waits_for: Any = None  # the gated invocation a waiting stream ends with
 
 
 def handle_get(*, headers: dict[str, str]) -> GetReply:
@@ -619,6 +805,7 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
         events=[(e.event_id, e.data, e.final) for e in events],
         last_seq=events[-1].seq if events else seq,
         complete=complete,
+        waits_for=stream_waits_for(session_id=session.pk, stream_id=stream_id),
     )
 
 

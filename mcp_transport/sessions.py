@@ -187,11 +187,27 @@ def new_stream_id() -> str:
     return secrets.token_hex(8)
 
 
-def events_store(*, session_id: str, stream_id: str, events: list[tuple[int, str, bool]]) -> None:
-    """Stores ``(seq, data, final)`` events of one stream."""
+def events_store(
+    *,
+    session_id: str,
+    stream_id: str,
+    events: list[tuple[int, str, bool]],
+    invocation_id=None,
+    rpc_id=None,
+) -> None:
+    """Stores ``(seq, data, final)`` events of one stream; the first names what a waiting
+    stream waits for (``invocation_id``, and the ``rpc_id`` its response answers)."""
     McpEvent.objects.bulk_create(
-        McpEvent(session_id=session_id, stream_id=stream_id, seq=seq, data=data, final=final)
-        for seq, data, final in events
+        McpEvent(
+            session_id=session_id,
+            stream_id=stream_id,
+            seq=seq,
+            data=data,
+            final=final,
+            invocation_id=invocation_id if i == 0 else None,
+            rpc_id=rpc_id if i == 0 else None,
+        )
+        for i, (seq, data, final) in enumerate(events)
     )
 
 
@@ -221,3 +237,13 @@ def stream_state(*, session_id: str, stream_id: str) -> tuple[bool, bool]:
         )
     )
     return bool(finals), True in finals
+
+
+def stream_waits_for(*, session_id: str, stream_id: str):
+    """The gated invocation a stream waits for, if it is such a stream."""
+    return (
+        McpEvent.objects.filter(session_id=session_id, stream_id=stream_id)
+        .exclude(invocation=None)
+        .values_list("invocation_id", flat=True)
+        .first()
+    )

@@ -237,3 +237,7 @@ QMCP_MCP_SSE_RETRY_MS = int(os.environ.get("QMCP_MCP_SSE_RETRY_MS", "500"))
 CELERY_BEAT_SCHEDULE = {
     "expire-human-requests": {"task": "hitl.tasks.human_requests_expire", "schedule": 30.0},
 }
+# A plain tools/call of a gated tool keeps its SSE stream open this long (below the common
+# 60 s client timeout); then the stream closes for a Last-Event-ID resume, or, for clients
+# older than 2025-11-25, the call answers "pending approval" with the request to follow.
+QMCP_MCP_APPROVAL_WAIT_SECONDS = float(os.environ.get("QMCP_MCP_APPROVAL_WAIT_SECONDS", "45"))

@@ -264,3 +264,57 @@ def test_the_claim_runs_an_approved_call_once():
     second = tool_invocation_run_approved(invocation_id=invocation.pk)
     assert first.status == "succeeded" and second is None
     assert ToolInvocation.objects.get(pk=invocation.pk).status == "succeeded"
+
+
+def test_approval_status_follows_a_gated_call(caller, django_capture_on_commit_callbacks):
+    invocation, _ = gated_delete(caller)
+    principal = Principal.for_user(caller)
+
+    def status():
+        return tool_invoke(
+            name="approval_status",
+            arguments={"invocation_id": str(invocation.pk)},
+            principal=principal,
+            via="rest",
+        ).result
+
+    waiting = status()
+    assert waiting["structuredContent"]["status"] == "awaiting_approval"
+    assert "still waits" in waiting["content"][0]["text"]
+    with django_capture_on_commit_callbacks(execute=True):
+        human_request_respond(
+            request_id=invocation.human_request.pk, responder=reviewer(), decision="approve"
+        )
+    done = status()
+    assert done["structuredContent"]["status"] == "succeeded"
+    assert "Deleted user" in done["content"][0]["text"]
+
+
+def test_approval_status_of_someone_elses_call_is_not_found(caller):
+    invocation, _ = gated_delete(caller)
+    stranger = Principal.for_user(UserFactory())
+    result = tool_invoke(
+        name="approval_status",
+        arguments={"invocation_id": str(invocation.pk)},
+        principal=stranger,
+        via="rest",
+    )
+    assert result.status == "failed" and result.error["code"] == "not_found"
+
+
+def test_deploy_needs_approval_and_runs_once_approved(caller, django_capture_on_commit_callbacks):
+    tool_policies_sync()
+    invocation = tool_invoke(
+        name="deploy",
+        arguments={"service": "api", "version": "1.2.3", "environment": "production"},
+        principal=Principal.for_user(caller),
+        via="rest",
+    )
+    assert invocation.status == "awaiting_approval"
+    with django_capture_on_commit_callbacks(execute=True):
+        human_request_respond(
+            request_id=invocation.human_request.pk, responder=reviewer(), decision="approve"
+        )
+    invocation.refresh_from_db()
+    assert invocation.status == "succeeded"
+    assert invocation.result["structuredContent"]["environment"] == "production"

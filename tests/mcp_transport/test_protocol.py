@@ -619,30 +619,56 @@ def test_add_user_then_search_users_finds_them(mcp):
     assert list(ToolInvocation.objects.values_list("status", flat=True)) == ["succeeded"] * 2
 
 
-def test_delete_user_waits_for_approval(mcp):
+def test_a_gated_call_waits_on_its_stream_for_the_decision(mcp):
+    """The reply is an SSE stream whose head event names the call it waits for."""
     victim = UserFactory()
-    result = mcp.result("tools/call", {"name": "delete_user", "arguments": {"user_id": victim.pk}})
+    reply = mcp.post(
+        rpc("tools/call", {"name": "delete_user", "arguments": {"user_id": victim.pk}})
+    )
     row = ToolInvocation.objects.get()
-    assert result["isError"] is False
-    text = result["content"][0]["text"]
-    assert text.startswith("Pending approval") and str(row.pk) in text
-    assert result["structuredContent"] == {
-        "status": "awaiting_approval",
-        "invocation_id": str(row.pk),
-    }
-    assert result["_meta"]["qmcp.dev/invocation"] == str(row.pk)
+    assert reply.stream_id is not None and reply.pending == 1
+    assert isinstance(reply.continuations[0], protocol.ApprovalWait)
+    assert reply.continuations[0].invocation_id == row.pk
+    head = McpEvent.objects.get(stream_id=reply.stream_id, seq=0)
+    assert head.invocation_id == row.pk and head.rpc_id == 1 and head.data == ""
     assert row.status == "awaiting_approval" and row.result is None
     assert User.objects.filter(pk=victim.pk).exists()
-
-
-def test_delete_user_pending_result_for_2025_03_26(old_mcp):
-    victim = UserFactory()
-    result = old_mcp.result(
-        "tools/call", {"name": "delete_user", "arguments": {"user_id": victim.pk}}
+    assert (
+        protocol.stream_finish_if_decided(session_id=mcp.session_id, stream_id=reply.stream_id)
+        is None
     )
-    assert result["content"][0]["text"].startswith("Pending approval")
-    assert "structuredContent" not in result
-    assert User.objects.filter(pk=victim.pk).exists()
+
+
+def test_the_waiting_stream_is_finished_by_the_decision(mcp):
+    from hitl.services import human_request_respond
+    from tests.hitl.test_services import reviewer
+
+    victim = UserFactory()
+    reply = mcp.post(
+        rpc("tools/call", {"name": "delete_user", "arguments": {"user_id": victim.pk}})
+    )
+    row = ToolInvocation.objects.get()
+    human_request_respond(
+        request_id=row.human_request.pk, responder=reviewer(), decision="reject", comment="no"
+    )
+    final = protocol.stream_finish_if_decided(session_id=mcp.session_id, stream_id=reply.stream_id)
+    message = json.loads(final.data)
+    assert final.final and message["id"] == 1
+    assert message["result"]["isError"] is True and "no" in message["result"]["content"][0]["text"]
+    # A second finisher (another worker resuming) gets the same event, not a second one.
+    again = protocol.stream_finish_if_decided(session_id=mcp.session_id, stream_id=reply.stream_id)
+    assert again.pk == final.pk
+
+
+def test_the_pending_result_names_the_request(old_mcp):
+    victim = UserFactory()
+    old_mcp.post(rpc("tools/call", {"name": "delete_user", "arguments": {"user_id": victim.pk}}))
+    row = ToolInvocation.objects.get()
+    reply = protocol.pending_result(invocation_id=row.pk, rpc_id=7, version=OLDEST)
+    text = reply["result"]["content"][0]["text"]
+    assert reply["id"] == 7 and reply["result"]["isError"] is False
+    assert text.startswith("Pending approval") and str(row.human_request.pk) in text
+    assert "structuredContent" not in reply["result"]
 
 
 # --- notifications from a tool --------------------------------------------------------------
