@@ -5,6 +5,7 @@ the run (a Celery task, after commit), rejection and expiry end the call with th
 """
 
 import json
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -138,12 +139,12 @@ def human_request_respond(
     rejection rejects it. A question is answered by its first answer, which must be one of
     its options when it has options.
     """
+    request_id = _request_pk(request_id)
+    human_requests_expire(request_id=request_id)  # committed, whatever happens next
     with transaction.atomic():
         request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
         if request is None:
             raise ApplicationError(f"No human request '{request_id}'.", "not_found")
-        if request.is_overdue:
-            _expire(request)
         if not request.is_pending:
             raise ApplicationError(
                 f"This request is already {request.get_status_display().lower()}.",
@@ -168,6 +169,13 @@ def human_request_respond(
             ) from exc
         _settle(request, decision, answer or option, comment)
     return request
+
+
+def _request_pk(request_id) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(request_id))
+    except ValueError as exc:
+        raise ApplicationError(f"No human request '{request_id}'.", "not_found") from exc
 
 
 def _validate_response(request: HumanRequest, decision: str, option: str, answer: str):
@@ -237,10 +245,12 @@ def _expire(request: HumanRequest) -> None:
     _announce(request, "expired")
 
 
-def human_requests_expire() -> int:
-    """Expires every pending request past its time; returns how many."""
+def human_requests_expire(*, request_id=None) -> int:
+    """Expires every pending request past its time (or just ``request_id``); returns how many."""
     count = 0
     overdue = HumanRequest.objects.filter(status=Status.PENDING, expires_at__lte=timezone.now())
+    if request_id is not None:
+        overdue = overdue.filter(pk=request_id)
     for request_id in overdue.values_list("pk", flat=True):
         with transaction.atomic():
             request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
@@ -252,6 +262,7 @@ def human_requests_expire() -> int:
 
 def human_request_cancel(*, request_id, reason: str = "") -> HumanRequest:
     """Cancels a pending request (and the call it gates); ``conflict`` once it is settled."""
+    request_id = _request_pk(request_id)
     with transaction.atomic():
         request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
         if request is None:

@@ -60,6 +60,8 @@ def on_authentication_error(request, exc: AuthenticationError):
 @api.exception_handler(HttpError)
 def on_http_error(request, exc: HttpError):
     code = {400: "bad_request", 403: "forbidden", 404: "not_found"}.get(exc.status_code, "error")
+    if str(exc).startswith("Cannot parse request body"):
+        code = "malformed_json"
     return error_response(request, exc.status_code, code, str(exc))
 
 
@@ -76,3 +78,4 @@ def on_unexpected(request, exc):
 
 api.add_router("/tools", "tools.api.tools_router")
 api.add_router("/invocations", "tools.api.invocations_router")
+api.add_router("/human", "hitl.api.router")

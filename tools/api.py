@@ -62,10 +62,18 @@ class InvocationOut(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     duration_ms: float | None
+    human_request_id: UUID | None = None
 
     @staticmethod
     def resolve_tool(obj: ToolInvocation) -> str:
         return obj.tool_name
+
+    @staticmethod
+    def resolve_human_request_id(obj: ToolInvocation) -> UUID | None:
+        """The approval request gating the call, if any."""
+        # The reverse one-to-one raises RelatedObjectDoesNotExist, an AttributeError.
+        human_request = getattr(obj, "human_request", None)
+        return human_request.pk if human_request is not None else None
 
 
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
@@ -161,7 +169,7 @@ def invocations_list(
     """The audit log, newest first. Staff see every call; others their own."""
     return selectors.invocation_list(
         principal=request.principal, tool=tool, status=status, principal_id=principal
-    )
+    ).select_related("human_request")
 
 
 @invocations_router.get(

@@ -1,0 +1,191 @@
+"""/v1/human: agents ask people (requests); reviewers answer them (responses)."""
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from django.db.models import Count, Q, QuerySet
+from ninja import Field, Router, Schema, Status
+from ninja.pagination import PageNumberPagination, paginate
+from pydantic import ConfigDict, StrictInt
+
+from hitl.models import HumanRequest, HumanResponse
+from hitl.selectors import human_request_get, human_request_list
+from hitl.services import human_request_create, human_request_respond
+from qmcp_site.errors import ApplicationError
+from tools.api import ErrorOut
+from users.models import ApiToken
+from users.principals import Principal
+
+router = Router(tags=["human"])
+
+Scope = ApiToken.Scope
+READ_SCOPES = (Scope.HITL_RESPOND, Scope.TOOLS_READ)
+
+
+class HumanRequestIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["approval", "question"] = "question"
+    title: str = Field(..., max_length=200)
+    prompt: str = ""
+    context: dict[str, Any] = Field(default_factory=dict)
+    options: list[str] | None = None
+    timeout_seconds: StrictInt = 3600
+    approvals_required: StrictInt = 1
+
+
+class HumanResponseIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: UUID
+    decision: Literal["approve", "reject", "answer"]
+    option: str = ""
+    answer: str = ""
+    comment: str = ""
+
+
+class HumanRequestOut(Schema):
+    id: UUID
+    kind: str
+    title: str
+    prompt: str
+    context: dict[str, Any]
+    options: list[str] | None
+    status: str
+    outcome: str
+    answer: str
+    created_by: str | None
+    approvals_required: int
+    approvals: int
+    approver_group: str | None
+    invocation_id: UUID | None
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+
+    @staticmethod
+    def resolve_created_by(obj: HumanRequest) -> str | None:
+        return obj.created_by.email if obj.created_by_id else None
+
+    @staticmethod
+    def resolve_approver_group(obj: HumanRequest) -> str | None:
+        return obj.approver_group.name if obj.approver_group_id else None
+
+    @staticmethod
+    def resolve_approvals(obj: HumanRequest) -> int:
+        count = getattr(obj, "approval_count", None)
+        if count is None:
+            # Counted in Python so a prefetched ``responses`` costs no query.
+            approve = HumanResponse.Decision.APPROVE
+            count = sum(1 for r in obj.responses.all() if r.decision == approve)
+        return count
+
+
+class HumanResponseOut(Schema):
+    responder: str
+    decision: str
+    option: str
+    answer: str
+    comment: str
+    created_at: datetime
+
+    @staticmethod
+    def resolve_responder(obj: HumanResponse) -> str:
+        return obj.responder.email
+
+
+class InvocationSummaryOut(Schema):
+    id: UUID
+    tool: str
+    status: str
+
+    @staticmethod
+    def resolve_tool(obj) -> str:
+        return obj.tool_name
+
+
+class HumanRequestDetailOut(HumanRequestOut):
+    responses: list[HumanResponseOut]
+    invocation: InvocationSummaryOut | None
+
+    @staticmethod
+    def resolve_responses(obj: HumanRequest) -> list[HumanResponse]:
+        return list(obj.responses.all())
+
+
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+
+
+def _require_read_scope(principal: Principal) -> None:
+    if not any(principal.has_scope(scope) for scope in READ_SCOPES):
+        raise ApplicationError(
+            "This token lacks the 'hitl:respond' or 'tools:read' scope.",
+            "missing_scope",
+            {"scopes": [str(scope) for scope in READ_SCOPES]},
+        )
+
+
+def _visible(principal: Principal, qs: QuerySet[HumanRequest]) -> QuerySet[HumanRequest]:
+    """Staff see every request; others only those they created."""
+    if principal.user.is_staff:
+        return qs
+    return qs.filter(created_by=principal.user)
+
+
+def _request_detail(principal: Principal, request_id) -> HumanRequest:
+    request = human_request_get(request_id=request_id)
+    if not principal.user.is_staff and request.created_by_id != principal.user.pk:
+        # Someone else's request is reported as unknown, not as forbidden.
+        raise ApplicationError(f"No human request '{request_id}'.", "not_found")
+    return request
+
+
+@router.post("/requests", response={201: HumanRequestOut, **ERRORS}, summary="Ask people something")
+def requests_create(request, payload: HumanRequestIn):
+    """Creates a pending approval or question that expires after ``timeout_seconds``."""
+    request.principal.require_scope(Scope.TOOLS_CALL)
+    human_request = human_request_create(created_by=request.principal.user, **payload.model_dump())
+    return Status(201, human_request)
+
+
+@router.get(
+    "/requests", response={200: list[HumanRequestOut], **ERRORS}, summary="List human requests"
+)
+@paginate(PageNumberPagination, page_size=50)
+def requests_list(request, status: str | None = None):
+    """Pending first, then oldest first. Staff see every request; others their own."""
+    _require_read_scope(request.principal)
+    qs = _visible(request.principal, human_request_list(status=status))
+    return qs.annotate(
+        approval_count=Count(
+            "responses", filter=Q(responses__decision=HumanResponse.Decision.APPROVE)
+        )
+    )
+
+
+@router.get(
+    "/requests/{request_id}",
+    response={200: HumanRequestDetailOut, **ERRORS},
+    summary="Get a human request",
+)
+def requests_get(request, request_id: str):
+    """The request with its responses and the invocation it gates, if any."""
+    _require_read_scope(request.principal)
+    return _request_detail(request.principal, request_id)
+
+
+@router.post(
+    "/responses",
+    response={201: HumanRequestDetailOut, **ERRORS, 409: ErrorOut},
+    summary="Respond to a human request",
+)
+def responses_create(request, payload: HumanResponseIn):
+    """Approves, rejects or answers a request as a reviewer; returns the updated request.
+
+    403: not a reviewer, one's own request, or outside its approver group; 409: already
+    decided, expired or cancelled, or this reviewer has already responded.
+    """
+    request.principal.require_scope(Scope.HITL_RESPOND)
+    human_request = human_request_respond(responder=request.principal.user, **payload.model_dump())
+    return Status(201, human_request_get(request_id=human_request.pk))
