@@ -147,7 +147,7 @@ def human_request_respond(
             raise ApplicationError(f"No human request '{request_id}'.", "not_found")
         if not request.is_pending:
             raise ApplicationError(
-                f"This request is already {request.get_status_display().lower()}.",
+                closed_message(request),
                 "conflict",
                 {"status": request.status, "outcome": request.outcome},
             )
@@ -169,6 +169,15 @@ def human_request_respond(
             ) from exc
         _settle(request, decision, answer or option, comment)
     return request
+
+
+def closed_message(request: HumanRequest) -> str:
+    """Why a request takes no more responses, in words a reviewer reads."""
+    if request.status == Status.RESPONDED:
+        return f"This request was already {request.outcome or 'decided'}."
+    if request.status == Status.EXPIRED:
+        return "This request has expired."
+    return "This request has been cancelled."
 
 
 def _request_pk(request_id) -> uuid.UUID:
@@ -268,9 +277,7 @@ def human_request_cancel(*, request_id, reason: str = "") -> HumanRequest:
         if request is None:
             raise ApplicationError(f"No human request '{request_id}'.", "not_found")
         if not request.is_pending:
-            raise ApplicationError(
-                f"This request is already {request.get_status_display().lower()}.", "conflict"
-            )
+            raise ApplicationError(closed_message(request), "conflict")
         request.status = Status.CANCELLED
         request.decided_at = timezone.now()
         request.save(update_fields=["status", "decided_at"])

@@ -170,7 +170,9 @@ else:
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
-CELERY_TASK_EAGER_PROPAGATES = True
+# An eager task that fails (say, a webhook that is down) must not fail the request that
+# queued it; the task records its own outcome.
+CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -241,3 +243,6 @@ CELERY_BEAT_SCHEDULE = {
 # 60 s client timeout); then the stream closes for a Last-Event-ID resume, or, for clients
 # older than 2025-11-25, the call answers "pending approval" with the request to follow.
 QMCP_MCP_APPROVAL_WAIT_SECONDS = float(os.environ.get("QMCP_MCP_APPROVAL_WAIT_SECONDS", "45"))
+# Optional webhook told of created and decided requests; the body is signed with the secret.
+QMCP_WEBHOOK_URL = os.environ.get("QMCP_WEBHOOK_URL", "")
+QMCP_WEBHOOK_SECRET = os.environ.get("QMCP_WEBHOOK_SECRET", "")

@@ -1,0 +1,385 @@
+"""The approval queue: human requests, read-only, decided through hitl's services.
+
+Reviewers (staff with ``hitl.respond_humanrequest``) approve or reject with the list's
+actions or the buttons on a request's page; both show a confirmation page with a comment
+box first, as ``delete_selected`` does, and then call ``human_request_respond``. Whether a
+reviewer may decide (approver group, not their own call, still pending) is the service's
+call; the admin only shows its message.
+"""
+
+import json
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Case, Count, IntegerField, Q, Value, When
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
+from django.utils.html import format_html
+
+from hitl.models import HumanRequest, HumanResponse
+from hitl.services import RESPOND_PERMISSION, human_request_respond, human_requests_expire
+from qmcp_site.errors import ApplicationError
+
+Decision = HumanResponse.Decision
+
+PENDING_FIRST = Case(
+    When(status=HumanRequest.Status.PENDING, then=Value(0)),
+    default=Value(1),
+    output_field=IntegerField(),
+)
+
+
+def _pretty_json(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _can_see_queue(request) -> bool:
+    user = request.user
+    return (
+        user.is_active
+        and user.is_staff
+        and (
+            user.has_perm("hitl.view_humanrequest")
+            or user.has_perm("hitl.change_humanrequest")
+            or user.has_perm(RESPOND_PERMISSION)
+        )
+    )
+
+
+class ToolNameFilter(admin.SimpleListFilter):
+    """The tools that have gated calls in the queue."""
+
+    title = "tool"
+    parameter_name = "tool"
+
+    def lookups(self, request, model_admin):
+        names = (
+            HumanRequest.objects.exclude(invocation=None)
+            .order_by("invocation__tool_name")
+            .values_list("invocation__tool_name", flat=True)
+            .distinct()
+        )
+        return [(name, name) for name in names]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(invocation__tool_name=self.value())
+        return queryset
+
+
+class RequesterFilter(admin.RelatedOnlyFieldListFilter):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.title = "requester"
+
+
+class HumanResponseInline(admin.TabularInline):
+    model = HumanResponse
+    fields = ("responder", "decision", "option", "answer", "comment", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_view_permission(self, request, obj=None):
+        # Whoever may see the queue sees who decided; no separate HumanResponse permission.
+        return _can_see_queue(request)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(HumanRequest)
+class HumanRequestAdmin(admin.ModelAdmin):
+    """The approval queue: pending first, oldest first; read-only apart from decisions."""
+
+    change_form_template = "hitl/admin/change_form.html"
+    confirmation_template = "hitl/approval_confirm.html"
+    list_display = (
+        "title",
+        "kind",
+        "status",
+        "outcome",
+        "tool",
+        "requester",
+        "approvals",
+        "created_at",
+        "expires_at",
+    )
+    list_filter = ("status", "kind", ToolNameFilter, ("created_by", RequesterFilter))
+    search_fields = ("title", "prompt", "invocation__tool_name", "created_by__email")
+    date_hierarchy = "created_at"
+    ordering = (PENDING_FIRST, "created_at")
+    actions = ["approve_selected", "reject_selected"]
+    inlines = [HumanResponseInline]
+    fieldsets = (
+        (None, {"fields": ("title", "kind", "status", "outcome", "answer", "approvals")}),
+        ("Call", {"fields": ("tool", "invocation_link", "requester", "arguments")}),
+        (
+            "Request",
+            {
+                "fields": (
+                    "prompt",
+                    "context_json",
+                    "options_json",
+                    "approver_group",
+                    "approvals_required",
+                    ("created_at", "expires_at", "decided_at"),
+                )
+            },
+        ),
+        ("Result", {"fields": ("invocation_status", "result", "error")}),
+    )
+    readonly_fields = (
+        "title",
+        "kind",
+        "status",
+        "outcome",
+        "answer",
+        "approvals",
+        "tool",
+        "invocation_link",
+        "requester",
+        "arguments",
+        "prompt",
+        "context_json",
+        "options_json",
+        "approver_group",
+        "approvals_required",
+        "created_at",
+        "expires_at",
+        "decided_at",
+        "invocation_status",
+        "result",
+        "error",
+    )
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("invocation", "created_by", "approver_group")
+            .annotate(
+                approval_count=Count("responses", filter=Q(responses__decision=Decision.APPROVE))
+            )
+        )
+
+    def changelist_view(self, request, extra_context=None):
+        # Expiry on read: the queue never shows an overdue request as pending.
+        human_requests_expire()
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        human_requests_expire()
+        extra_context = {
+            **(extra_context or {}),
+            "can_respond": self.has_respond_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    # Permissions: reviewers see the queue; nobody adds, edits or deletes requests by hand.
+
+    def has_respond_permission(self, request) -> bool:
+        return request.user.has_perm(RESPOND_PERMISSION)
+
+    def has_view_permission(self, request, obj=None):
+        return super().has_view_permission(request, obj) or self.has_respond_permission(request)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    # Columns and read-only fields.
+
+    @admin.display(description="tool", ordering="invocation__tool_name")
+    def tool(self, obj):
+        return obj.invocation.tool_name if obj.invocation_id else None
+
+    @admin.display(description="requester", ordering="created_by__email")
+    def requester(self, obj):
+        return obj.created_by.email if obj.created_by_id else None
+
+    @admin.display(description="approvals")
+    def approvals(self, obj):
+        if obj.kind != HumanRequest.Kind.APPROVAL:
+            return None
+        count = getattr(obj, "approval_count", None)
+        if count is None:
+            count = obj.responses.filter(decision=Decision.APPROVE).count()
+        return f"{count} of {obj.approvals_required}"
+
+    @admin.display(description="invocation")
+    def invocation_link(self, obj):
+        if not obj.invocation_id:
+            return self.get_empty_value_display()
+        return self._admin_link(obj.invocation, str(obj.invocation_id))
+
+    @admin.display(description="invocation status")
+    def invocation_status(self, obj):
+        if not obj.invocation_id:
+            return self.get_empty_value_display()
+        return obj.invocation.get_status_display()
+
+    @admin.display(description="arguments")
+    def arguments(self, obj):
+        return self._json_field(obj.invocation.arguments if obj.invocation_id else None)
+
+    @admin.display(description="context")
+    def context_json(self, obj):
+        return self._json_field(obj.context or None)
+
+    @admin.display(description="options")
+    def options_json(self, obj):
+        return self._json_field(obj.options)
+
+    @admin.display(description="result")
+    def result(self, obj):
+        return self._json_field(obj.invocation.result if obj.invocation_id else None)
+
+    @admin.display(description="error")
+    def error(self, obj):
+        return self._json_field(obj.invocation.error if obj.invocation_id else None)
+
+    def _json_field(self, value):
+        if value is None:
+            return self.get_empty_value_display()
+        return format_html("<pre>{}</pre>", _pretty_json(value))
+
+    def _admin_link(self, obj, label):
+        opts = obj._meta
+        try:
+            url = reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_change",
+                args=[quote(obj.pk)],
+                current_app=self.admin_site.name,
+            )
+        except NoReverseMatch:
+            return label
+        return format_html('<a href="{}">{}</a>', url, label)
+
+    # Decisions: the list's actions and the change page's buttons share one flow.
+
+    @admin.action(permissions=["respond"], description="Approve selected requests")
+    def approve_selected(self, request, queryset):
+        return self._decide_selected(request, queryset, Decision.APPROVE, "approve_selected")
+
+    @admin.action(permissions=["respond"], description="Reject selected requests")
+    def reject_selected(self, request, queryset):
+        return self._decide_selected(request, queryset, Decision.REJECT, "reject_selected")
+
+    def _decide_selected(self, request, queryset, decision, action):
+        # The reviewer has confirmed: decide, and return None to show the list again.
+        if request.POST.get("post") == "yes":
+            self._decide(request, list(queryset), decision)
+            return None
+        return self._confirmation(request, list(queryset), decision, action=action)
+
+    def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path(
+                "<path:object_id>/approve/",
+                self.admin_site.admin_view(self.decide_view),
+                {"decision": Decision.APPROVE},
+                name=f"{prefix}_approve",
+            ),
+            path(
+                "<path:object_id>/reject/",
+                self.admin_site.admin_view(self.decide_view),
+                {"decision": Decision.REJECT},
+                name=f"{prefix}_reject",
+            ),
+            *super().get_urls(),
+        ]
+
+    def decide_view(self, request, object_id, decision):
+        """One request's confirmation page; on ``post=yes``, the decision and a redirect."""
+        if not self.has_respond_permission(request):
+            raise PermissionDenied
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if request.method == "POST" and request.POST.get("post") == "yes":
+            self._decide(request, [obj], decision)
+            opts = self.opts
+            return HttpResponseRedirect(
+                reverse(
+                    f"admin:{opts.app_label}_{opts.model_name}_change",
+                    args=[quote(obj.pk)],
+                    current_app=self.admin_site.name,
+                )
+            )
+        return self._confirmation(request, [obj], decision)
+
+    def _decide(self, request, requests, decision):
+        """Responds to each request through the service; reports successes and refusals."""
+        comment = request.POST.get("comment", "").strip()
+        decided = waiting = 0
+        for obj in requests:
+            try:
+                result = human_request_respond(
+                    request_id=obj.pk, responder=request.user, decision=decision, comment=comment
+                )
+            except ApplicationError as exc:
+                self.message_user(request, f"“{obj}”: {exc.message}", messages.ERROR)
+                continue
+            if result.is_pending:
+                waiting += 1
+            else:
+                decided += 1
+        verb = "Approved" if decision == Decision.APPROVE else "Rejected"
+        if decided:
+            self.message_user(request, f"{verb} {_requests(decided)}.", messages.SUCCESS)
+        if waiting:
+            self.message_user(
+                request,
+                f"Recorded your approval on {_requests(waiting)}; more approvals are needed.",
+                messages.SUCCESS,
+            )
+
+    def _confirmation(self, request, requests, decision, action=""):
+        verb = "Approve" if decision == Decision.APPROVE else "Reject"
+        single = None if action else requests[0]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{verb} {_requests(len(requests))}" if action else f"{verb} “{single}”",
+            "subtitle": None,
+            "opts": self.opts,
+            "media": self.media,
+            "verb": verb,
+            "decision": decision,
+            "action": action,
+            "original": single,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "queryset": requests,
+            "items": [
+                {
+                    "request": obj,
+                    "tool": obj.invocation.tool_name if obj.invocation_id else "",
+                    "arguments": _pretty_json(obj.invocation.arguments)
+                    if obj.invocation_id
+                    else "",
+                    "approvals": self.approvals(obj),
+                }
+                for obj in requests
+            ],
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.confirmation_template, context)
+
+
+def _requests(count: int) -> str:
+    return f"{count} request" if count == 1 else f"{count} requests"
