@@ -188,4 +188,4 @@ def responses_create(request, payload: HumanResponseIn):
     """
     request.principal.require_scope(Scope.HITL_RESPOND)
     human_request = human_request_respond(responder=request.principal.user, **payload.model_dump())
-    return Status(201, human_request_get(request_id=human_request.pk))
+    return Status(201, human_request_get(request_id=human_request.pk, expire=False))

@@ -25,13 +25,18 @@ def human_request_list(*, status: str | None = None) -> QuerySet[HumanRequest]:
     return qs.order_by(pending_first, "created_at")
 
 
-def human_request_get(*, request_id) -> HumanRequest:
-    """One request with its responses; ``not_found`` for an unknown or malformed id."""
+def human_request_get(*, request_id, expire: bool = True) -> HumanRequest:
+    """One request with its responses; ``not_found`` for an unknown or malformed id.
+
+    Overdue requests are expired first, unless ``expire`` is False (the caller has just
+    settled this request).
+    """
     try:
         pk = uuid.UUID(str(request_id))
     except ValueError:
         pk = None
-    human_requests_expire()
+    if expire:
+        human_requests_expire(request_id=pk)
     request = (
         HumanRequest.objects.select_related("invocation", "created_by", "approver_group")
         .prefetch_related("responses__responder")

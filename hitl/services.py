@@ -140,35 +140,37 @@ def human_request_respond(
     its options when it has options.
     """
     request_id = _request_pk(request_id)
-    human_requests_expire(request_id=request_id)  # committed, whatever happens next
     with transaction.atomic():
         request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
         if request is None:
             raise ApplicationError(f"No human request '{request_id}'.", "not_found")
-        if not request.is_pending:
-            raise ApplicationError(
-                closed_message(request),
-                "conflict",
-                {"status": request.status, "outcome": request.outcome},
+        if request.is_overdue:
+            _expire(request)  # committed: the refusal below is raised after this block
+        elif request.is_pending:
+            _respond(request, responder, decision, option, answer, comment)
+            return request
+    raise ApplicationError(
+        closed_message(request), "conflict", {"status": request.status, "outcome": request.outcome}
+    )
+
+
+def _respond(request, responder, decision, option, answer, comment) -> None:
+    """Records a response and settles the request; the caller holds the request's lock."""
+    reviewer_check(user=responder, request=request)
+    option, answer = _validate_response(request, decision, option, answer)
+    try:
+        with transaction.atomic():
+            HumanResponse.objects.create(
+                request=request,
+                responder=responder,
+                decision=decision,
+                option=option,
+                answer=answer,
+                comment=comment,
             )
-        reviewer_check(user=responder, request=request)
-        option, answer = _validate_response(request, decision, option, answer)
-        try:
-            with transaction.atomic():
-                HumanResponse.objects.create(
-                    request=request,
-                    responder=responder,
-                    decision=decision,
-                    option=option,
-                    answer=answer,
-                    comment=comment,
-                )
-        except IntegrityError as exc:
-            raise ApplicationError(
-                "You have already responded to this request.", "conflict"
-            ) from exc
-        _settle(request, decision, answer or option, comment)
-    return request
+    except IntegrityError as exc:
+        raise ApplicationError("You have already responded to this request.", "conflict") from exc
+    _settle(request, decision, answer or option, comment)
 
 
 def closed_message(request: HumanRequest) -> str:

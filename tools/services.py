@@ -339,11 +339,10 @@ def tool_invocation_run_approved(*, invocation_id) -> ToolInvocation | None:
             finished = tool_invocation_finish(invocation=invocation, result=result, duration=0)
             _announce_finished(invocation.pk)
         return finished
-    with transaction.atomic():
-        finished = tool_invocation_execute(
-            invocation=invocation, spec=spec, args=args, principal=principal
-        )
-        _announce_finished(invocation.pk)
+    finished = tool_invocation_execute(
+        invocation=invocation, spec=spec, args=args, principal=principal
+    )
+    _announce_finished(invocation.pk)  # committed already: sent at once
     return finished
 
 
