@@ -89,3 +89,97 @@ def deploy(args: DeployInput, ctx) -> ToolResult:
         f"(deployment {deployment_id}).",
         structured={**args.model_dump(), "deployment_id": deployment_id},
     )
+
+
+class AskHumanInput(ToolInput):
+    question: str = Field(min_length=1, max_length=2000, description="What to ask the reviewers.")
+    options: list[str] | None = Field(
+        default=None, min_length=2, max_length=20, description="Fixed answers to choose from."
+    )
+    context: dict | None = Field(default=None, description="Anything that helps them answer.")
+    timeout_seconds: int = Field(default=3600, ge=10, le=86400)
+
+
+class AskHumanOutput(BaseModel):
+    request_id: str
+    status: str
+    answer: str | None
+
+
+@tool(
+    name="ask_human",
+    title="Ask a human",
+    description="Asks QMCP's reviewers a question, optionally with fixed options, and returns "
+    "their answer. Over MCP the call waits for the answer; elsewhere it returns at once with "
+    "the request to follow.",
+    input=AskHumanInput,
+    output=AskHumanOutput,
+    annotations={"readOnlyHint": False, "destructiveHint": False, "openWorldHint": True},
+)
+async def ask_human(args: AskHumanInput, ctx) -> ToolResult:
+    from asgiref.sync import sync_to_async
+
+    from hitl.services import human_request_create
+
+    user = ctx.principal.user if ctx.principal else None
+    request = await sync_to_async(human_request_create)(
+        kind="question",
+        title=args.question[:200],
+        prompt=args.question,
+        options=args.options,
+        context=args.context or {},
+        created_by=user,
+        timeout_seconds=args.timeout_seconds,
+    )
+    if not ctx.can_wait:
+        return _answer_result(request.pk, "pending", None)
+    await ctx.log("info", f"Asked the reviewers (request {request.pk}); waiting for an answer.")
+    return await _wait_for_answer(request.pk, ctx)
+
+
+async def _wait_for_answer(request_id, ctx) -> ToolResult:
+    """Waits, holding no thread, until the request is answered, expires or is cancelled."""
+    import asyncio
+    import time
+
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+
+    from hitl.notifications import request_group
+    from hitl.selectors import human_request_get
+    from qmcp_site.errors import ApplicationError
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(request_group(request_id), channel)
+    started = time.monotonic()
+    try:
+        while True:
+            request = await sync_to_async(human_request_get)(request_id=request_id)
+            if request.status == request.Status.RESPONDED:
+                return _answer_result(request.pk, request.status, request.answer)
+            if not request.is_pending:
+                raise ApplicationError(
+                    f"The question got no answer: it {request.get_status_display().lower()}."
+                )
+            await ctx.report_progress(
+                round(time.monotonic() - started), None, "Waiting for an answer"
+            )
+            try:
+                await asyncio.wait_for(layer.receive(channel), 10)
+            except TimeoutError:
+                pass
+    finally:
+        await layer.group_discard(request_group(request_id), channel)
+
+
+def _answer_result(request_id, status: str, answer: str | None) -> ToolResult:
+    if answer is None:
+        text = (
+            f"Asked the reviewers (request {request_id}); no answer yet. Follow it with "
+            f"GET /v1/human/requests/{request_id}."
+        )
+    else:
+        text = f"The reviewers answered: {answer}"
+    data = AskHumanOutput(request_id=str(request_id), status=status, answer=answer)
+    return ToolResult.text(text, structured=data.model_dump())

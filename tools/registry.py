@@ -92,6 +92,8 @@ class AsyncToolContext:
     ):
         self.principal = principal
         self.invocation = invocation
+        # True on a stream that may stay open (MCP): a tool may then wait for people.
+        self.can_wait = request is not None
         self._notify = notify
         self._request = request
         self._close_stream = close_stream

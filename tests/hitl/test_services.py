@@ -318,3 +318,22 @@ def test_deploy_needs_approval_and_runs_once_approved(caller, django_capture_on_
     invocation.refresh_from_db()
     assert invocation.status == "succeeded"
     assert invocation.result["structuredContent"]["environment"] == "production"
+
+
+def test_ask_human_outside_mcp_returns_the_request_to_follow(caller):
+    from hitl.models import HumanRequest
+
+    invocation = tool_invoke(
+        name="ask_human",
+        arguments={"question": "Is Friday fine?", "options": ["yes", "no"]},
+        principal=Principal.for_user(caller),
+        via="rest",
+    )
+    request = HumanRequest.objects.get(kind="question")
+    assert invocation.status == "succeeded"
+    assert invocation.result["structuredContent"] == {
+        "request_id": str(request.pk),
+        "status": "pending",
+        "answer": None,
+    }
+    assert request.options == ["yes", "no"] and request.created_by == caller

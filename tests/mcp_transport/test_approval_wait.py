@@ -186,3 +186,38 @@ async def test_tasks_of_another_user_are_unknown():
         payload=rpc("tasks/get", {"taskId": task_id}), secret=other, session_id=other_session
     )
     assert json.loads(response["body"])["error"]["code"] == -32602
+
+
+@database_sync_to_async
+def answer_question(reviewer, option):
+    from hitl.models import HumanRequest
+
+    request = HumanRequest.objects.get(kind="question")
+    human_request_respond(
+        request_id=request.pk, responder=reviewer, decision="answer", option=option
+    )
+
+
+async def test_ask_human_waits_for_the_reviewers_answer():
+    secret, reviewer, _ = await setup_call()
+    session_id = await open_session(secret)
+    stream = await Stream.open(
+        payload=rpc(
+            "tools/call",
+            {
+                "name": "ask_human",
+                "arguments": {"question": "Which region?", "options": ["eu", "us"]},
+            },
+            rpc_id=5,
+        ),
+        secret=secret,
+        session_id=session_id,
+    )
+    messages = await stream.read_until(lambda m: m.get("method") == "notifications/message")
+    assert "Asked the reviewers" in messages[-1]["params"]["data"]
+    await answer_question(reviewer, "eu")
+    messages = await stream.read_until(lambda m: m.get("id") == 5, timeout=5)
+    result = messages[-1]["result"]
+    assert result["structuredContent"]["answer"] == "eu"
+    assert result["content"][0]["text"] == "The reviewers answered: eu"
+    await stream.close()
