@@ -121,11 +121,8 @@ async def decision_latency(wait_url: str, decide_base: str, caller: str, reviewe
                     f"{decide_base}/v1/human/responses",
                     json={"request_id": request_id, "decision": "approve"},
                 )
-                posted = time.perf_counter()
                 await wait_for(lines, lambda m, i=i: m.get("id") == i)
                 waits.append((time.perf_counter() - started) * 1000)
-                if os.environ.get("BENCH_DEBUG"):
-                    print(f"  post {1000 * (posted - started):.1f} ms, then {1000 * (time.perf_counter() - posted):.1f} ms")
     waits.sort()
     return waits
 

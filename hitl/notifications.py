@@ -1,9 +1,10 @@
-"""Outbound notifications of human requests: an HMAC-signed webhook, and Channels pushes.
+"""Outbound notifications of human requests: Channels pushes and an HMAC-signed webhook.
 
 With ``QMCP_WEBHOOK_URL`` set, every created and decided request is POSTed there as JSON,
 signed with ``QMCP_WEBHOOK_SECRET`` (header ``X-QMCP-Signature: sha256=<hex HMAC of the
 body>``), by a Celery task that retries with backoff. Every change is also pushed to the
-Channels group of the request, which waiting ``ask_human`` calls listen to.
+Channels group of the request (waiting ``ask_human`` calls listen there) and to the
+reviewer queue's.
 """
 
 import hashlib
@@ -51,13 +52,20 @@ def webhook_payload(request: HumanRequest, event: str) -> dict:
 
 
 def on_request_changed(sender, request_id, event, **kwargs):
-    """Receiver of ``human_request_changed`` (sent after commit)."""
-    try:
-        async_to_sync(get_channel_layer().group_send)(
-            request_group(request_id), {"type": "human.request.changed", "event": event}
-        )
-    except Exception:  # waiting calls also re-read the request now and then
-        logger.warning("could not push the change of request %s", request_id, exc_info=True)
+    """Receiver of ``human_request_changed`` (sent after commit): tells the calls waiting on
+    the request, the open reviewer queues (``/hitl/``), and the webhook."""
+    from hitl.consumers import QUEUE_GROUP
+
+    layer = get_channel_layer()
+    pushes = [
+        (request_group(request_id), {"type": "human.request.changed", "event": event}),
+        (QUEUE_GROUP, {"type": "queue.changed", "request_id": str(request_id), "event": event}),
+    ]
+    for group, message in pushes:
+        try:
+            async_to_sync(layer.group_send)(group, message)
+        except Exception:  # waiting calls re-read, and queues refresh, now and then
+            logger.warning("could not push the change of request %s", request_id, exc_info=True)
     if settings.QMCP_WEBHOOK_URL and event in WEBHOOK_EVENTS:
         from hitl.tasks import webhook_deliver
 

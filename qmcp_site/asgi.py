@@ -1,4 +1,5 @@
-"""ASGI entry point: MCP at /mcp (and /mcp/, no redirect), Django for everything else."""
+"""ASGI entry point: MCP at /mcp (and /mcp/, no redirect), Django for everything else, and
+the reviewer queue's websocket at /ws/hitl/queue/ (logged-in staff, same-site origins)."""
 
 import os
 
@@ -7,9 +8,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "qmcp_site.settings")
 django_asgi_app = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import re_path  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
+from hitl.consumers import QueueConsumer  # noqa: E402
 from mcp_transport.consumers import McpConsumer  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -19,6 +23,9 @@ application = ProtocolTypeRouter(
                 re_path(r"^mcp/?$", McpConsumer.as_asgi()),
                 re_path(r"", django_asgi_app),
             ]
+        ),
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter([path("ws/hitl/queue/", QueueConsumer.as_asgi())]))
         ),
     }
 )

@@ -7,6 +7,7 @@ Celery. ``DATABASE_URL``, ``REDIS_URL`` and ``CELERY_BROKER_URL`` switch to real
 
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -72,6 +73,7 @@ MIDDLEWARE = [
     "qmcp_site.observability.RequestIdMiddleware",
     "qmcp_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -146,6 +148,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise serves the admin's and the pages' static files from the apps themselves, so
+# daphne alone serves a complete site; `collectstatic` is optional.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+# Without collectstatic there is no STATIC_ROOT yet, and the finders serve everything.
+warnings.filterwarnings("ignore", message="No directory at", category=UserWarning)
 LOGIN_URL = "/admin/login/"
 
 # --- Channels, cache ------------------------------------------------------------------------

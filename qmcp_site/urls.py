@@ -13,6 +13,7 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("health", views.health, name="health"),
     path("admin/", admin.site.urls),
+    path("hitl/", include("hitl.urls")),
     path("v1/", api.urls),
     path("", include("django_prometheus.urls")),
 ]
