@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,14 +30,13 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mcp_bench import PYTHON, ROOT, free_port, postgres_database, run  # noqa: E402
+from mcp_bench import PYTHON, free_port, manage_shell, postgres_database, run  # noqa: E402
 
 MCP = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 def prepare(env: dict[str, str]) -> tuple[str, str]:
-    """Migrates; returns the secrets of a caller and of a reviewer."""
-    subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    """Returns the secrets of a caller and of a reviewer."""
     code = (
         "from django.contrib.auth.models import Permission\n"
         "from users.models import User\n"
@@ -51,15 +49,7 @@ def prepare(env: dict[str, str]) -> tuple[str, str]:
         "token(caller, ['tools:call', 'tools:read'])\n"
         "token(reviewer, ['hitl:respond', 'tools:read'])\n"
     )
-    out = subprocess.run(
-        [PYTHON, "manage.py", "shell", "-v0", "-c", code],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    caller, reviewer = out.stdout.strip().splitlines()[-2:]
+    caller, reviewer = manage_shell(env, code)[-2:]
     return caller, reviewer
 
 

@@ -74,14 +74,9 @@ def postgres_database(admin_url: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/qmcp_bench"
 
 
-def prepare_qmcp(env: dict[str, str]) -> str:
-    """Migrates, creates a user and returns a token secret."""
+def manage_shell(env: dict[str, str], code: str) -> list[str]:
+    """Migrates, runs ``code`` in ``manage.py shell`` and returns the lines it printed."""
     subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    code = (
-        "from users.models import User; from users.services import api_token_create;"
-        "u, _ = User.objects.get_or_create(email='bench@example.com');"
-        "print(api_token_create(user=u, name='bench', scopes=['tools:call', 'tools:read'])[1])"
-    )
     out = subprocess.run(
         [PYTHON, "manage.py", "shell", "-v0", "-c", code],
         cwd=ROOT,
@@ -90,7 +85,17 @@ def prepare_qmcp(env: dict[str, str]) -> str:
         capture_output=True,
         text=True,
     )
-    return out.stdout.strip().splitlines()[-1]
+    return out.stdout.strip().splitlines()
+
+
+def prepare_qmcp(env: dict[str, str]) -> str:
+    """Creates a user and returns a token secret."""
+    code = (
+        "from users.models import User; from users.services import api_token_create;"
+        "u, _ = User.objects.get_or_create(email='bench@example.com');"
+        "print(api_token_create(user=u, name='bench', scopes=['tools:call', 'tools:read'])[1])"
+    )
+    return manage_shell(env, code)[-1]
 
 
 def parse_reply(response: httpx.Response, rpc_id: int) -> dict:

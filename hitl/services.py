@@ -242,18 +242,20 @@ def _settle(request: HumanRequest, decision: str, answer: str, comment: str) -> 
     _announce(request, "decided")
 
 
-def _expire(request: HumanRequest) -> None:
-    request.status = Status.EXPIRED
+def _close(request: HumanRequest, status: str, message: str) -> None:
+    """Ends a pending request without a decision (expired or cancelled), and its call."""
+    request.status = status
     request.decided_at = timezone.now()
     request.save(update_fields=["status", "decided_at"])
     if request.invocation_id is not None:
         tool_invocation_end(
-            invocation_id=request.invocation_id,
-            status=ToolInvocation.Status.EXPIRED,
-            message="No reviewer decided in time; the call was not run.",
-            code="expired",
+            invocation_id=request.invocation_id, status=status, message=message, code=status
         )
-    _announce(request, "expired")
+    _announce(request, status)
+
+
+def _expire(request: HumanRequest) -> None:
+    _close(request, Status.EXPIRED, "No reviewer decided in time; the call was not run.")
 
 
 def human_requests_expire(*, request_id=None) -> int:
@@ -280,15 +282,9 @@ def human_request_cancel(*, request_id, reason: str = "") -> HumanRequest:
             raise ApplicationError(f"No human request '{request_id}'.", "not_found")
         if not request.is_pending:
             raise ApplicationError(closed_message(request), "conflict")
-        request.status = Status.CANCELLED
-        request.decided_at = timezone.now()
-        request.save(update_fields=["status", "decided_at"])
-        if request.invocation_id is not None:
-            tool_invocation_end(
-                invocation_id=request.invocation_id,
-                status=ToolInvocation.Status.CANCELLED,
-                message=reason or "The call was cancelled before a reviewer decided.",
-                code="cancelled",
-            )
-        _announce(request, "cancelled")
+        _close(
+            request,
+            Status.CANCELLED,
+            reason or "The call was cancelled before a reviewer decided.",
+        )
     return request

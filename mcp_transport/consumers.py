@@ -565,12 +565,15 @@ class McpConsumer(AsyncHttpConsumer):
             groups.append(invocation_group(waits_for))
         for group in groups:
             await layer.group_add(group, channel)
-        try:
-            if waits_for is not None:
+
+        async def catch_up(finish: bool) -> bool:
+            """Sends the stored events after ``last_seq`` (finishing a decided wait first);
+            True once the final one is sent."""
+            nonlocal last_seq
+            if finish:
                 await database_sync_to_async(protocol.stream_finish_if_decided)(
                     session_id=session_id, stream_id=stream_id
                 )
-            # Events stored between the first read and joining the group.
             for event in await database_sync_to_async(events_after)(
                 session_id=session_id, stream_id=stream_id, seq=last_seq
             ):
@@ -579,7 +582,13 @@ class McpConsumer(AsyncHttpConsumer):
                     sse_frame(event.event_id, event.data), more_body=not event.final
                 )
                 if event.final:
-                    return
+                    return True
+            return False
+
+        try:
+            # Events stored between the first read and joining the group.
+            if await catch_up(finish=waits_for is not None):
+                return
             deadline = time.monotonic() + STREAM_MAX_SECONDS
             while (remaining := deadline - time.monotonic()) > 0:
                 try:
@@ -591,18 +600,8 @@ class McpConsumer(AsyncHttpConsumer):
                     continue
                 if message["type"] != "mcp.event":
                     # The gated call ended: store its answer (if nobody has) and send it.
-                    await database_sync_to_async(protocol.stream_finish_if_decided)(
-                        session_id=session_id, stream_id=stream_id
-                    )
-                    for event in await database_sync_to_async(events_after)(
-                        session_id=session_id, stream_id=stream_id, seq=last_seq
-                    ):
-                        last_seq = event.seq
-                        await self.send_body(
-                            sse_frame(event.event_id, event.data), more_body=not event.final
-                        )
-                        if event.final:
-                            return
+                    if await catch_up(finish=True):
+                        return
                     continue
                 if message["seq"] <= last_seq:
                     continue
