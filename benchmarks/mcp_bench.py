@@ -167,7 +167,10 @@ async def load(url: str, headers: dict, concurrency: int, seconds: float) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per server and level; medians are printed"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--postgres", help="admin URL of a PostgreSQL server to use for QMCP")
     parser.add_argument("--redis", help="REDIS_URL for QMCP's channel layer")
@@ -197,17 +200,31 @@ def main() -> None:
     }
     base = {"Accept": ACCEPT, "Content-Type": "application/json"}
 
-    print(f"QMCP on {database.split('://')[0]}; {args.seconds:.0f} s per run; echo tool")
+    print(
+        f"QMCP on {database.split('://')[0]}; echo tool; medians of {args.repeat} runs of "
+        f"{args.seconds:.0f} s, the servers taking turns"
+    )
     print(f"{'conc':>5} {'server':>6} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     with (
         run(qmcp_cmd, env, f"http://127.0.0.1:{qmcp_port}/health"),
         run(sdk_cmd, os.environ.copy(), f"http://127.0.0.1:{sdk_port}/"),
     ):
         for concurrency in args.concurrency:
-            figures = {}
-            for name, (url, auth) in servers.items():
+            runs: dict[str, list[dict]] = {name: [] for name in servers}
+            for url, auth in servers.values():
                 asyncio.run(load(url, {**base, **auth}, concurrency, 2))  # warm up
-                figures[name] = asyncio.run(load(url, {**base, **auth}, concurrency, args.seconds))
+            # The servers take turns, so both see the same machine, noise included.
+            for _ in range(args.repeat):
+                for name, (url, auth) in servers.items():
+                    runs[name].append(
+                        asyncio.run(load(url, {**base, **auth}, concurrency, args.seconds))
+                    )
+            figures = {}
+            for name in servers:
+                figures[name] = {
+                    key: statistics.median(r[key] for r in runs[name])
+                    for key in ("rps", "p50", "p99")
+                }
                 f = figures[name]
                 print(
                     f"{concurrency:>5} {name:>6} {f['rps']:>9.0f} {f['p50']:>8.2f} {f['p99']:>8.2f}"
