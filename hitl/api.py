@@ -4,13 +4,16 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from django.db.models import Count, Q, QuerySet
 from ninja import Field, Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
 from pydantic import ConfigDict, StrictInt
 
 from hitl.models import HumanRequest, HumanResponse
-from hitl.selectors import human_request_get, human_request_list
+from hitl.selectors import (
+    human_request_get,
+    human_request_visible_get,
+    human_request_visible_list,
+)
 from hitl.services import human_request_create, human_request_respond
 from qmcp_site.errors import ApplicationError
 from tools.api import ErrorOut
@@ -126,21 +129,6 @@ def _require_read_scope(principal: Principal) -> None:
         )
 
 
-def _visible(principal: Principal, qs: QuerySet[HumanRequest]) -> QuerySet[HumanRequest]:
-    """Staff see every request; others only those they created."""
-    if principal.user.is_staff:
-        return qs
-    return qs.filter(created_by=principal.user)
-
-
-def _request_detail(principal: Principal, request_id) -> HumanRequest:
-    request = human_request_get(request_id=request_id)
-    if not principal.user.is_staff and request.created_by_id != principal.user.pk:
-        # Someone else's request is reported as unknown, not as forbidden.
-        raise ApplicationError(f"No human request '{request_id}'.", "not_found")
-    return request
-
-
 @router.post("/requests", response={201: HumanRequestOut, **ERRORS}, summary="Ask people something")
 def requests_create(request, payload: HumanRequestIn):
     """Creates a pending approval or question that expires after ``timeout_seconds``."""
@@ -156,12 +144,7 @@ def requests_create(request, payload: HumanRequestIn):
 def requests_list(request, status: str | None = None):
     """Pending first, then oldest first. Staff see every request; others their own."""
     _require_read_scope(request.principal)
-    qs = _visible(request.principal, human_request_list(status=status))
-    return qs.annotate(
-        approval_count=Count(
-            "responses", filter=Q(responses__decision=HumanResponse.Decision.APPROVE)
-        )
-    )
+    return human_request_visible_list(principal=request.principal, status=status)
 
 
 @router.get(
@@ -172,7 +155,7 @@ def requests_list(request, status: str | None = None):
 def requests_get(request, request_id: str):
     """The request with its responses and the invocation it gates, if any."""
     _require_read_scope(request.principal)
-    return _request_detail(request.principal, request_id)
+    return human_request_visible_get(principal=request.principal, request_id=request_id)
 
 
 @router.post(

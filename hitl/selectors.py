@@ -1,10 +1,11 @@
 import uuid
 
-from django.db.models import Case, IntegerField, QuerySet, Value, When
+from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 
-from hitl.models import HumanRequest
+from hitl.models import HumanRequest, HumanResponse
 from hitl.services import human_requests_expire
 from qmcp_site.errors import ApplicationError
+from users.principals import Principal
 
 
 def human_request_list(*, status: str | None = None) -> QuerySet[HumanRequest]:
@@ -46,5 +47,29 @@ def human_request_get(*, request_id, expire: bool = True) -> HumanRequest:
         else None
     )
     if request is None:
+        raise ApplicationError(f"No human request '{request_id}'.", "not_found")
+    return request
+
+
+def human_request_visible_list(
+    *, principal: Principal, status: str | None = None
+) -> QuerySet[HumanRequest]:
+    """:func:`human_request_list` as ``principal`` may see it: staff every request, others
+    only those they created; each annotated with its ``approval_count``."""
+    qs = human_request_list(status=status)
+    if not principal.user.is_staff:
+        qs = qs.filter(created_by=principal.user)
+    return qs.annotate(
+        approval_count=Count(
+            "responses", filter=Q(responses__decision=HumanResponse.Decision.APPROVE)
+        )
+    )
+
+
+def human_request_visible_get(*, principal: Principal, request_id) -> HumanRequest:
+    """:func:`human_request_get`; someone else's request is ``not_found`` to non-staff."""
+    request = human_request_get(request_id=request_id)
+    if not principal.user.is_staff and request.created_by_id != principal.user.pk:
+        # Reported as unknown, not as forbidden.
         raise ApplicationError(f"No human request '{request_id}'.", "not_found")
     return request

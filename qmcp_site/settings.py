@@ -198,8 +198,15 @@ if env_bool("QMCP_HTTPS"):
 
 # --- REST frameworks ------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    # Bearer first: an anonymous request then gets 401 with a WWW-Authenticate header.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "qmcp_site.drf.BearerTokenAuthentication",
+        "qmcp_site.drf.SessionPrincipalAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["qmcp_site.drf.ScopePermission"],
+    "DEFAULT_PAGINATION_CLASS": "qmcp_site.drf.Pagination",
     "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "qmcp_site.drf.exception_handler",
 }
 NINJA_PAGINATION_PER_PAGE = 50
 

@@ -4,6 +4,7 @@ from django.views.generic import RedirectView
 
 from qmcp_site import views
 from qmcp_site.api import api
+from qmcp_site.drf import build_router
 
 admin.site.site_header = "QMCP administration"
 admin.site.site_title = "QMCP"
@@ -15,5 +16,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("hitl/", include("hitl.urls")),
     path("v1/", api.urls),
+    path("api/auth/", include("rest_framework.urls")),
+    path("api/", include(build_router().urls)),
     path("", include("django_prometheus.urls")),
 ]

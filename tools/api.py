@@ -11,7 +11,7 @@ from ninja.pagination import PageNumberPagination, paginate
 from qmcp_site.errors import ApplicationError
 from tools import selectors
 from tools.models import ToolInvocation
-from tools.services import tool_invoke, tool_invoke_refuse
+from tools.services import tool_invocation_raise_failure, tool_invoke, tool_invoke_refuse
 
 tools_router = Router(tags=["tools"])
 invocations_router = Router(tags=["invocations"])
@@ -146,14 +146,7 @@ def tools_call(request, name: str):
         arguments = _parse_arguments(request.body)
     except ApplicationError as exc:
         tool_invoke_refuse(error=exc, arguments=None, **call)
-    invocation = tool_invoke(arguments=arguments, **call)
-    if invocation.status == ToolInvocation.Status.FAILED:
-        error = invocation.error or {}
-        raise ApplicationError(
-            error.get("message", "The tool failed."),
-            error.get("code", "tool_failed"),
-            {**error.get("details", {}), "invocation_id": str(invocation.pk)},
-        )
+    invocation = tool_invocation_raise_failure(tool_invoke(arguments=arguments, **call))
     if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL:
         return Status(202, invocation)
     return Status(200, invocation)

@@ -1,4 +1,5 @@
 import uuid
+from datetime import datetime
 
 from django.db.models import QuerySet
 
@@ -31,7 +32,11 @@ def invocation_list(
     tool: str | None = None,
     status: str | None = None,
     principal_id: int | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> QuerySet[ToolInvocation]:
+    """Readable invocations, newest first, filtered by tool, status, caller and creation time
+    (``created_after`` inclusive, ``created_before`` exclusive)."""
     if status is not None and status not in ToolInvocation.Status.values:
         raise ApplicationError(
             f"Unknown status '{status}'.",
@@ -45,6 +50,10 @@ def invocation_list(
         qs = qs.filter(status=status)
     if principal_id is not None:
         qs = qs.filter(principal_id=principal_id)
+    if created_after is not None:
+        qs = qs.filter(created_at__gte=created_after)
+    if created_before is not None:
+        qs = qs.filter(created_at__lt=created_before)
     return qs.order_by("-created_at")
 
 

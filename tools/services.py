@@ -365,3 +365,16 @@ def tool_invocation_end(*, invocation_id, status: str, message: str, code: str) 
     if updated:
         _announce_finished(invocation_id)
     return bool(updated)
+
+
+def tool_invocation_raise_failure(invocation: ToolInvocation) -> ToolInvocation:
+    """Raises a failed invocation's error (naming the invocation), as the REST APIs answer
+    it; returns any other invocation."""
+    if invocation.status != Status.FAILED:
+        return invocation
+    error = invocation.error or {}
+    raise ApplicationError(
+        error.get("message", "The tool failed."),
+        error.get("code", "tool_failed"),
+        {**error.get("details", {}), "invocation_id": str(invocation.pk)},
+    )

@@ -24,10 +24,15 @@ def user_get_managed(*, user_id: int) -> User:
     return user
 
 
-def user_search(*, query: str, limit: int = 20) -> list[User]:
-    """Managed users whose name, surname or email contains ``query`` (case-insensitive)."""
-    query = query.strip()
+def user_list(*, query: str = "") -> QuerySet[User]:
+    """Managed users, by id, whose name, surname or email contains every word of ``query``
+    (case-insensitive); all of them for an empty query."""
     condition = Q()
     for term in query.split():
         condition &= Q(name__icontains=term) | Q(surname__icontains=term) | Q(email__icontains=term)
-    return list(managed_user_queryset().filter(condition).order_by("id")[:limit])
+    return managed_user_queryset().filter(condition).order_by("id")
+
+
+def user_search(*, query: str, limit: int = 20) -> list[User]:
+    """Managed users whose name, surname or email contains ``query`` (case-insensitive)."""
+    return list(user_list(query=query)[:limit])
