@@ -81,6 +81,40 @@ def _merge(arguments: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str
     return {**(arguments or {}), **kwargs}
 
 
+class _Poll:
+    """The bookkeeping of a polling wait: reports each poll, and times it out."""
+
+    def __init__(self, timeout: float, interval: float, on_poll: Callable[[Any], None] | None):
+        self.deadline = time.monotonic() + timeout
+        self.interval = interval
+        self.on_poll = on_poll
+
+    def next(self, seen: Any, timeout_error: WaitTimeout) -> float:
+        """Seconds to sleep before the next poll; raises ``timeout_error`` past the deadline."""
+        if self.on_poll is not None:
+            self.on_poll(seen)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise timeout_error
+        return min(self.interval, remaining)
+
+
+def _no_decision(request_id, timeout: float) -> WaitTimeout:
+    return WaitTimeout(
+        f"No decision on human request {request_id} within {timeout} s.",
+        code="timeout",
+        details={"request_id": str(request_id)},
+    )
+
+
+def _not_final(invocation: Invocation, timeout: float) -> WaitTimeout:
+    return WaitTimeout(
+        f"Invocation {invocation.id} is still {invocation.status} after {timeout} s.",
+        code="timeout",
+        details={"invocation_id": str(invocation.id), "status": invocation.status},
+    )
+
+
 class _Base:
     """What the sync and async clients share: configuration and the operations' shapes."""
 
@@ -340,21 +374,12 @@ class QMCPClient(_Base):
         on_poll: Callable[[HumanRequest], None] | None = None,
     ) -> HumanRequest:
         """Polls a human request until it is no longer pending; :class:`WaitTimeout` if not."""
-        deadline = time.monotonic() + timeout
+        poll = _Poll(timeout, poll_interval, on_poll)
         while True:
             request = self.get_human_request(request_id)
             if not request.is_pending:
                 return request
-            if on_poll is not None:
-                on_poll(request)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(
-                    f"No decision on human request {request_id} within {timeout} s.",
-                    code="timeout",
-                    details={"request_id": str(request_id)},
-                )
-            time.sleep(min(poll_interval, remaining))
+            time.sleep(poll.next(request, _no_decision(request_id, timeout)))
 
     def wait_for_invocation(
         self,
@@ -365,21 +390,12 @@ class QMCPClient(_Base):
         on_poll: Callable[[Invocation], None] | None = None,
     ) -> Invocation:
         """Polls an invocation until its status is final; :class:`WaitTimeout` if not."""
-        deadline = time.monotonic() + timeout
+        poll = _Poll(timeout, poll_interval, on_poll)
         while True:
             invocation = self.get_invocation(invocation_id)
             if invocation.is_final:
                 return invocation
-            if on_poll is not None:
-                on_poll(invocation)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(
-                    f"Invocation {invocation_id} is still {invocation.status} after {timeout} s.",
-                    code="timeout",
-                    details={"invocation_id": str(invocation_id), "status": invocation.status},
-                )
-            time.sleep(min(poll_interval, remaining))
+            time.sleep(poll.next(invocation, _not_final(invocation, timeout)))
 
     def invoke_and_wait(
         self,
@@ -539,21 +555,12 @@ class AsyncQMCPClient(_Base):
         poll_interval: float = 1.0,
         on_poll: Callable[[HumanRequest], None] | None = None,
     ) -> HumanRequest:
-        deadline = time.monotonic() + timeout
+        poll = _Poll(timeout, poll_interval, on_poll)
         while True:
             request = await self.get_human_request(request_id)
             if not request.is_pending:
                 return request
-            if on_poll is not None:
-                on_poll(request)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(
-                    f"No decision on human request {request_id} within {timeout} s.",
-                    code="timeout",
-                    details={"request_id": str(request_id)},
-                )
-            await asyncio.sleep(min(poll_interval, remaining))
+            await asyncio.sleep(poll.next(request, _no_decision(request_id, timeout)))
 
     async def wait_for_invocation(
         self,
@@ -563,21 +570,12 @@ class AsyncQMCPClient(_Base):
         poll_interval: float = 1.0,
         on_poll: Callable[[Invocation], None] | None = None,
     ) -> Invocation:
-        deadline = time.monotonic() + timeout
+        poll = _Poll(timeout, poll_interval, on_poll)
         while True:
             invocation = await self.get_invocation(invocation_id)
             if invocation.is_final:
                 return invocation
-            if on_poll is not None:
-                on_poll(invocation)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(
-                    f"Invocation {invocation_id} is still {invocation.status} after {timeout} s.",
-                    code="timeout",
-                    details={"invocation_id": str(invocation_id), "status": invocation.status},
-                )
-            await asyncio.sleep(min(poll_interval, remaining))
+            await asyncio.sleep(poll.next(invocation, _not_final(invocation, timeout)))
 
     async def invoke_and_wait(
         self,
