@@ -18,11 +18,8 @@ This is a benchmark, not a test: it prints figures and asserts nothing.
 import argparse
 import asyncio
 import json
-import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,7 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mcp_bench import PYTHON, free_port, manage_shell, postgres_database, run  # noqa: E402
+from mcp_bench import PYTHON, free_port, manage_shell, run, server_env  # noqa: E402
 
 MCP = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -186,20 +183,7 @@ def main() -> None:
     if args.workers == 2 and not args.redis:
         parser.error("--workers 2 needs --redis: the decision crosses processes by Redis")
 
-    workdir = tempfile.mkdtemp(prefix="qmcp-approval-")
-    database = (
-        postgres_database(args.postgres) if args.postgres else f"sqlite:///{workdir}/db.sqlite3"
-    )
-    env = {
-        **os.environ,
-        "DATABASE_URL": database,
-        "SECRET_KEY": secrets.token_urlsafe(32),
-        "LOG_LEVEL": "WARNING",
-        "DJANGO_DEBUG": "",
-        "QMCP_MCP_APPROVAL_WAIT_SECONDS": "600",
-    }
-    if args.redis:
-        env["REDIS_URL"] = args.redis
+    database, env = server_env(args.postgres, args.redis, QMCP_MCP_APPROVAL_WAIT_SECONDS="600")
     caller, reviewer = prepare(env)
     ports = [free_port() for _ in range(args.workers)]
     with ExitStack() as stack:

@@ -74,6 +74,25 @@ def postgres_database(admin_url: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/qmcp_bench"
 
 
+def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[str, dict]:
+    """A production-like environment for QMCP on a fresh database: (its URL, the env)."""
+    if postgres:
+        database = postgres_database(postgres)
+    else:
+        database = f"sqlite:///{tempfile.mkdtemp(prefix='qmcp-bench-')}/db.sqlite3"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_DEBUG": "",
+        **extra,
+    }
+    if redis:
+        env["REDIS_URL"] = redis
+    return database, env
+
+
 def manage_shell(env: dict[str, str], code: str) -> list[str]:
     """Migrates, runs ``code`` in ``manage.py shell`` and returns the lines it printed."""
     subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
@@ -176,19 +195,7 @@ def main() -> None:
     parser.add_argument("--redis", help="REDIS_URL for QMCP's channel layer")
     args = parser.parse_args()
 
-    workdir = tempfile.mkdtemp(prefix="qmcp-bench-")
-    database = (
-        postgres_database(args.postgres) if args.postgres else f"sqlite:///{workdir}/db.sqlite3"
-    )
-    env = {
-        **os.environ,
-        "DATABASE_URL": database,
-        "SECRET_KEY": secrets.token_urlsafe(32),
-        "LOG_LEVEL": "WARNING",
-        "DJANGO_DEBUG": "",
-    }
-    if args.redis:
-        env["REDIS_URL"] = args.redis
+    database, env = server_env(args.postgres, args.redis)
     token = prepare_qmcp(env)
     qmcp_port, sdk_port = free_port(), free_port()
     qmcp_cmd = [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(qmcp_port)]
