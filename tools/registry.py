@@ -40,6 +40,22 @@ class ToolResult:
         return result
 
 
+def _progress_params(progress: float, total: float | None, message: str | None) -> dict:
+    params: dict[str, Any] = {"progress": progress}
+    if total is not None:
+        params["total"] = total
+    if message is not None:
+        params["message"] = message
+    return params
+
+
+def _log_params(level: str, data: Any, logger: str | None) -> dict:
+    params: dict[str, Any] = {"level": level, "data": data}
+    if logger:
+        params["logger"] = logger
+    return params
+
+
 class ToolContext:
     """What a running tool may use besides its arguments.
 
@@ -55,18 +71,10 @@ class ToolContext:
     def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
     ):
-        params: dict[str, Any] = {"progress": progress}
-        if total is not None:
-            params["total"] = total
-        if message is not None:
-            params["message"] = message
-        self._emit("notifications/progress", params)
+        self._emit("notifications/progress", _progress_params(progress, total, message))
 
     def log(self, level: str, data: Any, logger: str | None = None):
-        params: dict[str, Any] = {"level": level, "data": data}
-        if logger:
-            params["logger"] = logger
-        self._emit("notifications/message", params)
+        self._emit("notifications/message", _log_params(level, data, logger))
 
     def _emit(self, method: str, params: dict[str, Any]):
         if self._notify is not None:
@@ -101,18 +109,10 @@ class AsyncToolContext:
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
     ):
-        params: dict[str, Any] = {"progress": progress}
-        if total is not None:
-            params["total"] = total
-        if message is not None:
-            params["message"] = message
-        await self._emit("notifications/progress", params)
+        await self._emit("notifications/progress", _progress_params(progress, total, message))
 
     async def log(self, level: str, data: Any, logger: str | None = None):
-        params: dict[str, Any] = {"level": level, "data": data}
-        if logger:
-            params["logger"] = logger
-        await self._emit("notifications/message", params)
+        await self._emit("notifications/message", _log_params(level, data, logger))
 
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Sends a request to the client (sampling, elicitation) and returns its result."""

@@ -11,6 +11,7 @@ from tools.drf import body_arguments, invocation_response, invoke
 from tools.models import ToolInvocation
 from users import selectors
 from users.models import ApiToken, User
+from users.services import PROFILE_FIELDS
 
 Scope = ApiToken.Scope
 
@@ -33,19 +34,7 @@ class UserViewSet(viewsets.GenericViewSet):
 
         class Meta:
             model = User
-            fields = [
-                "id",
-                "name",
-                "surname",
-                "email",
-                "about_me",
-                "phone",
-                "date_of_birth",
-                "address",
-                "gender",
-                "company",
-                "salary",
-            ]
+            fields = ["id", *PROFILE_FIELDS]
 
     class InputSerializer(serializers.Serializer):
         """The browsable API's form. The body is validated by the tool itself (422
