@@ -31,3 +31,33 @@ def make_token(user=None, scopes=None, **kwargs) -> tuple:
     """A token and its secret, through the real service."""
     user = user or UserFactory()
     return api_token_create(user=user, name=kwargs.pop("name", "test"), scopes=scopes, **kwargs)
+
+
+def make_reviewer(**kwargs):
+    """A staff user who may decide human requests (fetched anew: a fresh permission cache)."""
+    from django.contrib.auth.models import Permission
+
+    user = StaffFactory(**kwargs)
+    user.user_permissions.add(Permission.objects.get(codename="respond_humanrequest"))
+    return User.objects.get(pk=user.pk)
+
+
+def gated_delete(caller=None, approvals=1, group=None):
+    """A ``delete_user`` call waiting for approval, and the user it would delete."""
+    from tools.models import ToolInvocation, ToolPolicy
+    from tools.services import tool_invoke, tool_policies_sync
+    from users.principals import Principal
+
+    tool_policies_sync()
+    ToolPolicy.objects.filter(tool_name="delete_user").update(
+        approvals_required=approvals, approver_group=group
+    )
+    target = UserFactory()
+    invocation = tool_invoke(
+        name="delete_user",
+        arguments={"user_id": target.pk},
+        principal=Principal.for_user(caller or StaffFactory()),
+        via="rest",
+    )
+    assert invocation.status == ToolInvocation.Status.AWAITING_APPROVAL
+    return invocation, target

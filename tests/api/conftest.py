@@ -3,10 +3,9 @@
 import json
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 
-from tests.factories import StaffFactory, make_token
+from tests.factories import make_token
 
 ALL_SCOPES = ["tools:read", "tools:call", "hitl:respond"]
 
@@ -19,12 +18,6 @@ def error_of(response, status: int, code: str) -> dict:
     assert {"code", "message"} <= set(body["error"])
     assert body["error"]["code"] == code, body
     return body["error"]
-
-
-def make_reviewer(**kwargs):
-    user = StaffFactory(**kwargs)
-    user.user_permissions.add(Permission.objects.get(codename="respond_humanrequest"))
-    return user
 
 
 class DrfClient:

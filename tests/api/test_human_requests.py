@@ -5,8 +5,8 @@ import pytest
 
 from hitl.models import HumanRequest, HumanResponse
 from hitl.services import human_request_create
-from tests.api.conftest import error_of, make_reviewer
-from tests.factories import StaffFactory, UserFactory
+from tests.api.conftest import error_of
+from tests.factories import StaffFactory, UserFactory, make_reviewer
 from tools.models import ToolInvocation
 from users.models import User
 

@@ -3,8 +3,8 @@
 
 import pytest
 
-from tests.api.conftest import error_of, make_reviewer
-from tests.factories import StaffFactory, UserFactory
+from tests.api.conftest import error_of
+from tests.factories import StaffFactory, UserFactory, make_reviewer
 from tools.models import ToolInvocation, ToolPolicy
 from tools.services import tool_policies_sync
 from users.models import User

@@ -9,9 +9,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
-from tests.api.conftest import make_reviewer
 from tests.e2e.conftest import PASSWORD, wait
-from tests.factories import StaffFactory, UserFactory, make_token
+from tests.factories import StaffFactory, UserFactory, make_reviewer, make_token
 from tools.models import ToolInvocation
 from users.models import User
 

@@ -8,21 +8,17 @@ from django.utils import timezone
 
 from hitl.models import HumanRequest
 from hitl.services import human_request_create, human_request_respond
-from tests.factories import StaffFactory, UserFactory
-from tools.models import ToolInvocation, ToolPolicy
-from tools.services import tool_invoke, tool_policies_sync
+from tests.factories import StaffFactory, make_reviewer
+from tests.factories import gated_delete as gated_call
+from tools.models import ToolInvocation
 from users.models import User
-from users.principals import Principal
 
 pytestmark = pytest.mark.django_db
 
 QUEUE = "/admin/hitl/humanrequest/"
 
 
-def reviewer(**kwargs):
-    user = StaffFactory(**kwargs)
-    user.user_permissions.add(Permission.objects.get(codename="respond_humanrequest"))
-    return User.objects.get(pk=user.pk)  # fresh permission cache
+reviewer = make_reviewer
 
 
 def client_for(user):
@@ -32,17 +28,8 @@ def client_for(user):
 
 
 def gated_delete(caller, approvals=1):
-    """A delete_user call by ``caller`` waiting for approval, and the user it would delete."""
-    tool_policies_sync()
-    ToolPolicy.objects.filter(tool_name="delete_user").update(approvals_required=approvals)
-    target = UserFactory()
-    invocation = tool_invoke(
-        name="delete_user",
-        arguments={"user_id": target.pk},
-        principal=Principal.for_user(caller),
-        via="rest",
-    )
-    assert invocation.status == ToolInvocation.Status.AWAITING_APPROVAL
+    """A delete_user call by ``caller`` waiting for approval: its request, and the target."""
+    invocation, target = gated_call(caller, approvals)
     return invocation.human_request, target
 
 

@@ -9,7 +9,7 @@ import pytest
 from hitl.notifications import sign
 from hitl.services import human_request_create, human_request_respond
 from tests.factories import StaffFactory
-from tests.hitl.test_services import reviewer
+from tests.factories import make_reviewer as reviewer
 
 pytestmark = pytest.mark.django_db
 

@@ -8,8 +8,8 @@ from django.db import connection
 from hitl.models import HumanRequest, HumanResponse
 from hitl.services import human_request_respond
 from qmcp_site.errors import ApplicationError
-from tests.factories import StaffFactory
-from tests.hitl.test_services import gated_delete, reviewer
+from tests.factories import StaffFactory, gated_delete
+from tests.factories import make_reviewer as reviewer
 from tools.models import ToolInvocation
 from tools.services import tool_invocation_run_approved
 

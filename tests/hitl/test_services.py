@@ -1,7 +1,7 @@
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from hitl.models import HumanRequest
@@ -14,8 +14,8 @@ from hitl.services import (
 )
 from hitl.tasks import human_requests_expire as expire_task
 from qmcp_site.errors import ApplicationError
-from tests.factories import StaffFactory, UserFactory
-from tools.models import ToolInvocation, ToolPolicy
+from tests.factories import StaffFactory, UserFactory, gated_delete, make_reviewer
+from tools.models import ToolInvocation
 from tools.services import tool_invoke, tool_policies_sync
 from users.models import User
 from users.principals import Principal
@@ -23,30 +23,12 @@ from users.principals import Principal
 pytestmark = pytest.mark.django_db
 
 
-def reviewer(**kwargs):
-    user = StaffFactory(**kwargs)
-    user.user_permissions.add(Permission.objects.get(codename="respond_humanrequest"))
-    return User.objects.get(pk=user.pk)  # fresh permission cache
+reviewer = make_reviewer
 
 
 @pytest.fixture
 def caller():
     return StaffFactory()
-
-
-def gated_delete(caller, approvals=1, group=None):
-    tool_policies_sync()
-    ToolPolicy.objects.filter(tool_name="delete_user").update(
-        approvals_required=approvals, approver_group=group
-    )
-    target = UserFactory()
-    invocation = tool_invoke(
-        name="delete_user",
-        arguments={"user_id": target.pk},
-        principal=Principal.for_user(caller),
-        via="rest",
-    )
-    return invocation, target
 
 
 def test_a_gated_call_gets_an_approval_request_from_its_policy(caller):

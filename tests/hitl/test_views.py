@@ -7,7 +7,6 @@ import pytest
 import pytest_asyncio
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.db import connections
 from django.test import Client
@@ -16,11 +15,10 @@ from django.urls import reverse
 from hitl.models import HumanRequest
 from hitl.services import human_request_create, human_request_respond
 from qmcp_site.asgi import application
-from tests.factories import StaffFactory, UserFactory
-from tools.models import ToolInvocation, ToolPolicy
-from tools.services import tool_invoke, tool_policies_sync
+from tests.factories import StaffFactory, UserFactory, make_reviewer
+from tests.factories import gated_delete as gated_call
+from tools.models import ToolInvocation
 from users.models import User
-from users.principals import Principal
 
 pytestmark = pytest.mark.django_db
 
@@ -28,10 +26,7 @@ QUEUE_URL = "/hitl/"
 ROWS_URL = "/hitl/rows/"
 
 
-def reviewer(**kwargs):
-    user = StaffFactory(**kwargs)
-    user.user_permissions.add(Permission.objects.get(codename="respond_humanrequest"))
-    return User.objects.get(pk=user.pk)  # fresh permission cache
+reviewer = make_reviewer
 
 
 def member():
@@ -40,15 +35,7 @@ def member():
 
 
 def gated_delete(caller=None, approvals=1):
-    tool_policies_sync()
-    ToolPolicy.objects.filter(tool_name="delete_user").update(approvals_required=approvals)
-    target = UserFactory()
-    invocation = tool_invoke(
-        name="delete_user",
-        arguments={"user_id": target.pk},
-        principal=Principal.for_user(caller or StaffFactory()),
-        via="rest",
-    )
+    invocation, target = gated_call(caller, approvals)
     return invocation.human_request, target
 
 

@@ -641,7 +641,7 @@ def test_a_gated_call_waits_on_its_stream_for_the_decision(mcp):
 
 def test_the_waiting_stream_is_finished_by_the_decision(mcp):
     from hitl.services import human_request_respond
-    from tests.hitl.test_services import reviewer
+    from tests.factories import make_reviewer as reviewer
 
     victim = UserFactory()
     reply = mcp.post(
