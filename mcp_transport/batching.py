@@ -1,31 +1,156 @@
-"""The sync work of all waiting requests in one thread hop, their audit rows in one INSERT.
+"""The sync work of all waiting MCP requests in one thread hop, their audit rows in one INSERT.
 
-Under load, requests queue for the one thread that does database work. Rather than a hop
-and an INSERT (and so a commit) per request, :func:`run_batched` hands that thread
-everything that is waiting, one job after the other, each in autocommit as if alone. The
-audit rows that read-only tool calls write outside any transaction are then inserted
-together in one statement by a second thread, while the first goes on with the next
-batch; a batch's replies go out only once its rows are in. With one request at a time a
-batch holds one job, so nothing waits for company.
+On a small machine handing a request to a thread costs more than the request's own sync
+work. So :func:`run_batched` hands :data:`DATABASE_THREAD` everything that is waiting at
+once, one job after the other, each in autocommit as if alone. The audit rows that
+read-only tool calls write outside any transaction are collected and written together in
+one multi-row INSERT: on SQLite by the same thread at the end of the batch; on PostgreSQL
+by :data:`AUDIT_WRITER` over an async connection on the event loop, so the next batch
+does not wait for the round trip. A batch's replies go out only once its rows are in;
+a job whose row could not be written gets that error instead of its reply.
 """
 
 import asyncio
+import logging
+import os
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from channels.db import database_sync_to_async
+import psycopg
+from asgiref.sync import SyncToAsync
+from django.db import close_old_connections, connections
 
-from qmcp_site.rawjoin import deferred_inserts, insert_deferred
+from qmcp_site.rawjoin import deferred_inserts, insert_deferred, insert_statement
+
+logger = logging.getLogger(__name__)
 
 Job = tuple[Callable[..., Any], dict[str, Any], asyncio.Future]
+Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
+Rows = dict[tuple[str, type], list[list]]  # (database alias, model) -> rows to insert
+
+
+class DatabaseThread:
+    """A daemon thread that runs sync functions for the event loop, one at a time.
+
+    It does what ``database_sync_to_async`` does (stale connections are closed first, and
+    ``async_to_sync`` inside runs on the caller's loop) with a lighter handoff: a queue in,
+    ``call_soon_threadsafe`` out.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, func: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """``func(*args)`` in the thread; the future gets its result or its exception."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((loop, future, func, args))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+            self._thread.start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, func, args = self._queue.get()
+            # What SyncToAsync's thread sets, so that async_to_sync (a channel layer's
+            # group_send, say) runs on the loop that owns the layer's connections.
+            SyncToAsync.threadlocal.main_event_loop = loop
+            SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
+            try:
+                close_old_connections()
+                outcome: Outcome = (True, func(*args))
+            except BaseException as exc:
+                outcome = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+
+def _settle(future: asyncio.Future, outcome: Outcome) -> None:
+    if future.done():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class AuditWriter:
+    """Inserts collected rows into PostgreSQL over async psycopg connections.
+
+    Each batch's rows go out at once, over an idle connection of this event loop or a new
+    one, so the round trips of consecutive batches overlap. A connection that failed is
+    dropped; a failure on an idle connection (PostgreSQL restarted, say) is retried once
+    on a new one, which cannot write a row twice: its primary key is already set.
+    """
+
+    MAX_IDLE = 8
+
+    def __init__(self):
+        # (loop, database alias) -> idle connections
+        self._idle: dict[tuple[asyncio.AbstractEventLoop, str], list] = {}
+
+    async def write(self, rows: Rows) -> None:
+        for (using, model), values in rows.items():
+            sql, params = insert_statement("postgresql", model, values)
+            connection, reused = await self._acquire(using)
+            try:
+                await _execute(connection, sql, params)
+            except psycopg.OperationalError:
+                if not reused:
+                    raise
+                connection = await self._connect(using)
+                await _execute(connection, sql, params)
+            self._release(using, connection)
+
+    async def close(self) -> None:
+        """Closes every idle connection (tests do, before the test database is dropped)."""
+        idle, self._idle = self._idle, {}
+        for connections_ in idle.values():
+            for connection in connections_:
+                await connection.close()
+
+    async def _acquire(self, using: str):
+        idle = self._idle.get((asyncio.get_running_loop(), using))
+        if idle:
+            return idle.pop(), True
+        return await self._connect(using), False
+
+    def _release(self, using: str, connection) -> None:
+        idle = self._idle.setdefault((asyncio.get_running_loop(), using), [])
+        if len(idle) < self.MAX_IDLE:
+            idle.append(connection)
+        else:
+            asyncio.ensure_future(connection.close())
+
+    async def _connect(self, using: str):
+        params = connections[using].get_connection_params()
+        params.pop("cursor_factory", None)  # Django's is a sync cursor
+        return await psycopg.AsyncConnection.connect(**params, autocommit=True)
+
+
+async def _execute(connection, sql: str, params: list) -> None:
+    """Runs one statement; a connection that failed is closed."""
+    try:
+        await connection.execute(sql, params)
+    except BaseException:
+        await connection.close()
+        raise
+
+
+DATABASE_THREAD = DatabaseThread("qmcp-mcp-db")
+AUDIT_WRITER = AuditWriter()
 
 _pending: list[Job] = []
 _running = False
-# Processed batches whose audit rows are still to be written: (jobs, outcomes, rows).
-_unwritten: list[tuple[list[Job], list, dict]] = []
-_writing = False
-_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qmcp-audit-writer")
+_writing: set[asyncio.Task] = set()
 
 
 async def run_batched(func: Callable[..., Any], **kwargs) -> Any:
@@ -39,73 +164,77 @@ async def run_batched(func: Callable[..., Any], **kwargs) -> Any:
     return await future
 
 
+async def close_connections() -> None:
+    """Closes the database connections of the thread and of the writer."""
+    await DATABASE_THREAD.run(connections.close_all)
+    await AUDIT_WRITER.close()
+
+
 async def _process() -> None:
-    global _running, _writing
+    global _running
     try:
         while _pending:
             batch = _pending[:]
             _pending.clear()
-            outcomes, rows = await database_sync_to_async(_run_batch)(batch)
-            if not rows and not _unwritten:
-                _reply(batch, outcomes, None)
+            try:
+                outcomes, rows, writers = await DATABASE_THREAD.run(_run_batch, batch)
+            except Exception as exc:  # the batch machinery itself failed
+                outcomes, rows, writers = [(False, exc)] * len(batch), {}, []
+            if not rows:
+                _reply(batch, outcomes)
                 continue
-            _unwritten.append((batch, outcomes, rows))
-            if not _writing:
-                _writing = True
-                asyncio.ensure_future(_write())
+            task = asyncio.ensure_future(_write_then_reply(batch, outcomes, rows, writers))
+            _writing.add(task)
+            task.add_done_callback(_writing.discard)
     finally:
         _running = False
 
 
-async def _write() -> None:
-    """Writes the rows of every processed batch in one go, then answers their requests."""
-    global _writing
+async def _write_then_reply(
+    batch: list[Job], outcomes: list[Outcome], rows: Rows, writers: list[bool]
+) -> None:
     try:
-        while _unwritten:
-            entries = _unwritten[:]
-            _unwritten.clear()
-            merged: dict = {}
-            for _, _, rows in entries:
-                for key, values in rows.items():
-                    merged.setdefault(key, []).extend(values)
-            failure = None
-            if merged:
-                try:
-                    await database_sync_to_async(
-                        insert_deferred, thread_sensitive=False, executor=_writer
-                    )(merged)
-                except Exception as exc:  # no audit rows, so no replies but this error
-                    failure = exc
-            for batch, outcomes, _ in entries:
-                _reply(batch, outcomes, failure)
-    finally:
-        _writing = False
-
-
-def _reply(batch: list[Job], outcomes: list, failure: Exception | None) -> None:
-    for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
-        if future.done():
-            continue
-        if failure is not None:
-            future.set_exception(failure)
-        elif ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
-def _run_batch(batch: list[Job]) -> tuple[list[tuple[bool, Any]], dict]:
-    if len(batch) == 1:
-        # Alone: it writes its own audit row, and the reply needs no second hop.
-        return [_run_one(batch[0])], {}
-    with deferred_inserts() as rows:
-        outcomes = [_run_one(job) for job in batch]
-    return outcomes, rows
-
-
-def _run_one(job: Job) -> tuple[bool, Any]:
-    func, kwargs, _ = job
-    try:
-        return True, func(**kwargs)
+        await AUDIT_WRITER.write(rows)
     except Exception as exc:
-        return False, exc
+        logger.exception("Audit rows of %d MCP requests could not be written", sum(writers))
+        outcomes = _fail_writers(outcomes, writers, exc)
+    _reply(batch, outcomes)
+
+
+def _reply(batch: list[Job], outcomes: list[Outcome]) -> None:
+    for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+        _settle(future, outcome)
+
+
+def _run_batch(batch: list[Job]) -> tuple[list[Outcome], Rows, list[bool]]:
+    """Runs the jobs; returns their outcomes, the rows left for the async writer, and which
+    jobs those rows belong to."""
+    outcomes: list[Outcome] = []
+    writers: list[bool] = []
+    rows: Rows = {}
+    for func, kwargs, _ in batch:
+        with deferred_inserts() as own:
+            try:
+                outcomes.append((True, func(**kwargs)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        writers.append(bool(own))
+        for key, values in own.items():
+            rows.setdefault(key, []).extend(values)
+    if not rows:
+        return outcomes, {}, writers
+    if all(connections[using].vendor == "postgresql" for using, _ in rows):
+        return outcomes, rows, writers
+    try:
+        insert_deferred(rows)
+    except Exception as exc:
+        logger.exception("Audit rows of %d MCP requests could not be written", sum(writers))
+        outcomes = _fail_writers(outcomes, writers, exc)
+    return outcomes, {}, writers
+
+
+def _fail_writers(outcomes: list[Outcome], writers: list[bool], exc: Exception) -> list[Outcome]:
+    """The outcomes, with ``exc`` for every job whose audit row is missing."""
+    return [
+        (False, exc) if wrote else outcome for outcome, wrote in zip(outcomes, writers, strict=True)
+    ]

@@ -1,7 +1,8 @@
 """The async edge of MCP: an AsyncHttpConsumer that serves Streamable HTTP at /mcp.
 
-It checks what needs no database (Host, Origin, Accept, size, JSON), hands each HTTP
-request to the sync protocol in one ``database_sync_to_async`` hop, and writes JSON or SSE.
+It checks what needs no database (Host, Origin, Accept, size, JSON), hands each POST to
+the sync protocol in one hop to the database thread (shared with whatever POSTs are
+waiting, see :mod:`mcp_transport.batching`), and writes JSON or SSE.
 Streams that outlive the hop (async tools, resumed streams, the session's GET stream) run
 as tasks that wait with ``await`` on the channel layer, never in a thread.
 """
@@ -26,6 +27,7 @@ from django.http.request import split_domain_port, validate_host
 from mcp_transport import protocol
 from mcp_transport.batching import run_batched
 from mcp_transport.protocol import (
+    INTERNAL_ERROR,
     PARSE_ERROR,
     ApprovalWait,
     Continuation,
@@ -463,13 +465,21 @@ class McpConsumer(AsyncHttpConsumer):
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise HttpFailure(400, f"Parse error: {exc}", PARSE_ERROR) from exc
 
-        reply = await run_batched(
-            protocol.handle_post,
-            headers=headers,
-            payload=payload,
-            request_id=_client_id(headers, "x-request-id"),
-            correlation_id=_client_id(headers, "x-correlation-id"),
-        )
+        try:
+            reply = await run_batched(
+                protocol.handle_post,
+                headers=headers,
+                payload=payload,
+                request_id=_client_id(headers, "x-request-id"),
+                correlation_id=_client_id(headers, "x-correlation-id"),
+            )
+        except HttpFailure:
+            raise
+        except Exception as exc:  # the database is down, say: nothing went out unrecorded
+            logger.exception("MCP POST failed")
+            raise HttpFailure(
+                500, "Internal error: the request could not be completed.", INTERNAL_ERROR
+            ) from exc
         await self.route_client_messages(reply.session_id, payload)
         if reply.status == 202:
             await self.send_response(202, b"", headers=[(b"content-type", b"text/plain")])

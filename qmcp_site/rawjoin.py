@@ -94,7 +94,7 @@ def insert_one(obj, using: str = "default") -> None:
     if pending is not None and not connection.in_atomic_block:
         pending.setdefault((using, type(obj)), []).append(params)
         return
-    _insert_rows(using, type(obj), [params])
+    insert_deferred({(using, type(obj)): [params]})
 
 
 @contextmanager
@@ -110,13 +110,13 @@ def deferred_inserts():
 def insert_deferred(rows: dict) -> None:
     """Writes collected rows, one multi-row INSERT per model (each all or none)."""
     for (using, model), values in rows.items():
-        _insert_rows(using, model, values)
+        with connections[using].cursor() as cursor:
+            cursor.execute(*insert_statement(connections[using].vendor, model, values))
 
 
-def _insert_rows(using: str, model, rows: list[list]) -> None:
-    connection = connections[using]
-    _, sql = _insert_plan(connection.vendor, model)
+def insert_statement(vendor: str, model, rows: list[list]) -> tuple[str, list]:
+    """One INSERT of ``rows`` (as :func:`insert_one` prepares them) and its parameters."""
+    _, sql = _insert_plan(vendor, model)
     head, _, marks = sql.rpartition(" VALUES ")
     statement = f"{head} VALUES " + ", ".join([marks] * len(rows))
-    with connection.cursor() as cursor:
-        cursor.execute(statement, [value for row in rows for value in row])
+    return statement, [value for row in rows for value in row]

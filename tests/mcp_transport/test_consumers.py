@@ -5,11 +5,14 @@ import json
 
 import pytest
 import pytest_asyncio
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import ApplicationCommunicator, HttpCommunicator
 from django.db import connections
 from pydantic import Field
 
+from mcp_transport import batching
+from mcp_transport.batching import AUDIT_WRITER, DATABASE_THREAD, close_connections
 from mcp_transport.models import McpEvent, McpSession
 from qmcp_site.asgi import application
 from tests.factories import UserFactory, make_token
@@ -146,6 +149,7 @@ async def close_orm_thread_connections():
     """The ORM thread keeps its connection (CONN_MAX_AGE); closed, the test DB can be dropped."""
     yield
     await database_sync_to_async(connections.close_all)()
+    await close_connections()
 
 
 @pytest.fixture
@@ -376,6 +380,115 @@ async def test_batch_over_http(secret):
     assert response["status"] == 200
     ping, invalid = json.loads(response["body"])
     assert ping["result"] == {} and invalid["error"]["code"] == -32600
+
+
+# --- Concurrent requests: one thread hop for many, one INSERT for their audit rows ---------
+
+
+def echo_call(message: str, rpc_id: int) -> dict:
+    return rpc("tools/call", {"name": "echo", "arguments": {"message": message}}, rpc_id)
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch):
+    """The size of every batch the database thread runs."""
+    sizes = []
+    run_batch = batching._run_batch
+
+    def counting(batch):
+        sizes.append(len(batch))
+        return run_batch(batch)
+
+    monkeypatch.setattr(batching, "_run_batch", counting)
+    return sizes
+
+
+async def test_concurrent_calls_share_hops_and_each_gets_its_reply_and_row(secret, batch_sizes):
+    session_id = await open_session(secret)
+    batch_sizes.clear()
+    responses = await asyncio.gather(
+        *(
+            send(payload=echo_call(f"m{i}", i), secret=secret, session_id=session_id)
+            for i in range(12)
+        )
+    )
+    for i, response in enumerate(responses):
+        body = json.loads(response["body"])
+        assert (response["status"], body["id"]) == (200, i)
+        assert body["result"]["structuredContent"] == {"message": f"m{i}"}
+    assert sum(batch_sizes) == 12 and max(batch_sizes) > 1
+    rows = await invocations()
+    assert sorted(row.arguments["message"] for row in rows) == sorted(f"m{i}" for i in range(12))
+    assert {(row.status, row.mcp_session_id) for row in rows} == {("succeeded", session_id)}
+
+
+@database_sync_to_async
+def rename_table(old: str, new: str) -> None:
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f'ALTER TABLE "{old}" RENAME TO "{new}"')
+
+
+async def test_a_call_whose_audit_row_cannot_be_written_fails_and_others_are_unharmed(
+    secret, batch_sizes
+):
+    session_id = await open_session(secret)
+    table = ToolInvocation._meta.db_table
+    await rename_table(table, f"{table}_away")
+    try:
+        payloads = [echo_call("lost", 1) if i % 2 else rpc("ping", rpc_id=2) for i in range(6)]
+        responses = await asyncio.gather(
+            *(send(payload=p, secret=secret, session_id=session_id) for p in payloads)
+        )
+    finally:
+        await rename_table(f"{table}_away", table)
+    assert max(batch_sizes) > 1
+    for i, response in enumerate(responses):
+        body = json.loads(response["body"])
+        if i % 2:
+            assert response["status"] == 500
+            assert body["error"]["code"] == -32603 and "result" not in body
+        else:
+            assert (response["status"], body["result"]) == (200, {})
+    assert await invocations() == []
+
+
+async def test_the_database_thread_returns_results_and_raises_errors():
+    assert await DATABASE_THREAD.run(lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(ZeroDivisionError):
+        await DATABASE_THREAD.run(lambda: 1 / 0)
+
+
+async def test_async_to_sync_in_the_database_thread_runs_on_the_callers_loop():
+    """So a channel layer's group_send from the protocol reaches this loop's consumers."""
+
+    async def running_loop():
+        return asyncio.get_running_loop()
+
+    assert await DATABASE_THREAD.run(async_to_sync(running_loop)) is asyncio.get_running_loop()
+
+
+@pytest.mark.skipif(
+    connections["default"].vendor != "postgresql",
+    reason="the async audit writer serves PostgreSQL; SQLite rows are written in the thread",
+)
+async def test_the_audit_writer_replaces_a_connection_postgresql_dropped(secret):
+    session_id = await open_session(secret)
+    first = await send(payload=echo_call("first", 1), secret=secret, session_id=session_id)
+    assert first["status"] == 200
+    pids = [c.info.backend_pid for idle in AUDIT_WRITER._idle.values() for c in idle]
+    assert pids
+
+    @database_sync_to_async
+    def terminate():
+        with connections["default"].cursor() as cursor:
+            for pid in pids:
+                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    await terminate()
+    second = await send(payload=echo_call("second", 2), secret=secret, session_id=session_id)
+    assert second["status"] == 200
+    assert json.loads(second["body"])["result"]["structuredContent"] == {"message": "second"}
+    assert sorted(row.arguments["message"] for row in await invocations()) == ["first", "second"]
 
 
 # --- SSE from a sync tool, and resumption ---------------------------------------------------
