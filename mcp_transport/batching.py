@@ -99,7 +99,7 @@ class AuditWriter:
 
     async def write(self, rows: Rows) -> None:
         for (using, model), values in rows.items():
-            sql, params = insert_statement("postgresql", model, values)
+            sql, params = insert_statement("postgresql", model, values, numbered=True)
             connection, reused = await self._acquire(using)
             try:
                 await _execute(connection, sql, params)
@@ -132,7 +132,11 @@ class AuditWriter:
 
     async def _connect(self, using: str):
         params = connections[using].get_connection_params()
-        params.pop("cursor_factory", None)  # Django's is a sync cursor
+        # Statements with $n placeholders, sent as they are; prepared after a few uses
+        # unless the database's OPTIONS say otherwise (a transaction-mode pooler, say).
+        params["cursor_factory"] = psycopg.AsyncRawCursor
+        if "prepare_threshold" not in connections[using].settings_dict["OPTIONS"]:
+            params["prepare_threshold"] = 5
         return await psycopg.AsyncConnection.connect(**params, autocommit=True)
 
 
@@ -150,7 +154,9 @@ AUDIT_WRITER = AuditWriter()
 
 _pending: list[Job] = []
 _running = False
-_writing: set[asyncio.Task] = set()
+# Processed batches whose rows the writer has still to write: (jobs, outcomes, rows, writers).
+_unwritten: list[tuple[list[Job], list[Outcome], Rows, list[bool]]] = []
+_writing = False
 
 
 async def run_batched(func: Callable[..., Any], **kwargs) -> Any:
@@ -171,7 +177,7 @@ async def close_connections() -> None:
 
 
 async def _process() -> None:
-    global _running
+    global _running, _writing
     try:
         while _pending:
             batch = _pending[:]
@@ -183,22 +189,38 @@ async def _process() -> None:
             if not rows:
                 _reply(batch, outcomes)
                 continue
-            task = asyncio.ensure_future(_write_then_reply(batch, outcomes, rows, writers))
-            _writing.add(task)
-            task.add_done_callback(_writing.discard)
+            _unwritten.append((batch, outcomes, rows, writers))
+            if not _writing:
+                _writing = True
+                asyncio.ensure_future(_write())
     finally:
         _running = False
 
 
-async def _write_then_reply(
-    batch: list[Job], outcomes: list[Outcome], rows: Rows, writers: list[bool]
-) -> None:
+async def _write() -> None:
+    """Group commit: one write at a time, of the rows of every batch processed meanwhile."""
+    global _writing
     try:
-        await AUDIT_WRITER.write(rows)
-    except Exception as exc:
-        logger.exception("Audit rows of %d MCP requests could not be written", sum(writers))
-        outcomes = _fail_writers(outcomes, writers, exc)
-    _reply(batch, outcomes)
+        while _unwritten:
+            entries = _unwritten[:]
+            _unwritten.clear()
+            rows: Rows = {}
+            for _, _, own, _ in entries:
+                for key, values in own.items():
+                    rows.setdefault(key, []).extend(values)
+            failure = None
+            try:
+                await AUDIT_WRITER.write(rows)
+            except Exception as exc:
+                count = sum(len(values) for values in rows.values())
+                logger.exception("%d audit rows of MCP requests could not be written", count)
+                failure = exc
+            for batch, outcomes, _, writers in entries:
+                if failure is not None:
+                    outcomes = _fail_writers(outcomes, writers, failure)
+                _reply(batch, outcomes)
+    finally:
+        _writing = False
 
 
 def _reply(batch: list[Job], outcomes: list[Outcome]) -> None:

@@ -340,6 +340,19 @@ class McpConsumer(AsyncHttpConsumer):
     # No per-request channel: streams that need the layer make their own channels.
     channel_layer_alias = "__mcp_none__"
 
+    async def __call__(self, scope, receive, send):
+        # With no channel layer the client is the only source of messages, so they are
+        # received and dispatched in turn, as channels' await_many_dispatch would, without
+        # its task per receive.
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
     async def dispatch(self, message):
         # Channels closes old database connections here with an extra thread hop per
         # message; every database_sync_to_async call already does that itself.

@@ -8,7 +8,7 @@ order, and turns the row into instances with the same converters the ORM would a
 
 import threading
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, lru_cache
 
 from django.db import connections
 
@@ -114,9 +114,23 @@ def insert_deferred(rows: dict) -> None:
             cursor.execute(*insert_statement(connections[using].vendor, model, values))
 
 
-def insert_statement(vendor: str, model, rows: list[list]) -> tuple[str, list]:
-    """One INSERT of ``rows`` (as :func:`insert_one` prepares them) and its parameters."""
-    _, sql = _insert_plan(vendor, model)
+def insert_statement(
+    vendor: str, model, rows: list[list], *, numbered: bool = False
+) -> tuple[str, list]:
+    """One INSERT of ``rows`` (as :func:`insert_one` prepares them) and its parameters;
+    with ``numbered``, PostgreSQL's own ``$1`` placeholders instead of ``%s``."""
+    return _insert_many(vendor, model, len(rows), numbered), [v for row in rows for v in row]
+
+
+@lru_cache(maxsize=256)
+def _insert_many(vendor: str, model, count: int, numbered: bool) -> str:
+    fields, sql = _insert_plan(vendor, model)
     head, _, marks = sql.rpartition(" VALUES ")
-    statement = f"{head} VALUES " + ", ".join([marks] * len(rows))
-    return statement, [value for row in rows for value in row]
+    if not numbered:
+        return f"{head} VALUES " + ", ".join([marks] * count)
+    width = len(fields)
+    groups = (
+        "(" + ", ".join(f"${row * width + i}" for i in range(1, width + 1)) + ")"
+        for row in range(count)
+    )
+    return f"{head} VALUES " + ", ".join(groups)

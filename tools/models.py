@@ -57,7 +57,7 @@ class ToolInvocation(models.Model):
         CLI = "cli", "manage.py"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tool_name = models.CharField(max_length=100, db_index=True)
+    tool_name = models.CharField(max_length=100)
     arguments = models.JSONField(null=True, blank=True)
     principal = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -65,6 +65,7 @@ class ToolInvocation(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="tool_invocations",
+        db_index=False,  # the (principal, -created_at) index serves it
     )
     principal_label = models.CharField(
         max_length=255, blank=True, help_text="Who called, kept if the user is deleted."
@@ -76,7 +77,7 @@ class ToolInvocation(models.Model):
     mcp_session_id = models.CharField(max_length=64, blank=True)
     request_id = models.CharField(max_length=128, blank=True)
     correlation_id = models.CharField(max_length=128, blank=True)
-    status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices)
     result = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -86,7 +87,13 @@ class ToolInvocation(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["principal", "-created_at"])]
+        # Every row is written on a tool call's path, so each index must earn its cost: the
+        # audit log is filtered by caller, tool or status, newest first.
+        indexes = [
+            models.Index(fields=["principal", "-created_at"]),
+            models.Index(fields=["tool_name", "-created_at"]),
+            models.Index(fields=["status", "-created_at"]),
+        ]
 
     def __str__(self):
         return f"{self.tool_name} {self.status} ({self.id})"
