@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 from asgiref.sync import SyncToAsync
+from django.conf import settings
 from django.db import close_old_connections, connections
 
 from qmcp_site.rawjoin import deferred_inserts, insert_deferred, insert_statement
@@ -137,6 +138,8 @@ class AuditWriter:
         params["cursor_factory"] = psycopg.AsyncRawCursor
         if "prepare_threshold" not in connections[using].settings_dict["OPTIONS"]:
             params["prepare_threshold"] = 5
+        if not settings.QMCP_AUDIT_SYNCHRONOUS_COMMIT:
+            params["options"] = f"{params.get('options', '')} -c synchronous_commit=off".strip()
         return await psycopg.AsyncConnection.connect(**params, autocommit=True)
 
 

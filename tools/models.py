@@ -66,12 +66,22 @@ class ToolInvocation(models.Model):
         on_delete=models.SET_NULL,
         related_name="tool_invocations",
         db_index=False,  # the (principal, -created_at) index serves it
+        db_constraint=False,  # see token
     )
     principal_label = models.CharField(
         max_length=255, blank=True, help_text="Who called, kept if the user is deleted."
     )
+    # No database constraint on principal and token: a constraint makes every audit insert
+    # lock the user's and the token's rows (FOR KEY SHARE, a WAL record each), and audit
+    # rows are written on every call. Deleting a user or a token through Django still sets
+    # these to NULL; principal_label keeps who called.
     token = models.ForeignKey(
-        "users.ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "users.ApiToken",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,
     )
     via = models.CharField(max_length=16, choices=Via.choices)
     mcp_session_id = models.CharField(max_length=64, blank=True)

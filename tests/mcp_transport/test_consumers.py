@@ -491,6 +491,20 @@ async def test_the_audit_writer_replaces_a_connection_postgresql_dropped(secret)
     assert sorted(row.arguments["message"] for row in await invocations()) == ["first", "second"]
 
 
+@pytest.mark.skipif(
+    connections["default"].vendor != "postgresql", reason="a PostgreSQL setting of the writer"
+)
+@pytest.mark.parametrize("synchronous, shown", [(True, "on"), (False, "off")])
+async def test_the_audit_writer_commits_as_configured(settings, synchronous, shown):
+    settings.QMCP_AUDIT_SYNCHRONOUS_COMMIT = synchronous
+    connection = await AUDIT_WRITER._connect("default")
+    try:
+        cursor = await connection.execute("SHOW synchronous_commit")
+        assert (await cursor.fetchone())[0] == shown
+    finally:
+        await connection.close()
+
+
 # --- SSE from a sync tool, and resumption ---------------------------------------------------
 
 

@@ -2,7 +2,7 @@ import pytest
 from pydantic import BaseModel
 
 from qmcp_site.errors import ApplicationError
-from tests.factories import UserFactory
+from tests.factories import UserFactory, make_token
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import ToolResult, tool, unregister
 from tools.schemas import ToolInput
@@ -53,6 +53,22 @@ def test_echo_success_writes_one_complete_row(principal):
     assert (row.request_id, row.correlation_id, row.mcp_session_id) == ("r-1", "c-1", "s")
     assert row.principal == principal.user and row.via == "rest"
     assert row.started_at and row.finished_at and row.duration_ms is not None
+
+
+def test_deleting_the_caller_or_the_token_keeps_the_audit_row(db):
+    """The audit table has no database constraint on them; Django still clears the links."""
+    token, _ = make_token()
+    invocation = invoke(Principal.for_token(token))
+    row = ToolInvocation.objects.get(pk=invocation.pk)
+    assert (row.principal_id, row.token_id) == (token.user_id, token.pk)
+    label = row.principal_label
+
+    token.delete()
+    row.refresh_from_db()
+    assert (row.token_id, row.principal_id) == (None, token.user_id)
+    token.user.delete()
+    row.refresh_from_db()
+    assert (row.principal_id, row.principal_label, row.status) == (None, label, "succeeded")
 
 
 def test_planner_numbers_steps_from_the_goal(principal):
