@@ -8,6 +8,9 @@ latency, and the ratio QMCP/SDK.
     .venv/bin/python benchmarks/mcp_bench.py                      # SQLite
     .venv/bin/python benchmarks/mcp_bench.py --postgres postgres://postgres@127.0.0.1:5432/postgres
 
+QMCP runs with the environment of this process, so settings such as
+``QMCP_AUDIT_SYNCHRONOUS_COMMIT=0`` apply to it.
+
 This is a benchmark, not a test: it prints figures and asserts nothing.
 """
 
