@@ -15,7 +15,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -84,12 +84,11 @@ def _settle(future: asyncio.Future, outcome: Outcome) -> None:
 
 
 class AuditWriter:
-    """Inserts collected rows into PostgreSQL over async psycopg connections.
+    """Inserts collected rows into PostgreSQL over async psycopg connections on the loop.
 
-    Each batch's rows go out at once, over an idle connection of this event loop or a new
-    one, so the round trips of consecutive batches overlap. A connection that failed is
-    dropped; a failure on an idle connection (PostgreSQL restarted, say) is retried once
-    on a new one, which cannot write a row twice: its primary key is already set.
+    It uses an idle connection of the running event loop, or opens one. A connection that
+    failed is dropped; a failure on an idle connection (PostgreSQL restarted, say) is
+    retried once on a new one, which cannot write a row twice: its primary key is set.
     """
 
     MAX_IDLE = 8
@@ -207,16 +206,12 @@ async def _write() -> None:
         while _unwritten:
             entries = _unwritten[:]
             _unwritten.clear()
-            rows: Rows = {}
-            for _, _, own, _ in entries:
-                for key, values in own.items():
-                    rows.setdefault(key, []).extend(values)
+            rows = _merged(own for _, _, own, _ in entries)
             failure = None
             try:
                 await AUDIT_WRITER.write(rows)
             except Exception as exc:
-                count = sum(len(values) for values in rows.values())
-                logger.exception("%d audit rows of MCP requests could not be written", count)
+                _log_lost(rows)
                 failure = exc
             for batch, outcomes, _, writers in entries:
                 if failure is not None:
@@ -235,17 +230,16 @@ def _run_batch(batch: list[Job]) -> tuple[list[Outcome], Rows, list[bool]]:
     """Runs the jobs; returns their outcomes, the rows left for the async writer, and which
     jobs those rows belong to."""
     outcomes: list[Outcome] = []
-    writers: list[bool] = []
-    rows: Rows = {}
+    owns: list[Rows] = []
     for func, kwargs, _ in batch:
         with deferred_inserts() as own:
             try:
                 outcomes.append((True, func(**kwargs)))
             except Exception as exc:
                 outcomes.append((False, exc))
-        writers.append(bool(own))
-        for key, values in own.items():
-            rows.setdefault(key, []).extend(values)
+        owns.append(own)
+    writers = [bool(own) for own in owns]
+    rows = _merged(owns)
     if not rows:
         return outcomes, {}, writers
     if all(connections[using].vendor == "postgresql" for using, _ in rows):
@@ -253,9 +247,22 @@ def _run_batch(batch: list[Job]) -> tuple[list[Outcome], Rows, list[bool]]:
     try:
         insert_deferred(rows)
     except Exception as exc:
-        logger.exception("Audit rows of %d MCP requests could not be written", sum(writers))
+        _log_lost(rows)
         outcomes = _fail_writers(outcomes, writers, exc)
     return outcomes, {}, writers
+
+
+def _merged(parts: Iterable[Rows]) -> Rows:
+    rows: Rows = {}
+    for part in parts:
+        for key, values in part.items():
+            rows.setdefault(key, []).extend(values)
+    return rows
+
+
+def _log_lost(rows: Rows) -> None:
+    count = sum(len(values) for values in rows.values())
+    logger.exception("%d audit rows could not be written; their MCP calls get an error", count)
 
 
 def _fail_writers(outcomes: list[Outcome], writers: list[bool], exc: Exception) -> list[Outcome]:
