@@ -355,7 +355,8 @@ class McpConsumer(AsyncHttpConsumer):
 
     async def dispatch(self, message):
         # Channels closes old database connections here with an extra thread hop per
-        # message; every database_sync_to_async call already does that itself.
+        # message; every database_sync_to_async call, and the batching thread, does that
+        # itself.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")

@@ -110,8 +110,9 @@ def deferred_inserts():
 def insert_deferred(rows: dict) -> None:
     """Writes collected rows, one multi-row INSERT per model (each all or none)."""
     for (using, model), values in rows.items():
-        with connections[using].cursor() as cursor:
-            cursor.execute(*insert_statement(connections[using].vendor, model, values))
+        connection = connections[using]
+        with connection.cursor() as cursor:
+            cursor.execute(*insert_statement(connection.vendor, model, values))
 
 
 def insert_statement(
