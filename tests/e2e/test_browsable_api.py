@@ -14,7 +14,7 @@ from tests.factories import StaffFactory, UserFactory, make_reviewer, make_token
 from tools.models import ToolInvocation
 from users.models import User
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 

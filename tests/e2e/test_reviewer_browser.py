@@ -11,7 +11,7 @@ from tests.factories import StaffFactory, UserFactory, make_token
 from tools.models import ToolInvocation
 from users.models import User
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 def call_delete_user(server, target_id) -> str:
