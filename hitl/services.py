@@ -16,6 +16,7 @@ from django.utils import timezone
 from hitl.models import HumanRequest, HumanResponse
 from hitl.signals import human_request_changed
 from qmcp_site.errors import ApplicationError
+from qmcp_site.storable import storable_check
 from tools.models import ToolInvocation
 from tools.services import tool_invocation_end
 from users.models import User
@@ -45,7 +46,12 @@ def human_request_create(
     approver_group: Group | None = None,
     invocation: ToolInvocation | None = None,
 ) -> HumanRequest:
-    """A pending request that expires after ``timeout_seconds``."""
+    """A pending request that expires after ``timeout_seconds``; ``unstorable_value`` for
+    a title, prompt, context or option that a database or a reviewer's page cannot hold."""
+    storable_check(
+        {"title": title, "prompt": prompt, "context": context, "options": options},
+        what="request",
+    )
     if kind not in HumanRequest.Kind.values:
         raise ApplicationError(
             f"Unknown kind '{kind}'.", "invalid", {"allowed": HumanRequest.Kind.values}
@@ -139,6 +145,7 @@ def human_request_respond(
     rejection rejects it. A question is answered by its first answer, which must be one of
     its options when it has options.
     """
+    storable_check({"option": option, "answer": answer, "comment": comment}, what="response")
     request_id = _request_pk(request_id)
     with transaction.atomic():
         request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()

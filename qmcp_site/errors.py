@@ -19,6 +19,7 @@ HTTP_STATUS = {
     "conflict": 409,
     "payload_too_large": 413,
     "invalid_arguments": 422,
+    "unstorable_value": 422,
     "invalid": 422,
     "tool_failed": 500,
     "internal_error": 500,

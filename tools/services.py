@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
 from qmcp_site.rawjoin import columns, fetch_one, insert_one
+from qmcp_site.storable import storable_check, storable_copy, storable_text
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import (
     AsyncToolContext,
@@ -96,12 +97,12 @@ def tool_invoke(
 ) -> ToolInvocation:
     """Records one tool call and runs it, or leaves it waiting for approval.
 
-    Exactly one ToolInvocation row is written per call. A refusal (unknown tool, missing
-    scope, disabled tool, invalid arguments) is recorded as ``refused`` and then raised as
-    ApplicationError. Otherwise the returned invocation is ``succeeded``, ``failed`` (the
-    tool raised; its error is in ``error`` and an ``isError`` result) or
-    ``awaiting_approval`` (the ``invocation_gated`` signal has been sent in the same
-    transaction).
+    Exactly one ToolInvocation row is written per call. A refusal (arguments no database
+    can store, unknown tool, missing scope, disabled tool, invalid arguments) is recorded as
+    ``refused``, with a storable copy of the arguments, and then raised as ApplicationError.
+    Otherwise the returned invocation is ``succeeded``, ``failed`` (the tool raised; its
+    error is in ``error`` and an ``isError`` result) or ``awaiting_approval`` (the
+    ``invocation_gated`` signal has been sent in the same transaction).
     """
     invocation, spec, args = tool_invocation_prepare(
         name=name,
@@ -132,6 +133,7 @@ def tool_invocation_prepare(**call) -> tuple[ToolInvocation, ToolSpec, Any]:
     name, principal = call["name"], call["principal"]
     spec = get_tool(name)
     try:
+        storable_check(record["arguments"])
         if spec is None:
             raise ApplicationError(f"Unknown tool '{name}'.", "unknown_tool", {"tool": name})
         principal.require_scope(ApiToken.Scope.TOOLS_CALL)
@@ -170,7 +172,10 @@ def tool_invoke_refuse(*, error: ApplicationError, **call) -> None:
 
 def _record_refusal(record: dict[str, Any], error: ApplicationError) -> None:
     ToolInvocation.objects.create(
-        **record, status=Status.REFUSED, error=error.as_dict(), finished_at=timezone.now()
+        **{**record, "arguments": storable_copy(record["arguments"])},
+        status=Status.REFUSED,
+        error=storable_copy(error.as_dict()),
+        finished_at=timezone.now(),
     )
 
 
@@ -185,7 +190,7 @@ def _invocation_record(
     correlation_id: str = "",
 ) -> dict[str, Any]:
     return {
-        "tool_name": str(name)[:100],
+        "tool_name": storable_text(str(name))[:100],
         "arguments": arguments,
         "principal": principal.user,
         "principal_label": principal.label[:255],
