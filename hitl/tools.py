@@ -32,6 +32,7 @@ class ApprovalStatusOutput(BaseModel):
     input=ApprovalStatusInput,
     output=ApprovalStatusOutput,
     annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    retry_safe=True,
 )
 def approval_status(args: ApprovalStatusInput, ctx) -> ToolResult:
     from hitl.services import human_requests_expire

@@ -186,6 +186,12 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = TIME_ZONE
+# A worker running an approved call holds a lease on it for this long and renews it every
+# third of it; a run whose lease lapses lost its worker. The recovery pass (beat, every
+# QMCP_RUN_RECOVERY_SECONDS, or `manage.py recover_runs`) then ends it failed, or runs a
+# retry-safe tool's call once more.
+QMCP_RUN_LEASE_SECONDS = float(os.environ.get("QMCP_RUN_LEASE_SECONDS", "60"))
+QMCP_RUN_RECOVERY_SECONDS = float(os.environ.get("QMCP_RUN_RECOVERY_SECONDS", "20"))
 
 # --- Security -------------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
@@ -263,6 +269,10 @@ QMCP_MCP_SSE_RETRY_MS = int(os.environ.get("QMCP_MCP_SSE_RETRY_MS", "500"))
 # --- Human in the loop ----------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE = {
     "expire-human-requests": {"task": "hitl.tasks.human_requests_expire", "schedule": 30.0},
+    "recover-lost-runs": {
+        "task": "tools.tasks.tool_invocations_recover",
+        "schedule": QMCP_RUN_RECOVERY_SECONDS,
+    },
 }
 # A plain tools/call of a gated tool keeps its SSE stream open this long (below the common
 # 60 s client timeout); then the stream closes for a Last-Event-ID resume, or, for clients

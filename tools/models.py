@@ -94,6 +94,13 @@ class ToolInvocation(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.FloatField(null=True, blank=True)
+    # An approved call runs on a Celery worker that holds a lease on it and renews it while
+    # the tool runs; a run whose lease lapsed lost its worker (see tool_invocations_recover).
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="How many times an approved call's run was started."
+    )
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

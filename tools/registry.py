@@ -145,6 +145,10 @@ class ToolSpec:
     requires_approval: bool = False
     # A JSON schema used as inputSchema as it is, for tools whose schema pydantic cannot say.
     raw_input_schema: dict[str, Any] | None = None
+    # The tool declares (for the server, unlike the client's idempotentHint) that running it
+    # again after a run that died part way is harmless: an approved call whose worker was
+    # lost then runs once more instead of failing.
+    retry_safe: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -210,8 +214,14 @@ def tool(
     annotations: dict[str, Any] | None = None,
     requires_approval: bool = False,
     raw_input_schema: dict[str, Any] | None = None,
+    retry_safe: bool = False,
 ):
-    """Registers the decorated function as a tool; names are unique."""
+    """Registers the decorated function as a tool; names are unique.
+
+    ``retry_safe=True`` says a run cut short may be run again (see ToolSpec.retry_safe):
+    true of tools whose only effects are QMCP's own database writes, which commit with the
+    audit row or not at all.
+    """
     annotations = dict(annotations or {})
     unknown = set(annotations) - ANNOTATION_KEYS
     if unknown:
@@ -230,6 +240,7 @@ def tool(
             annotations=annotations,
             requires_approval=requires_approval,
             raw_input_schema=raw_input_schema,
+            retry_safe=retry_safe,
         )
         return func
 

@@ -93,6 +93,7 @@ class AddUserInput(ProfileFields):
     input=AddUserInput,
     output=UserOut,
     annotations={"readOnlyHint": False, "destructiveHint": False, "openWorldHint": False},
+    retry_safe=True,
 )
 def add_user(args: AddUserInput, ctx) -> ToolResult:
     user = services.user_create(**_profile(args.model_dump()))
@@ -112,6 +113,7 @@ class UserIdInput(ToolInput):
     input=UserIdInput,
     output=UserOut,
     annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    retry_safe=True,
 )
 def get_user_by_id(args: UserIdInput, ctx) -> ToolResult:
     user = selectors.user_get_managed(user_id=args.user_id)
@@ -139,6 +141,7 @@ class SearchUsersOutput(BaseModel):
     input=SearchUsersInput,
     output=SearchUsersOutput,
     annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    retry_safe=True,
 )
 def search_users(args: SearchUsersInput, ctx) -> ToolResult:
     users = selectors.user_search(query=args.query, limit=args.limit)
@@ -166,6 +169,7 @@ class UpdateUserInput(ProfileFields):
     input=UpdateUserInput,
     output=UserOut,
     annotations={"readOnlyHint": False, "destructiveHint": False, "idempotentHint": True},
+    retry_safe=True,
 )
 def update_user(args: UpdateUserInput, ctx) -> ToolResult:
     user = selectors.user_get_managed(user_id=args.user_id)
@@ -193,6 +197,7 @@ class DeleteUserOutput(BaseModel):
     output=DeleteUserOutput,
     annotations={"readOnlyHint": False, "destructiveHint": True, "idempotentHint": True},
     requires_approval=True,
+    retry_safe=True,
 )
 def delete_user(args: UserIdInput, ctx) -> ToolResult:
     user = selectors.user_get_managed(user_id=args.user_id)
