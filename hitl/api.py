@@ -143,7 +143,8 @@ def requests_create(request, payload: HumanRequestIn):
 )
 @paginate(PageNumberPagination, page_size=50)
 def requests_list(request, status: str | None = None):
-    """Pending first, then oldest first. Staff see every request; others their own."""
+    """Pending first, then oldest first. Staff who may read the admin's queue see every
+    request; others their own."""
     _require_read_scope(request.principal)
     return human_request_visible_list(principal=request.principal, status=status)
 

@@ -24,6 +24,8 @@ from users.models import User
 Status = HumanRequest.Status
 Decision = HumanResponse.Decision
 RESPOND_PERMISSION = "hitl.respond_humanrequest"
+# The admin's approval queue opens to staff with any of these (HumanRequestAdmin).
+QUEUE_PERMISSIONS = ("hitl.view_humanrequest", "hitl.change_humanrequest", RESPOND_PERMISSION)
 
 
 def _announce(request: HumanRequest, event: str) -> None:
@@ -108,6 +110,18 @@ def human_request_for_invocation(*, invocation: ToolInvocation, policy) -> Human
         approvals_required=policy.approvals_required,
         approver_group=policy.approver_group,
         invocation=invocation,
+    )
+
+
+def human_request_reads_all(*, user) -> bool:
+    """Whether ``user`` may read every request (the queue, each request with the call it
+    gates, its result included): exactly those the admin's queue lets in, active staff
+    with the view, change or respond permission on HumanRequest."""
+    return (
+        user.is_authenticated
+        and user.is_active
+        and user.is_staff
+        and any(user.has_perm(perm) for perm in QUEUE_PERMISSIONS)
     )
 
 

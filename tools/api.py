@@ -157,7 +157,8 @@ def tools_call(request, name: str):
 def invocations_list(
     request, tool: str | None = None, status: str | None = None, principal: int | None = None
 ):
-    """The audit log, newest first. Staff see every call; others their own."""
+    """The audit log, newest first. Staff with the view permission see every call; others
+    their own."""
     return selectors.invocation_list(
         principal=request.principal, tool=tool, status=status, principal_id=principal
     ).select_related("human_request")

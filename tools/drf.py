@@ -180,7 +180,8 @@ def _policy_out(spec, policy) -> dict[str, Any]:
 
 
 class InvocationViewSet(viewsets.ReadOnlyModelViewSet):
-    """The audit log, newest first. Staff see every call; others their own."""
+    """The audit log, newest first. Staff with the view permission on invocations see every
+    call; others their own."""
 
     serializer_class = InvocationSerializer
     required_scopes = {"list": (Scope.TOOLS_READ,), "retrieve": (Scope.TOOLS_READ,)}
