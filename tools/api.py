@@ -127,11 +127,12 @@ def _parse_arguments(body: bytes) -> Any:
         }
     },
 )
-def tools_call(request, name: str):
+def tools_call(request, name: str, reason: str = ""):
     """Calls a tool with the JSON body as its arguments.
 
     200: it ran; 202: it waits for approval (``status: awaiting_approval``); a tool that
-    fails answers with its error's status and the invocation id in ``details``.
+    fails answers with its error's status and the invocation id in ``details``. The query
+    parameter ``reason`` is the caller's reason, shown to the reviewers of a gated call.
     """
     call = {
         "name": name,
@@ -139,6 +140,7 @@ def tools_call(request, name: str):
         "via": ToolInvocation.Via.REST,
         "request_id": request.request_id,
         "correlation_id": request.correlation_id,
+        "reason": reason,
     }
     try:
         arguments = _parse_arguments(request.body)
