@@ -179,3 +179,19 @@ def test_every_reader_renders_the_audit_log_after_refused_bad_values(staff_secre
     for row in ToolInvocation.objects.all():
         page = browser.get(f"/admin/tools/toolinvocation/{row.pk}/change/")
         assert page.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/invocations?tool=%00",
+        "/v1/human/requests?status=a%00",
+        "/api/invocations/?tool=%00",
+        "/api/users/?search=x%00",
+        "/api/users/?x%00=1",
+    ],
+)
+def test_a_query_string_with_a_nul_is_400_before_any_query(staff_secret, path):
+    response = DrfClient(staff_secret).get(path)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_request"
