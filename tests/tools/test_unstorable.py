@@ -4,6 +4,7 @@
 import json
 
 import pytest
+from django.db import connection
 from django.test import Client
 
 from hitl.models import HumanRequest
@@ -195,3 +196,35 @@ def test_a_query_string_with_a_nul_is_400_before_any_query(staff_secret, path):
     response = DrfClient(staff_secret).get(path)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_request"
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="only SQLite stored such values")
+def test_rows_sqlite_stored_before_the_check_are_repaired_and_render_again(staff_secret):
+    """As the old code stored a refused call's arguments and a request's context."""
+    from qmcp_site.storable import storable_repair
+
+    ApiClient(staff_secret).post("/v1/tools/echo", '{"message": "fine"}')
+    ApiClient(staff_secret).post("/v1/human/requests", json.dumps({"title": "T"}))
+    row, request = ToolInvocation.objects.get(), HumanRequest.objects.get()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE tools_toolinvocation SET arguments = %s WHERE id = %s",
+            ['{"message": "\\ud800", "n": "\\u0000"}', row.pk.hex],
+        )
+        cursor.execute(
+            "UPDATE hitl_humanrequest SET context = %s WHERE id = %s",
+            ['{"x": "a\\udfffb"}', request.pk.hex],
+        )
+    drf = DrfClient(staff_secret)
+    with pytest.raises(UnicodeEncodeError):  # the 500 every reviewer saw
+        drf.get("/api/invocations/")
+
+    assert storable_repair(ToolInvocation, ["arguments", "result", "error"]) == 1
+    assert storable_repair(HumanRequest, ["context", "options"]) == 1
+    row.refresh_from_db()
+    request.refresh_from_db()
+    assert row.arguments == {"message": "\ufffd", "n": "\ufffd"}
+    assert request.context == {"x": "a\ufffdb"}
+    assert drf.get("/api/invocations/").status_code == 200
+    assert drf.get("/api/human-requests/").status_code == 200
+    assert storable_repair(ToolInvocation, ["arguments", "result", "error"]) == 0
