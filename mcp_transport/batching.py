@@ -377,11 +377,14 @@ class Batcher:
         if thread is None:  # every thread busy: look again later
             self._running[batch] = loop.call_later(self.STUCK_AFTER, self._check, batch)
             return
-        batch.stuck = True
+        batch.stuck = True  # from now on, what arrives goes to another thread
         jobs, done = batch.take_over()
         jobs += self._pending
         self._pending = []
-        self._start(thread, Batch(jobs, done))
+        if jobs or done:
+            self._start(thread, Batch(jobs, done))
+        else:
+            self._idle.append(thread)
 
     def _ended(self, thread: DatabaseThread, batch: Batch, future: asyncio.Future) -> None:
         if batch not in self._running:
