@@ -228,3 +228,18 @@ def test_rows_sqlite_stored_before_the_check_are_repaired_and_render_again(staff
     assert drf.get("/api/invocations/").status_code == 200
     assert drf.get("/api/human-requests/").status_code == 200
     assert storable_repair(ToolInvocation, ["arguments", "result", "error"]) == 0
+
+
+@pytest.mark.parametrize("user_id", [2**63 - 1, 2**63])
+def test_an_id_at_or_past_the_64_bit_bound_is_a_clear_error_never_a_500(staff_secret, user_id):
+    """The largest id an id column holds finds nobody (404); one past it is refused (422)."""
+    body = json.dumps({"user_id": user_id})
+    response = ApiClient(staff_secret).post("/v1/tools/get_user_by_id", body)
+    (row,) = ToolInvocation.objects.all()
+    if user_id < 2**63:
+        assert response.status_code == 404
+        assert row.status == "failed"
+    else:
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "unstorable_value"
+        assert (row.status, row.arguments) == ("refused", {"user_id": str(2**63)})
