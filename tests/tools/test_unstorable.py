@@ -243,3 +243,33 @@ def test_an_id_at_or_past_the_64_bit_bound_is_a_clear_error_never_a_500(staff_se
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "unstorable_value"
         assert (row.status, row.arguments) == ("refused", {"user_id": str(2**63)})
+
+
+@pytest.fixture
+def careless_tool():
+    """A read-only tool whose result holds a NUL character."""
+    from tools.registry import tool, unregister
+    from tools.schemas import ToolInput
+
+    @tool(
+        name="test_careless",
+        description="Returns a NUL.",
+        input=ToolInput,
+        annotations={"readOnlyHint": True},
+    )
+    def careless(args, ctx):
+        return "before\x00after"
+
+    yield "test_careless"
+    unregister("test_careless")
+
+
+def test_a_result_no_database_stores_is_the_tools_failure_and_audited(staff_secret, careless_tool):
+    response = ApiClient(staff_secret).post(f"/v1/tools/{careless_tool}", "{}")
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["code"] == "tool_failed" and "cannot be stored" in error["message"]
+    (row,) = ToolInvocation.objects.all()
+    assert (row.status, row.error["code"]) == ("failed", "tool_failed")
+    text = row.result["content"][0]["text"]
+    assert "cannot be stored" in text and "\x00" not in text
