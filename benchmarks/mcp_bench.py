@@ -134,7 +134,9 @@ def parse_reply(response: httpx.Response, rpc_id: int) -> dict:
     raise RuntimeError(f"no reply in {response.text[:200]!r}")
 
 
-async def client_loop(url: str, headers: dict, deadline: float, latencies: list[float]) -> None:
+async def client_loop(url: str, headers: dict, clock: dict, latencies: list[float]) -> None:
+    """One client: initializes, then calls from ``clock["go"]`` (set once every client
+    has a session) until ``clock["deadline"]``."""
     async with httpx.AsyncClient(headers=headers, timeout=30) as http:
         init = {
             "jsonrpc": "2.0",
@@ -155,8 +157,13 @@ async def client_loop(url: str, headers: dict, deadline: float, latencies: list[
         await http.post(
             url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
         )
+        clock["ready"] += 1
+        if clock["ready"] == clock["clients"]:
+            clock["deadline"] = time.perf_counter() + clock["seconds"]
+            clock["go"].set()
+        await clock["go"].wait()
         rpc_id = 0
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < clock["deadline"]:
             rpc_id += 1
             call = {
                 "jsonrpc": "2.0",
@@ -173,12 +180,11 @@ async def client_loop(url: str, headers: dict, deadline: float, latencies: list[
 
 async def load(url: str, headers: dict, concurrency: int, seconds: float) -> dict:
     latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-    started = time.perf_counter()
-    await asyncio.gather(
-        *(client_loop(url, headers, deadline, latencies) for _ in range(concurrency))
-    )
-    elapsed = time.perf_counter() - started
+    # The clock starts once every client has its session: 32 initializes on a busy
+    # machine can take longer than a short run.
+    clock = {"ready": 0, "clients": concurrency, "seconds": seconds, "go": asyncio.Event()}
+    await asyncio.gather(*(client_loop(url, headers, clock, latencies) for _ in range(concurrency)))
+    elapsed = seconds + (time.perf_counter() - clock["deadline"])
     if not latencies:
         raise RuntimeError(f"no call completed in {seconds} s at {url}")
     latencies.sort()
@@ -236,7 +242,7 @@ def main() -> None:
         for concurrency in args.concurrency:
             runs: dict[str, list[dict]] = {name: [] for name in servers}
             for url, auth in servers.values():
-                asyncio.run(load(url, {**base, **auth}, concurrency, 5))  # warm up
+                asyncio.run(load(url, {**base, **auth}, concurrency, 2))  # warm up
             # The servers take turns, so both see the same machine, noise included.
             for _ in range(args.repeat):
                 for name, (url, auth) in servers.items():

@@ -83,7 +83,7 @@ class DatabaseThread:
 
 
 def _settle(future: asyncio.Future, outcome: Outcome) -> None:
-    if future.done():
+    if future.done() or future.get_loop().is_closed():
         return
     ok, value = outcome
     if ok:
@@ -225,6 +225,8 @@ class Batch:
         self.given = [job for job, _, _ in self.done] + list(jobs)
         self.current_since: float | None = None  # when the running job started
         self.stuck = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # set when it starts
+        self.thread: DatabaseThread | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -303,21 +305,23 @@ class Batcher:
 
     def __init__(self):
         self._pending: list[Job] = []
-        self._scheduled = False
+        # The loop that has a dispatch or a write under way: a loop that was closed meanwhile
+        # (a test's) leaves nothing waiting for it.
+        self._scheduled: asyncio.AbstractEventLoop | None = None
         self._threads: list[DatabaseThread] = []
         self._idle: list[DatabaseThread] = []  # the most recently used last
         self._running: dict[Batch, asyncio.TimerHandle] = {}
         self._unwritten: list[Entry] = []
-        self._writing = False
+        self._writing: asyncio.AbstractEventLoop | None = None
 
     async def run(self, func: Callable[..., Any], **kwargs) -> Any:
         """``func(**kwargs)`` in a database thread, together with whatever else waits."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((func, kwargs, future))
-        if not self._scheduled:
+        if self._scheduled is not loop:
             # Whatever else arrives in this turn of the loop joins the same batch.
-            self._scheduled = True
+            self._scheduled = loop
             loop.call_soon(self._dispatch)
         return await future
 
@@ -330,7 +334,10 @@ class Batcher:
     def _dispatch(self) -> None:
         """Starts a batch of the waiting jobs, unless a batch that is not stuck runs: its
         end starts the next one."""
-        self._scheduled = False
+        self._scheduled = None
+        for batch in [batch for batch in self._running if batch.loop.is_closed()]:
+            del self._running[batch]
+            self._idle.append(batch.thread)
         if not self._pending or any(not batch.stuck for batch in self._running):
             return
         thread = self._thread()
@@ -339,7 +346,7 @@ class Batcher:
         jobs, self._pending = self._pending, []
         self._start(thread, Batch(jobs))
 
-    def _thread(self) -> "DatabaseThread | None":
+    def _thread(self) -> DatabaseThread | None:
         if self._idle:
             return self._idle.pop()
         if len(self._threads) >= self.MAX_THREADS:
@@ -348,8 +355,9 @@ class Batcher:
         self._threads.append(thread)
         return thread
 
-    def _start(self, thread: "DatabaseThread", batch: Batch) -> None:
-        loop = asyncio.get_running_loop()
+    def _start(self, thread: DatabaseThread, batch: Batch) -> None:
+        loop = batch.loop = asyncio.get_running_loop()
+        batch.thread = thread
         self._running[batch] = loop.call_later(self.STUCK_AFTER, self._check, batch)
         thread.run(_run_batch, batch).add_done_callback(
             lambda future: self._ended(thread, batch, future)
@@ -369,13 +377,18 @@ class Batcher:
         if thread is None:  # every thread busy: look again later
             self._running[batch] = loop.call_later(self.STUCK_AFTER, self._check, batch)
             return
-        batch.stuck = True
+        batch.stuck = True  # from now on, what arrives goes to another thread
         jobs, done = batch.take_over()
         jobs += self._pending
         self._pending = []
-        self._start(thread, Batch(jobs, done))
+        if jobs or done:
+            self._start(thread, Batch(jobs, done))
+        else:
+            self._idle.append(thread)
 
-    def _ended(self, thread: "DatabaseThread", batch: Batch, future: asyncio.Future) -> None:
+    def _ended(self, thread: DatabaseThread, batch: Batch, future: asyncio.Future) -> None:
+        if batch not in self._running:
+            return
         self._running.pop(batch).cancel()
         self._idle.append(thread)
         if future.exception() is not None:  # the batch machinery itself failed
@@ -387,8 +400,9 @@ class Batcher:
             self._reply(ready)
             if len(ready) < len(entries):
                 self._unwritten.extend(entry for entry in entries if entry[2])
-                if not self._writing:
-                    self._writing = True
+                loop = asyncio.get_running_loop()
+                if self._writing is not loop:
+                    self._writing = loop
                     asyncio.ensure_future(self._write())
         self._dispatch()
 
@@ -404,7 +418,7 @@ class Batcher:
                     failures = [exc] * len(entries)
                 self._reply(_with_failures(entries, failures, written=True))
         finally:
-            self._writing = False
+            self._writing = None
 
     @staticmethod
     def _reply(entries: list[Entry]) -> None:

@@ -32,6 +32,7 @@ from mcp_transport.sessions import (
     stream_waits_for,
 )
 from qmcp_site.errors import ApplicationError
+from qmcp_site.storable import storable_check
 from tools.models import ToolInvocation
 from tools.registry import ToolSpec, get_tool
 from tools.selectors import tool_list
@@ -536,6 +537,8 @@ def handle_request(ex: Exchange, method: str, params: Any) -> dict[str, Any] | N
     if isinstance(meta, dict):
         ex.outbound.progress_token = meta.get("progressToken")
     try:
+        if method != "tools/call":  # a call's arguments are checked, and audited, by tools
+            storable_check(params, what="params")
         result = handler(ex, params)
     except RpcError as exc:
         return rpc_error(ex.rpc_id, exc.code, exc.message, exc.data)

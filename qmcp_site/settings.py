@@ -73,6 +73,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "qmcp_site.observability.RequestIdMiddleware",
     "qmcp_site.middleware.BodySizeLimitMiddleware",
+    "qmcp_site.middleware.StorableQueryMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -130,3 +130,31 @@ def json_parse(body: bytes | str) -> Any:
         ) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApplicationError(f"Request body is not valid JSON: {exc}", "malformed_json") from exc
+
+
+# How a JSON column holds the characters storable_copy replaces (json.dumps escapes them;
+# NaN never got in: SQLite's JSON_VALID check refuses it).
+_SUSPECT_JSON = ["\\u0000", *(f"\\ud{c}" for c in "89abcdef")]
+
+
+def storable_repair(model, fields: list[str], using: str = "default") -> int:
+    """Replaces, in ``model``'s JSON ``fields``, every value :func:`storable_check` refuses
+    by its :func:`storable_copy`; returns the number of rows changed. For SQLite, which
+    stored such values before they were refused (PostgreSQL never did)."""
+    from django.db.models import Q
+
+    suspect = Q()
+    for name in fields:
+        for text in _SUSPECT_JSON:
+            suspect |= Q(**{f"{name}__icontains": text})
+    changed = 0
+    for row in model._default_manager.using(using).filter(suspect).only("pk", *fields):
+        updates = {}
+        for name in fields:
+            value = getattr(row, name)
+            if _problem(value) is not None:
+                updates[name] = storable_copy(value)
+        if updates:
+            model._default_manager.using(using).filter(pk=row.pk).update(**updates)
+            changed += 1
+    return changed

@@ -308,13 +308,26 @@ def tool_error_result(spec: ToolSpec, exc: Exception) -> ToolResult:
 def tool_invocation_finish(
     *, invocation: ToolInvocation, result: ToolResult, duration: float
 ) -> ToolInvocation:
-    """Records the outcome of a run: ``failed`` for an ``isError`` result, else ``succeeded``."""
+    """Records the outcome of a run: ``failed`` for an ``isError`` result, else ``succeeded``.
+
+    A result no database can store (a tool that returned NaN, say) is recorded, and
+    answered, as the tool's failure (``tool_failed``), so the audit row is written.
+    """
+    data = result.as_dict()
+    try:
+        storable_check(data, what="tool's result")
+    except ApplicationError as exc:
+        logger.error("tool %s returned a result no database can store", invocation.tool_name)
+        result = ToolResult.text(exc.message)
+        result.is_error = True
+        result.error = {"code": "tool_failed", "message": exc.message, "details": exc.details}
+        data = result.as_dict()
     error = result.error
     if result.is_error and error is None:
         message = _first_text(result) or "The tool reported an error."
         error = {"code": "tool_failed", "message": message}
     invocation.status = Status.FAILED if result.is_error else Status.SUCCEEDED
-    invocation.result = result.as_dict()
+    invocation.result = data
     invocation.error = error
     invocation.finished_at = timezone.now()
     invocation.duration_ms = round(duration * 1000, 3)

@@ -4,6 +4,7 @@
 import json
 
 import pytest
+from django.db import connection
 from django.test import Client
 
 from hitl.models import HumanRequest
@@ -179,3 +180,96 @@ def test_every_reader_renders_the_audit_log_after_refused_bad_values(staff_secre
     for row in ToolInvocation.objects.all():
         page = browser.get(f"/admin/tools/toolinvocation/{row.pk}/change/")
         assert page.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/invocations?tool=%00",
+        "/v1/human/requests?status=a%00",
+        "/api/invocations/?tool=%00",
+        "/api/users/?search=x%00",
+        "/api/users/?x%00=1",
+    ],
+)
+def test_a_query_string_with_a_nul_is_400_before_any_query(staff_secret, path):
+    response = DrfClient(staff_secret).get(path)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_request"
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="only SQLite stored such values")
+def test_rows_sqlite_stored_before_the_check_are_repaired_and_render_again(staff_secret):
+    """As the old code stored a refused call's arguments and a request's context."""
+    from qmcp_site.storable import storable_repair
+
+    ApiClient(staff_secret).post("/v1/tools/echo", '{"message": "fine"}')
+    ApiClient(staff_secret).post("/v1/human/requests", json.dumps({"title": "T"}))
+    row, request = ToolInvocation.objects.get(), HumanRequest.objects.get()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE tools_toolinvocation SET arguments = %s WHERE id = %s",
+            ['{"message": "\\ud800", "n": "\\u0000"}', row.pk.hex],
+        )
+        cursor.execute(
+            "UPDATE hitl_humanrequest SET context = %s WHERE id = %s",
+            ['{"x": "a\\udfffb"}', request.pk.hex],
+        )
+    drf = DrfClient(staff_secret)
+    with pytest.raises(UnicodeEncodeError):  # the 500 every reviewer saw
+        drf.get("/api/invocations/")
+
+    assert storable_repair(ToolInvocation, ["arguments", "result", "error"]) == 1
+    assert storable_repair(HumanRequest, ["context", "options"]) == 1
+    row.refresh_from_db()
+    request.refresh_from_db()
+    assert row.arguments == {"message": "\ufffd", "n": "\ufffd"}
+    assert request.context == {"x": "a\ufffdb"}
+    assert drf.get("/api/invocations/").status_code == 200
+    assert drf.get("/api/human-requests/").status_code == 200
+    assert storable_repair(ToolInvocation, ["arguments", "result", "error"]) == 0
+
+
+@pytest.mark.parametrize("user_id", [2**63 - 1, 2**63])
+def test_an_id_at_or_past_the_64_bit_bound_is_a_clear_error_never_a_500(staff_secret, user_id):
+    """The largest id an id column holds finds nobody (404); one past it is refused (422)."""
+    body = json.dumps({"user_id": user_id})
+    response = ApiClient(staff_secret).post("/v1/tools/get_user_by_id", body)
+    (row,) = ToolInvocation.objects.all()
+    if user_id < 2**63:
+        assert response.status_code == 404
+        assert row.status == "failed"
+    else:
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "unstorable_value"
+        assert (row.status, row.arguments) == ("refused", {"user_id": str(2**63)})
+
+
+@pytest.fixture
+def careless_tool():
+    """A read-only tool whose result holds a NUL character."""
+    from tools.registry import tool, unregister
+    from tools.schemas import ToolInput
+
+    @tool(
+        name="test_careless",
+        description="Returns a NUL.",
+        input=ToolInput,
+        annotations={"readOnlyHint": True},
+    )
+    def careless(args, ctx):
+        return "before\x00after"
+
+    yield "test_careless"
+    unregister("test_careless")
+
+
+def test_a_result_no_database_stores_is_the_tools_failure_and_audited(staff_secret, careless_tool):
+    response = ApiClient(staff_secret).post(f"/v1/tools/{careless_tool}", "{}")
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["code"] == "tool_failed" and "cannot be stored" in error["message"]
+    (row,) = ToolInvocation.objects.all()
+    assert (row.status, row.error["code"]) == ("failed", "tool_failed")
+    text = row.result["content"][0]["text"]
+    assert "cannot be stored" in text and "\x00" not in text
