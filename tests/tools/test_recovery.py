@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from hitl.models import HumanRequest
 from hitl.services import human_request_respond
+from hitl.signals import human_request_changed
 from tests.factories import StaffFactory, UserFactory, gated_delete, make_reviewer, make_token
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import tool, unregister
@@ -42,6 +43,19 @@ def finished():
     invocation_finished.connect(receiver, dispatch_uid="test_recovery_finished")
     yield seen
     invocation_finished.disconnect(dispatch_uid="test_recovery_finished")
+
+
+@pytest.fixture
+def request_events():
+    """The (request id, event) pairs that ``human_request_changed`` announces."""
+    seen = []
+
+    def receiver(sender, request_id, event, **kwargs):
+        seen.append((str(request_id), event))
+
+    human_request_changed.connect(receiver, dispatch_uid="test_recovery_request_changed")
+    yield seen
+    human_request_changed.disconnect(dispatch_uid="test_recovery_request_changed")
 
 
 def approve(invocation, django_capture_on_commit_callbacks, run=True):
@@ -107,7 +121,7 @@ def test_an_approved_run_holds_a_lease_while_it_runs_and_releases_it_when_done(
 
 
 def test_a_lost_run_of_a_tool_not_safe_to_retry_ends_failed_and_its_waiters_are_told(
-    django_capture_on_commit_callbacks, finished
+    django_capture_on_commit_callbacks, finished, request_events
 ):
     caller = StaffFactory()
     invocation = gated_deploy(caller)
@@ -129,6 +143,7 @@ def test_a_lost_run_of_a_tool_not_safe_to_retry_ends_failed_and_its_waiters_are_
     assert finished == [str(invocation.pk)]
     request = HumanRequest.objects.get(invocation=invocation)
     assert request.outcome == "approved"
+    assert request_events == [(str(request.pk), "finished")]  # live pages show the end
     # What the agent reads when it follows the call up.
     status = tool_invoke(
         name="approval_status",
