@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 
 from hitl.models import HumanRequest
@@ -144,6 +145,10 @@ def test_a_lost_run_of_a_tool_not_safe_to_retry_ends_failed_and_its_waiters_are_
     request = HumanRequest.objects.get(invocation=invocation)
     assert request.outcome == "approved"
     assert request_events == [(str(request.pk), "finished")]  # live pages show the end
+    client = Client()
+    client.force_login(make_reviewer())
+    row = client.get("/hitl/rows/").content.decode()
+    assert "Approved &middot; call failed" in row
     # What the agent reads when it follows the call up.
     status = tool_invoke(
         name="approval_status",
