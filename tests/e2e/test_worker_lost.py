@@ -172,8 +172,10 @@ def test_a_run_not_safe_to_retry_whose_worker_is_killed_fails_and_the_agent_is_t
     assert invocation.lease_owner.split(":")[1] == str(pid)
 
     os.kill(pid, signal.SIGKILL)  # the pool process running the tool
+    killed = time.monotonic()
 
     thread.join(60)
+    print(f"SIGKILL -> the agent told: {time.monotonic() - killed:.1f} s (lease {LEASE_SECONDS} s)")
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
     assert result.is_error is True
@@ -198,10 +200,12 @@ def test_a_retry_safe_run_whose_worker_is_killed_runs_once_more_on_a_new_worker(
     ((_, first_pid),) = started
 
     first.kill()  # the whole worker: its main process, pool and beat
+    killed = time.monotonic()
     assert not alive(first_pid)
     stack.worker()
 
     wait_for(lambda: len(runs(directory)) >= 2, what="the second run", stack=stack)
+    print(f"SIGKILL -> run again on a new worker: {time.monotonic() - killed:.1f} s")
     invocation.refresh_from_db()
     assert (invocation.status, invocation.attempts) == ("running", 2)
     (directory / "release").touch()
