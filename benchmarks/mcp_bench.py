@@ -7,6 +7,7 @@ latency, and the ratio QMCP/SDK.
 
     .venv/bin/python benchmarks/mcp_bench.py                      # SQLite
     .venv/bin/python benchmarks/mcp_bench.py --postgres postgres://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python benchmarks/mcp_bench.py --pin 0 1   # server on core 0, load on core 1
 
 QMCP runs with the environment of this process, so settings such as
 ``QMCP_AUDIT_SYNCHRONOUS_COMMIT=0`` apply to it.
@@ -68,13 +69,15 @@ def run(cmd: list[str], env: dict[str, str], probe: str):
 
 
 def postgres_database(admin_url: str) -> str:
-    """A fresh database ``qmcp_bench`` next to ``admin_url``; returns its URL."""
+    """A fresh database next to ``admin_url`` (``QMCP_BENCH_DB``, default ``qmcp_bench``);
+    returns its URL."""
     import psycopg
 
+    name = os.environ.get("QMCP_BENCH_DB", "qmcp_bench")
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS qmcp_bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE qmcp_bench")
-    return admin_url.rsplit("/", 1)[0] + "/qmcp_bench"
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[str, dict]:
@@ -196,14 +199,25 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--postgres", help="admin URL of a PostgreSQL server to use for QMCP")
     parser.add_argument("--redis", help="REDIS_URL for QMCP's channel layer")
+    parser.add_argument(
+        "--pin",
+        nargs=2,
+        type=int,
+        metavar=("SERVER_CPU", "LOAD_CPU"),
+        help="pin the servers (taskset) and this load process to different cores",
+    )
     args = parser.parse_args()
+    pin: list[str] = []
+    if args.pin:
+        pin = ["taskset", "-c", str(args.pin[0])]
+        os.sched_setaffinity(0, {args.pin[1]})
 
     database, env = server_env(args.postgres, args.redis)
     token = prepare_qmcp(env)
     qmcp_port, sdk_port = free_port(), free_port()
-    qmcp_cmd = [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(qmcp_port)]
+    qmcp_cmd = [*pin, PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(qmcp_port)]
     qmcp_cmd.append("qmcp_site.asgi:application")
-    sdk_cmd = [PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
+    sdk_cmd = [*pin, PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
     servers = {
         "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),
         "sdk": (f"http://127.0.0.1:{sdk_port}/mcp", {}),
@@ -222,7 +236,7 @@ def main() -> None:
         for concurrency in args.concurrency:
             runs: dict[str, list[dict]] = {name: [] for name in servers}
             for url, auth in servers.values():
-                asyncio.run(load(url, {**base, **auth}, concurrency, 2))  # warm up
+                asyncio.run(load(url, {**base, **auth}, concurrency, 5))  # warm up
             # The servers take turns, so both see the same machine, noise included.
             for _ in range(args.repeat):
                 for name, (url, auth) in servers.items():

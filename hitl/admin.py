@@ -20,7 +20,12 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
 from hitl.models import HumanRequest, HumanResponse
-from hitl.services import RESPOND_PERMISSION, human_request_respond, human_requests_expire
+from hitl.services import (
+    RESPOND_PERMISSION,
+    human_request_reads_all,
+    human_request_respond,
+    human_requests_expire,
+)
 from qmcp_site.errors import ApplicationError
 
 Decision = HumanResponse.Decision
@@ -37,16 +42,7 @@ def _pretty_json(value) -> str:
 
 
 def _can_see_queue(request) -> bool:
-    user = request.user
-    return (
-        user.is_active
-        and user.is_staff
-        and (
-            user.has_perm("hitl.view_humanrequest")
-            or user.has_perm("hitl.change_humanrequest")
-            or user.has_perm(RESPOND_PERMISSION)
-        )
-    )
+    return human_request_reads_all(user=request.user)
 
 
 class ToolNameFilter(admin.SimpleListFilter):

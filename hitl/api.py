@@ -5,7 +5,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from ninja import Field, Router, Schema, Status
-from ninja.pagination import PageNumberPagination, paginate
+from ninja.pagination import paginate
 from pydantic import ConfigDict, StrictInt
 
 from hitl.models import HumanRequest, HumanResponse
@@ -16,6 +16,7 @@ from hitl.selectors import (
 )
 from hitl.services import human_request_create, human_request_respond
 from qmcp_site.errors import ApplicationError
+from qmcp_site.pagination import PageNumberPagination
 from tools.api import ErrorOut
 from users.models import ApiToken
 from users.principals import Principal
@@ -142,7 +143,8 @@ def requests_create(request, payload: HumanRequestIn):
 )
 @paginate(PageNumberPagination, page_size=50)
 def requests_list(request, status: str | None = None):
-    """Pending first, then oldest first. Staff see every request; others their own."""
+    """Pending first, then oldest first. Staff who may read the admin's queue see every
+    request; others their own."""
     _require_read_scope(request.principal)
     return human_request_visible_list(principal=request.principal, status=status)
 

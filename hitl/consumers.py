@@ -5,17 +5,27 @@ Each change of a human request (after its commit) is sent to the group ``hitl.qu
 its rows again. Messages carry ids and events only, never a request's content.
 """
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from hitl.services import human_request_reads_all
 
 QUEUE_GROUP = "hitl.queue"
 
 
+@database_sync_to_async
+def _reads_all(user) -> bool:
+    # The permission check reads the database (the user's groups and permissions).
+    return human_request_reads_all(user=user)
+
+
 class QueueConsumer(AsyncJsonWebsocketConsumer):
-    """Accepts active staff (``scope["user"]``, from AuthMiddlewareStack); closes on others."""
+    """Accepts whoever may read the queue (``scope["user"]``, from AuthMiddlewareStack, as
+    ``human_request_reads_all`` decides); closes on others."""
 
     async def connect(self):
         user = self.scope.get("user")
-        if user is None or not (user.is_authenticated and user.is_active and user.is_staff):
+        if user is None or not await _reads_all(user):
             # Closing before accepting rejects the handshake (HTTP 403).
             await self.close()
             return

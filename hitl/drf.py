@@ -80,9 +80,9 @@ class HumanRequestDetailSerializer(HumanRequestSerializer):
 
 
 class HumanRequestViewSet(viewsets.ReadOnlyModelViewSet):
-    """Pending first, then oldest first; ``?status=`` filters. Staff see every request,
-    others their own. Reviewers decide with the POST actions; each answers the updated
-    request."""
+    """Pending first, then oldest first; ``?status=`` filters. Staff who may read the
+    admin's queue see every request, others their own. Reviewers decide with the POST
+    actions; each answers the updated request."""
 
     required_scopes = {
         "list": READ_SCOPES,

@@ -8,10 +8,12 @@ from tools.signals import invocation_finished, invocation_gated
 
 
 @receiver(invocation_gated, sender=ToolInvocation, dispatch_uid="hitl_gate_invocation")
-def gate_invocation(sender, invocation, policy, **kwargs):
+def gate_invocation(sender, invocation, policy, preview=None, reason="", **kwargs):
     from hitl.services import human_request_for_invocation
 
-    human_request_for_invocation(invocation=invocation, policy=policy)
+    human_request_for_invocation(
+        invocation=invocation, policy=policy, preview=preview, reason=reason
+    )
 
 
 @receiver(invocation_finished, sender=ToolInvocation, dispatch_uid="hitl_invocation_finished")

@@ -3,7 +3,7 @@ import uuid
 from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 
 from hitl.models import HumanRequest, HumanResponse
-from hitl.services import human_requests_expire
+from hitl.services import human_request_reads_all, human_requests_expire
 from qmcp_site.errors import ApplicationError
 from users.principals import Principal
 
@@ -54,10 +54,11 @@ def human_request_get(*, request_id, expire: bool = True) -> HumanRequest:
 def human_request_visible_list(
     *, principal: Principal, status: str | None = None
 ) -> QuerySet[HumanRequest]:
-    """:func:`human_request_list` as ``principal`` may see it: staff every request, others
-    only those they created; each annotated with its ``approval_count``."""
+    """:func:`human_request_list` as ``principal`` may see it: every request for
+    :func:`~hitl.services.human_request_reads_all`, otherwise only those they created (staff
+    included); each annotated with its ``approval_count``."""
     qs = human_request_list(status=status)
-    if not principal.user.is_staff:
+    if not human_request_reads_all(user=principal.user):
         qs = qs.filter(created_by=principal.user)
     return qs.annotate(
         approval_count=Count(
@@ -67,9 +68,12 @@ def human_request_visible_list(
 
 
 def human_request_visible_get(*, principal: Principal, request_id) -> HumanRequest:
-    """:func:`human_request_get`; someone else's request is ``not_found`` to non-staff."""
+    """:func:`human_request_get`; someone else's request is ``not_found`` to anyone who may
+    not read every request."""
     request = human_request_get(request_id=request_id)
-    if not principal.user.is_staff and request.created_by_id != principal.user.pk:
+    if request.created_by_id != principal.user.pk and not human_request_reads_all(
+        user=principal.user
+    ):
         # Reported as unknown, not as forbidden.
         raise ApplicationError(f"No human request '{request_id}'.", "not_found")
     return request

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tools.registry import ToolResult, tool
+from tools.registry import Preview, ToolResult, tool
 from tools.schemas import ToolInput
 from tools.selectors import invocation_get
 
@@ -66,6 +66,13 @@ class DeployInput(ToolInput):
     environment: Literal["staging", "production"] = "staging"
 
 
+def preview_deploy(args: DeployInput) -> Preview:
+    return Preview(
+        summary=f"Deploys {args.service} {args.version} to {args.environment}.",
+        facts={"service": args.service, "environment": args.environment, "version": args.version},
+    )
+
+
 class DeployOutput(BaseModel):
     service: str
     version: str
@@ -82,6 +89,8 @@ class DeployOutput(BaseModel):
     output=DeployOutput,
     annotations={"readOnlyHint": False, "destructiveHint": True, "openWorldHint": True},
     requires_approval=True,
+    preview=preview_deploy,
+    risk="high",
 )
 def deploy(args: DeployInput, ctx) -> ToolResult:
     deployment_id = uuid.uuid4().hex[:12]

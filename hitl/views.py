@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from hitl.models import HumanRequest, HumanResponse
 from hitl.selectors import human_request_get, human_request_list
-from hitl.services import human_request_respond, reviewer_check
+from hitl.services import human_request_reads_all, human_request_respond, reviewer_check
 from qmcp_site.errors import ApplicationError
 
 Decision = HumanResponse.Decision
@@ -27,12 +27,13 @@ RECENT_LIMIT = 20
 
 
 def staff_page(view):
-    """Anonymous users go to the admin's login page; logged-in non-staff get 403."""
+    """Anonymous users go to the admin's login page; anyone the admin's queue would refuse
+    (see ``human_request_reads_all``) gets 403."""
 
     @wraps(view)
     @login_required
     def wrapped(request, *args, **kwargs):
-        if not request.user.is_staff:
+        if not human_request_reads_all(user=request.user):
             raise PermissionDenied
         return view(request, *args, **kwargs)
 

@@ -292,6 +292,13 @@ def tool_call_result(invocation: ToolInvocation, version: str) -> dict[str, Any]
     return result
 
 
+def _meta_text(params: dict, key: str) -> str:
+    """A string from the request's ``_meta``, or "" when absent or not a string."""
+    meta = params.get("_meta")
+    value = meta.get(key) if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else ""
+
+
 def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
     name = _require(params, "name", str)
     arguments = params.get("arguments")
@@ -310,6 +317,8 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         "mcp_session_id": ex.session.pk if ex.session else "",
         "request_id": ex.http_request_id,
         "correlation_id": ex.correlation_id,
+        # The agent's reason for a gated call, shown to reviewers (README: Human approval).
+        "reason": _meta_text(params, "qmcp.dev/reason"),
     }
     try:
         invocation, spec, args = tool_invocation_prepare(**call)

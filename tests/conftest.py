@@ -1,13 +1,15 @@
 import pytest
 from django.test import Client
 
-from tests.factories import StaffFactory, make_token
+from tests.factories import make_auditor, make_token
 from users.principals import Principal
 
 
 @pytest.fixture
 def staff(db):
-    return StaffFactory()
+    """A staff user who reads every invocation and request (the admin's view permissions);
+    ``StaffFactory()`` is staff without them."""
+    return make_auditor()
 
 
 @pytest.fixture

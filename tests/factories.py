@@ -33,13 +33,28 @@ def make_token(user=None, scopes=None, **kwargs) -> tuple:
     return api_token_create(user=user, name=kwargs.pop("name", "test"), scopes=scopes, **kwargs)
 
 
-def make_reviewer(**kwargs):
-    """A staff user who may decide human requests (fetched anew: a fresh permission cache)."""
+def grant(user, *perms: str):
+    """``user`` with the model permissions ``perms`` ("app_label.codename") added, fetched
+    anew (a fresh permission cache)."""
     from django.contrib.auth.models import Permission
 
-    user = StaffFactory(**kwargs)
-    user.user_permissions.add(Permission.objects.get(codename="respond_humanrequest"))
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
     return User.objects.get(pk=user.pk)
+
+
+def make_reviewer(**kwargs):
+    """A staff user who may decide human requests (fetched anew: a fresh permission cache)."""
+    return grant(StaffFactory(**kwargs), "hitl.respond_humanrequest")
+
+
+def make_auditor(**kwargs):
+    """A staff user who reads every invocation and request, as the admin lets them, and
+    decides nothing."""
+    return grant(StaffFactory(**kwargs), "tools.view_toolinvocation", "hitl.view_humanrequest")
 
 
 def gated_delete(caller=None, approvals=1, group=None):

@@ -9,6 +9,12 @@ from django.db import models
 class ToolPolicy(models.Model):
     """Per-tool rules, created from the registry's defaults and edited in the admin."""
 
+    class Risk(models.TextChoices):
+        LOW = "low", "Low"
+        MEDIUM = "medium", "Medium"
+        HIGH = "high", "High"
+        CRITICAL = "critical", "Critical"
+
     tool_name = models.CharField(max_length=100, unique=True)
     enabled = models.BooleanField(default=True)
     requires_approval = models.BooleanField(default=False)
@@ -25,11 +31,23 @@ class ToolPolicy(models.Model):
     approval_timeout_seconds = models.PositiveIntegerField(
         default=3600, validators=[MinValueValidator(10)]
     )
+    risk_level = models.CharField(
+        max_length=8,
+        choices=Risk.choices,
+        default=Risk.MEDIUM,
+        help_text="Shown to reviewers as a badge; a critical call needs a comment to approve.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["tool_name"]
         verbose_name_plural = "tool policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(risk_level__in=["low", "medium", "high", "critical"]),
+                name="tools_policy_risk_level_valid",
+            )
+        ]
 
     def __str__(self):
         return self.tool_name

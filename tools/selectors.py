@@ -9,6 +9,9 @@ from tools.registry import ToolSpec, all_tools
 from users.models import ApiToken
 from users.principals import Principal
 
+# The admin's audit log opens to staff with either of these (ModelAdmin.has_view_permission).
+INVOCATION_READ_PERMISSIONS = ("tools.view_toolinvocation", "tools.change_toolinvocation")
+
 
 def tool_list(*, principal: Principal) -> list[tuple[ToolSpec, ToolPolicy | None]]:
     """Every registered tool with its policy (None until the policy row exists)."""
@@ -17,11 +20,22 @@ def tool_list(*, principal: Principal) -> list[tuple[ToolSpec, ToolPolicy | None
     return [(spec, policies.get(spec.name)) for spec in all_tools()]
 
 
+def invocation_reads_all(*, user) -> bool:
+    """Whether ``user`` may read every caller's invocations: exactly those the admin's audit
+    log lets in (active staff with the view or change permission on ToolInvocation)."""
+    return (
+        user.is_active
+        and user.is_staff
+        and any(user.has_perm(perm) for perm in INVOCATION_READ_PERMISSIONS)
+    )
+
+
 def invocation_queryset(*, principal: Principal) -> QuerySet[ToolInvocation]:
-    """Invocations the principal may read: staff see all, others their own."""
+    """Invocations the principal may read: everyone's for :func:`invocation_reads_all`,
+    otherwise only their own calls (staff included)."""
     principal.require_scope(ApiToken.Scope.TOOLS_READ)
     qs = ToolInvocation.objects.all()
-    if not principal.user.is_staff:
+    if not invocation_reads_all(user=principal.user):
         qs = qs.filter(principal=principal.user)
     return qs
 
@@ -69,3 +83,9 @@ def invocation_get(*, principal: Principal, invocation_id: uuid.UUID | str) -> T
             f"No invocation with id '{invocation_id}'.", "not_found", {"id": str(invocation_id)}
         )
     return invocation
+
+
+def invocation_count_with_argument(*, key: str, value) -> int:
+    """How many recorded calls, of any tool, had ``arguments[key] == value`` (for previews:
+    "how many calls touched this user")."""
+    return ToolInvocation.objects.filter(**{f"arguments__{key}": value}).count()

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
 from qmcp_site.rawjoin import columns, fetch_one, insert_one
+from qmcp_site.storable import storable_check, storable_copy, storable_text
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import (
     AsyncToolContext,
@@ -36,7 +37,7 @@ Status = ToolInvocation.Status
 
 
 def tool_policy_defaults(spec: ToolSpec) -> dict[str, Any]:
-    return {"requires_approval": spec.requires_approval}
+    return {"requires_approval": spec.requires_approval, "risk_level": spec.risk}
 
 
 _POLICY_CACHE: dict[str, tuple[float, ToolPolicy]] = {}
@@ -99,16 +100,20 @@ def tool_invoke(
     mcp_session_id: str = "",
     request_id: str = "",
     correlation_id: str = "",
+    reason: str = "",
     notify: Callable[[str, dict], None] | None = None,
 ) -> ToolInvocation:
     """Records one tool call and runs it, or leaves it waiting for approval.
 
-    Exactly one ToolInvocation row is written per call. A refusal (unknown tool, missing
-    scope, disabled tool, invalid arguments) is recorded as ``refused`` and then raised as
-    ApplicationError. Otherwise the returned invocation is ``succeeded``, ``failed`` (the
-    tool raised; its error is in ``error`` and an ``isError`` result) or
-    ``awaiting_approval`` (the ``invocation_gated`` signal has been sent in the same
-    transaction).
+    ``reason`` is the agent's stated reason for the call, shown to the reviewers of a
+    gated call.
+
+    Exactly one ToolInvocation row is written per call. A refusal (arguments no database
+    can store, unknown tool, missing scope, disabled tool, invalid arguments) is recorded as
+    ``refused``, with a storable copy of the arguments, and then raised as ApplicationError.
+    Otherwise the returned invocation is ``succeeded``, ``failed`` (the tool raised; its
+    error is in ``error`` and an ``isError`` result) or ``awaiting_approval`` (the
+    ``invocation_gated`` signal has been sent in the same transaction).
     """
     invocation, spec, args = tool_invocation_prepare(
         name=name,
@@ -118,6 +123,7 @@ def tool_invoke(
         mcp_session_id=mcp_session_id,
         request_id=request_id,
         correlation_id=correlation_id,
+        reason=reason,
     )
     if invocation.status != Status.RUNNING:
         return invocation
@@ -126,19 +132,29 @@ def tool_invoke(
     )
 
 
-def tool_invocation_prepare(**call) -> tuple[ToolInvocation, ToolSpec, Any]:
+def tool_invocation_prepare(*, reason: str = "", **call) -> tuple[ToolInvocation, ToolSpec, Any]:
     """Checks a call; see :func:`tool_invoke`. Returns the invocation, the tool and its
     validated arguments.
 
-    Refusals are recorded and raised. A gated call is saved ``awaiting_approval``. A call
-    that may run comes back ``running`` but not yet saved: a sync tool's run and its audit
-    row then commit together (:func:`tool_invocation_execute`), and an async tool's caller
-    saves it first with :func:`tool_invocation_start`.
+    Refusals are recorded and raised. A gated call is saved ``awaiting_approval`` with the
+    tool's preview, unless the preview says the call cannot succeed: it is then refused
+    (``precondition_failed``) and no reviewer is asked. A call that may run comes back
+    ``running`` but not yet saved: a sync tool's run and its audit row then commit together
+    (:func:`tool_invocation_execute`), and an async tool's caller saves it first with
+    :func:`tool_invocation_start`.
     """
     record = _invocation_record(**call)
     try:
+        storable_check(record["arguments"])
         spec, policy = tool_call_check(name=call["name"], principal=call["principal"])
         args = spec.parse_arguments(call["arguments"])
+        preview = spec.make_preview(args) if policy.requires_approval else None
+        if preview is not None and preview.refusal:
+            raise ApplicationError(
+                preview.refusal,
+                "precondition_failed",
+                {"tool": spec.name, "preview": preview.as_dict()},
+            )
     except ApplicationError as exc:
         _record_refusal(record, exc)
         raise
@@ -146,7 +162,13 @@ def tool_invocation_prepare(**call) -> tuple[ToolInvocation, ToolSpec, Any]:
     if policy.requires_approval:
         with transaction.atomic():
             invocation = ToolInvocation.objects.create(**record, status=Status.AWAITING_APPROVAL)
-            invocation_gated.send(sender=ToolInvocation, invocation=invocation, policy=policy)
+            invocation_gated.send(
+                sender=ToolInvocation,
+                invocation=invocation,
+                policy=policy,
+                preview=preview.as_dict() if preview is not None else None,
+                reason=str(reason or "")[:2000],
+            )
         return invocation, spec, args
 
     invocation = ToolInvocation(**record, status=Status.RUNNING, started_at=timezone.now())
@@ -182,13 +204,17 @@ def tool_invocation_start(*, invocation: ToolInvocation) -> ToolInvocation:
 def tool_invoke_refuse(*, error: ApplicationError, **call) -> None:
     """Records a call refused before it could be parsed (say, a malformed body), then raises
     ``error``. Takes the same keyword arguments as :func:`tool_invoke`."""
+    call.pop("reason", None)
     _record_refusal(_invocation_record(**call), error)
     raise error
 
 
 def _record_refusal(record: dict[str, Any], error: ApplicationError) -> None:
     ToolInvocation.objects.create(
-        **record, status=Status.REFUSED, error=error.as_dict(), finished_at=timezone.now()
+        **{**record, "arguments": storable_copy(record["arguments"])},
+        status=Status.REFUSED,
+        error=storable_copy(error.as_dict()),
+        finished_at=timezone.now(),
     )
 
 
@@ -203,7 +229,7 @@ def _invocation_record(
     correlation_id: str = "",
 ) -> dict[str, Any]:
     return {
-        "tool_name": str(name)[:100],
+        "tool_name": storable_text(str(name))[:100],
         "arguments": arguments,
         "principal": principal.user,
         "principal_label": principal.label[:255],
@@ -222,8 +248,10 @@ def tool_invocation_execute(
     args: Any,
     principal: Principal | None,
     notify: Callable[[str, dict], None] | None = None,
+    note: str = "",
 ) -> ToolInvocation:
-    """Runs a ``running`` invocation's tool and records the outcome.
+    """Runs a ``running`` invocation's tool and records the outcome (with ``note`` added to
+    the result's text content when given).
 
     The tool's writes and the audit row commit in one transaction: a process that dies
     mid-run leaves neither. The tool runs in a savepoint, so one that fails half way leaves
@@ -234,7 +262,7 @@ def tool_invocation_execute(
     if spec.annotations.get("readOnlyHint") is True:
         # A read-only tool writes nothing to roll back: its audit row needs no transaction.
         try:
-            result = _call(spec, args, principal, invocation, notify)
+            result = _call(spec, args, principal, invocation, notify, note)
         except Exception as exc:
             result = tool_error_result(spec, exc)
         return tool_invocation_finish(
@@ -243,7 +271,7 @@ def tool_invocation_execute(
     with transaction.atomic():
         try:
             with transaction.atomic():
-                result = _call(spec, args, principal, invocation, notify)
+                result = _call(spec, args, principal, invocation, notify, note)
         except Exception as exc:
             result = tool_error_result(spec, exc)
         return tool_invocation_finish(
@@ -251,12 +279,16 @@ def tool_invocation_execute(
         )
 
 
-def _call(spec: ToolSpec, args, principal, invocation, notify) -> ToolResult:
+def _call(spec: ToolSpec, args, principal, invocation, notify, note="") -> ToolResult:
     if spec.is_async:
         context = AsyncToolContext(principal=principal, invocation=invocation)
-        return spec.to_result(async_to_sync(spec.func)(args, context))
-    context = ToolContext(principal=principal, invocation=invocation, notify=notify)
-    return spec.to_result(spec.func(args, context))
+        result = spec.to_result(async_to_sync(spec.func)(args, context))
+    else:
+        context = ToolContext(principal=principal, invocation=invocation, notify=notify)
+        result = spec.to_result(spec.func(args, context))
+    if note:
+        result.content = [*result.content, {"type": "text", "text": note}]
+    return result
 
 
 def tool_error_result(spec: ToolSpec, exc: Exception) -> ToolResult:
@@ -383,6 +415,16 @@ def tool_invocation_claim(*, invocation_id, owner: str, lease: str = "") -> bool
     )
 
 
+def tool_invocation_rebind(*, invocation_id, arguments: dict[str, Any]) -> bool:
+    """Replaces a waiting call's arguments with those a reviewer approved (already validated
+    by the tool's input model); False if the call was no longer waiting."""
+    return bool(
+        ToolInvocation.objects.filter(pk=invocation_id, status=Status.AWAITING_APPROVAL).update(
+            arguments=arguments
+        )
+    )
+
+
 class _LeaseKeeper:
     """Renews a run's lease every third of its length, from its own thread and database
     connection, while the tool runs; stops once the lease is no longer the run's."""
@@ -433,15 +475,18 @@ def _approved_caller(invocation: ToolInvocation) -> Principal:
     return Principal.for_token(invocation.token)
 
 
-def tool_invocation_run_approved(*, invocation_id, lease: str = "") -> ToolInvocation | None:
+def tool_invocation_run_approved(
+    *, invocation_id, lease: str = "", note: str = ""
+) -> ToolInvocation | None:
     """Runs an approved call as its caller: once per attempt, never twice at once.
 
     The run holds a lease on the call (see :func:`tool_invocation_claim`), renewed while the
     tool runs, and records its outcome only while it still holds it: a run whose lease was
     taken records nothing and its writes are rolled back. The caller and the tool are
     checked again first (:func:`tool_call_check`, the token and the user): a call that may
-    no longer run ends ``failed`` with the reason, unrun. Returns None when this delivery
-    had nothing to run (another run holds the call, or it has ended).
+    no longer run ends ``failed`` with the reason, unrun. ``note`` (say, that a reviewer
+    changed the arguments) is added to the result's text, so the agent reads it. Returns
+    None when this delivery had nothing to run (another run holds the call, or it has ended).
     """
     owner = _lease_owner()
     if not tool_invocation_claim(invocation_id=invocation_id, owner=owner, lease=lease):
@@ -465,7 +510,7 @@ def tool_invocation_run_approved(*, invocation_id, lease: str = "") -> ToolInvoc
         else:
             with _LeaseKeeper(invocation.pk, owner):
                 finished = tool_invocation_execute(
-                    invocation=invocation, spec=spec, args=args, principal=principal
+                    invocation=invocation, spec=spec, args=args, principal=principal, note=note
                 )
     except LeaseLost:
         logger.warning("invocation %s: the run lost its lease; nothing recorded", invocation_id)

@@ -8,8 +8,9 @@ from celery import shared_task
     retry_backoff=True,
     max_retries=5,
 )
-def tool_invocation_run(invocation_id: str, lease: str = "") -> str | None:
-    """Runs an approved call (``lease``: a retry queued by the recovery pass).
+def tool_invocation_run(invocation_id: str, lease: str = "", note: str = "") -> str | None:
+    """Runs an approved call (``lease``: a retry queued by the recovery pass; ``note``: told
+    to the agent with the result, say that a reviewer changed the arguments).
 
     Acknowledged after the run, and given back to the queue if its worker dies: a delivery
     is safe to repeat, since each run is claimed atomically and holds a lease, and a
@@ -17,7 +18,7 @@ def tool_invocation_run(invocation_id: str, lease: str = "") -> str | None:
     """
     from tools.services import tool_invocation_run_approved
 
-    invocation = tool_invocation_run_approved(invocation_id=invocation_id, lease=lease)
+    invocation = tool_invocation_run_approved(invocation_id=invocation_id, lease=lease, note=note)
     return invocation.status if invocation else None
 
 

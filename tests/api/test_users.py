@@ -4,7 +4,7 @@
 import pytest
 
 from tests.api.conftest import error_of
-from tests.factories import StaffFactory, UserFactory, make_reviewer
+from tests.factories import StaffFactory, UserFactory, grant, make_reviewer
 from tools.models import ToolInvocation, ToolPolicy
 from tools.services import tool_policies_sync
 from users.models import User
@@ -181,7 +181,7 @@ def test_anonymous_browser_gets_401_html(client):
 
 def test_every_page_and_action_form_renders_as_html(client, drf):
     """Detail pages show the PUT form, action pages the POST form, without errors."""
-    reviewer = make_reviewer()
+    reviewer = grant(make_reviewer(), "tools.view_toolinvocation")
     target = UserFactory()
     gated = drf.delete(f"/api/users/{UserFactory().pk}/").json()
     client.force_login(reviewer)

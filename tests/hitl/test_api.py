@@ -237,7 +237,7 @@ def test_list_needs_hitl_respond_or_tools_read(api, api_for):
     assert response.status_code == 403
     assert error_of(response)["code"] == "missing_scope"
     for scopes in (["hitl:respond"], ["tools:read"]):
-        assert api_for(StaffFactory(), scopes).get("/v1/human/requests").json()["count"] == 1
+        assert api_for(make_reviewer(), scopes).get("/v1/human/requests").json()["count"] == 1
 
 
 def test_non_staff_see_only_their_own_requests(api, api_for):

@@ -15,7 +15,7 @@ from django.urls import reverse
 from hitl.models import HumanRequest
 from hitl.services import human_request_create, human_request_respond
 from qmcp_site.asgi import application
-from tests.factories import StaffFactory, UserFactory, make_reviewer
+from tests.factories import StaffFactory, UserFactory, make_auditor, make_reviewer
 from tests.factories import gated_delete as gated_call
 from tools.models import ToolInvocation
 from users.models import User
@@ -106,7 +106,7 @@ def test_the_queue_lists_pending_requests_first_and_oldest_first(client):
     human_request_respond(
         request_id=settled.pk, responder=reviewer(), decision="answer", answer="done"
     )
-    client.force_login(StaffFactory())
+    client.force_login(make_auditor())
 
     response = client.get(QUEUE_URL)
 
@@ -121,7 +121,7 @@ def test_the_queue_lists_pending_requests_first_and_oldest_first(client):
 
 def test_the_rows_fragment_is_the_table_body_alone(client):
     request = human_request_create(title="Only rows", kind="question")
-    client.force_login(StaffFactory())
+    client.force_login(make_auditor())
     response = client.get(ROWS_URL)
     assert response.status_code == 200
     html = response.content.decode()
@@ -130,7 +130,7 @@ def test_the_rows_fragment_is_the_table_body_alone(client):
 
 
 def test_an_empty_queue_says_so(client):
-    client.force_login(StaffFactory())
+    client.force_login(make_auditor())
     assert "No human requests yet." in client.get(ROWS_URL).content.decode()
 
 
@@ -153,7 +153,7 @@ def test_a_reviewer_sees_the_arguments_context_and_the_decision_form(reviewer_cl
 
 def test_staff_without_the_permission_see_no_forms(client):
     request, _ = gated_delete()
-    client.force_login(StaffFactory())
+    client.force_login(make_auditor())
     html = client.get(page_url(request)).content.decode()
     assert respond_url(request) not in html and 'name="decision"' not in html
     assert "Only reviewers may respond to human requests." in html
@@ -287,7 +287,7 @@ async def close_orm_thread_connections():
 
 @database_sync_to_async
 def session_cookie(user=None, staff=True) -> str:
-    user = user or (StaffFactory() if staff else member())
+    user = user or (make_auditor() if staff else member())
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}"

@@ -13,7 +13,7 @@ from mcp_transport.features import USER_TOOLS_GUIDE
 from mcp_transport.models import McpEvent, McpSession
 from mcp_transport.protocol import HttpFailure, handle_delete, handle_get, handle_post
 from qmcp_site.errors import ApplicationError
-from tests.factories import StaffFactory, UserFactory, make_token
+from tests.factories import StaffFactory, UserFactory, make_auditor, make_token
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import all_tools, tool, unregister
 from tools.schemas import ToolInput
@@ -885,10 +885,11 @@ def test_another_users_invocation_is_not_found(mcp, mcp_for):
     assert "theirs" not in json.dumps(error)
 
 
-def test_staff_may_read_anyones_invocation(mcp, mcp_for):
+def test_staff_with_the_view_permission_may_read_anyones_invocation(mcp, mcp_for):
     mcp.result("tools/call", {"name": "echo", "arguments": {"message": "theirs"}})
-    staff = mcp_for(StaffFactory())
     uri = f"qmcp://invocations/{ToolInvocation.objects.get().pk}"
+    assert mcp_for(StaffFactory()).error("resources/read", {"uri": uri})["code"] == -32002
+    staff = mcp_for(make_auditor())
     (content,) = staff.result("resources/read", {"uri": uri})["contents"]
     assert json.loads(content["text"])["arguments"] == {"message": "theirs"}
 
