@@ -201,7 +201,7 @@ def test_a_retry_safe_run_whose_worker_is_killed_runs_once_more_on_a_new_worker(
 
     first.kill()  # the whole worker: its main process, pool and beat
     killed = time.monotonic()
-    assert not alive(first_pid)
+    wait_for(lambda: not alive(first_pid), seconds=10, what="the killed pool process to end")
     stack.worker()
 
     wait_for(lambda: len(runs(directory)) >= 2, what="the second run", stack=stack)

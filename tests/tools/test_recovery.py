@@ -1,6 +1,7 @@
 """Approved runs: the lease a run holds, the recovery pass over runs whose worker was lost,
 and the caller and tool checked again when an approved call runs."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -399,3 +400,42 @@ def test_a_session_caller_deactivated_before_approval_is_not_run(
     assert invocation.status == "failed" and invocation.error["code"] == "unauthenticated"
     assert "inactive" in invocation.error["message"]
     assert User.objects.filter(pk=target.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_running_worker_renews_its_lease_so_no_pass_takes_a_live_run(settings):
+    settings.QMCP_RUN_LEASE_SECONDS = 0.3
+    seen = {}
+
+    @tool(
+        name="test_slow_reader",
+        description="Runs past several lease lengths.",
+        input=ToolInput,
+        annotations={"readOnlyHint": True},
+    )
+    def slow_reader(args, ctx):
+        def expiry():
+            return ToolInvocation.objects.get(pk=ctx.invocation.pk).lease_expires_at
+
+        seen["first"] = expiry()
+        time.sleep(1.0)  # more than three lease lengths
+        seen["later"] = expiry()
+        seen["pass"] = tool_invocations_recover()
+        return "ok"
+
+    try:
+        tool_policies_sync()
+        ToolPolicy.objects.filter(tool_name="test_slow_reader").update(requires_approval=True)
+        invocation = tool_invoke(
+            name="test_slow_reader",
+            arguments={},
+            principal=Principal.for_user(StaffFactory()),
+            via="rest",
+        )
+        finished = tool_invocation_run_approved(invocation_id=invocation.pk)
+    finally:
+        unregister("test_slow_reader")
+    assert finished is not None and finished.status == "succeeded"
+    assert seen["later"] > seen["first"] + timedelta(seconds=0.5)
+    assert seen["pass"] == {"retried": 0, "failed": 0}
+    assert ToolInvocation.objects.get(pk=invocation.pk).attempts == 1
