@@ -459,15 +459,15 @@ class _LeaseKeeper:
     def _renew(self, invocation_id, owner: str) -> None:
         try:
             while not self._stop.wait(settings.QMCP_RUN_LEASE_SECONDS / 3):
-                renewed = ToolInvocation.objects.filter(
-                    pk=invocation_id, status=Status.RUNNING, lease_owner=owner
-                ).update(lease_expires_at=_lease_until())
+                try:
+                    renewed = ToolInvocation.objects.filter(
+                        pk=invocation_id, status=Status.RUNNING, lease_owner=owner
+                    ).update(lease_expires_at=_lease_until())
+                except Exception:  # say, SQLite busy with the run's own write: try again
+                    logger.warning("could not renew the lease of %s", invocation_id, exc_info=True)
+                    continue
                 if not renewed:
                     return
-        except Exception:  # the lease then lapses and the recovery pass takes over
-            logger.warning(
-                "could not renew the lease of invocation %s", invocation_id, exc_info=True
-            )
         finally:
             connection.close()
 

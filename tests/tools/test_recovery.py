@@ -1,15 +1,18 @@
 """Approved runs: the lease a run holds, the recovery pass over runs whose worker was lost,
 and the caller and tool checked again when an approved call runs."""
 
+import time
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 
 from hitl.models import HumanRequest
 from hitl.services import human_request_respond
+from hitl.signals import human_request_changed
 from tests.factories import StaffFactory, UserFactory, gated_delete, make_reviewer, make_token
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import tool, unregister
@@ -42,6 +45,19 @@ def finished():
     invocation_finished.connect(receiver, dispatch_uid="test_recovery_finished")
     yield seen
     invocation_finished.disconnect(dispatch_uid="test_recovery_finished")
+
+
+@pytest.fixture
+def request_events():
+    """The (request id, event) pairs that ``human_request_changed`` announces."""
+    seen = []
+
+    def receiver(sender, request_id, event, **kwargs):
+        seen.append((str(request_id), event))
+
+    human_request_changed.connect(receiver, dispatch_uid="test_recovery_request_changed")
+    yield seen
+    human_request_changed.disconnect(dispatch_uid="test_recovery_request_changed")
 
 
 def approve(invocation, django_capture_on_commit_callbacks, run=True):
@@ -107,7 +123,7 @@ def test_an_approved_run_holds_a_lease_while_it_runs_and_releases_it_when_done(
 
 
 def test_a_lost_run_of_a_tool_not_safe_to_retry_ends_failed_and_its_waiters_are_told(
-    django_capture_on_commit_callbacks, finished
+    django_capture_on_commit_callbacks, finished, request_events
 ):
     caller = StaffFactory()
     invocation = gated_deploy(caller)
@@ -129,6 +145,11 @@ def test_a_lost_run_of_a_tool_not_safe_to_retry_ends_failed_and_its_waiters_are_
     assert finished == [str(invocation.pk)]
     request = HumanRequest.objects.get(invocation=invocation)
     assert request.outcome == "approved"
+    assert request_events == [(str(request.pk), "finished")]  # live pages show the end
+    client = Client()
+    client.force_login(make_reviewer())
+    row = client.get("/hitl/rows/").content.decode()
+    assert "Approved &middot; call failed" in row
     # What the agent reads when it follows the call up.
     status = tool_invoke(
         name="approval_status",
@@ -379,3 +400,42 @@ def test_a_session_caller_deactivated_before_approval_is_not_run(
     assert invocation.status == "failed" and invocation.error["code"] == "unauthenticated"
     assert "inactive" in invocation.error["message"]
     assert User.objects.filter(pk=target.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_running_worker_renews_its_lease_so_no_pass_takes_a_live_run(settings):
+    settings.QMCP_RUN_LEASE_SECONDS = 0.3
+    seen = {}
+
+    @tool(
+        name="test_slow_reader",
+        description="Runs past several lease lengths.",
+        input=ToolInput,
+        annotations={"readOnlyHint": True},
+    )
+    def slow_reader(args, ctx):
+        def expiry():
+            return ToolInvocation.objects.get(pk=ctx.invocation.pk).lease_expires_at
+
+        seen["first"] = expiry()
+        time.sleep(1.0)  # more than three lease lengths
+        seen["later"] = expiry()
+        seen["pass"] = tool_invocations_recover()
+        return "ok"
+
+    try:
+        tool_policies_sync()
+        ToolPolicy.objects.filter(tool_name="test_slow_reader").update(requires_approval=True)
+        invocation = tool_invoke(
+            name="test_slow_reader",
+            arguments={},
+            principal=Principal.for_user(StaffFactory()),
+            via="rest",
+        )
+        finished = tool_invocation_run_approved(invocation_id=invocation.pk)
+    finally:
+        unregister("test_slow_reader")
+    assert finished is not None and finished.status == "succeeded"
+    assert seen["later"] > seen["first"] + timedelta(seconds=0.5)
+    assert seen["pass"] == {"retried": 0, "failed": 0}
+    assert ToolInvocation.objects.get(pk=invocation.pk).attempts == 1
