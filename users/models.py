@@ -90,6 +90,7 @@ class ApiToken(models.Model):
         TOOLS_CALL = "tools:call", "Call tools"
         TOOLS_READ = "tools:read", "Read tools and invocations"
         HITL_RESPOND = "hitl:respond", "Respond to human requests"
+        USERS_READ = "users:read", "Read managed users' profiles (/api/users/)"
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100)
