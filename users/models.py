@@ -3,6 +3,7 @@ import hashlib
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 
@@ -16,6 +17,11 @@ class UserManager(BaseUserManager):
         user.set_password(password)
         user.save(using=self._db)
         return user
+
+    def get_by_natural_key(self, username):
+        """The account of an email in any case (emails are unique regardless of case), so
+        logins and ``createsuperuser``'s "already taken" check ignore case too."""
+        return self.get(**{f"{self.model.USERNAME_FIELD}__iexact": username})
 
     def create_user(self, email, password=None, **extra_fields):
         extra_fields.setdefault("is_staff", False)
@@ -62,6 +68,14 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            # ADMIN@x.test and admin@x.test are one mailbox to people: one account.
+            models.UniqueConstraint(
+                Lower("email"),
+                name="users_user_email_unique_ci",
+                violation_error_message="A user with this email already exists.",
+            )
+        ]
 
     def __str__(self):
         return self.get_full_name() or self.email
