@@ -16,6 +16,7 @@ HTTP_STATUS = {
     "tool_disabled": 403,
     "not_found": 404,
     "unknown_tool": 404,
+    "method_not_allowed": 405,
     "conflict": 409,
     "payload_too_large": 413,
     "invalid_arguments": 422,
