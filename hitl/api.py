@@ -1,14 +1,14 @@
 """/v1/human: agents ask people (requests); reviewers answer them (responses)."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from ninja import Field, Router, Schema, Status
 from ninja.pagination import paginate
 from pydantic import ConfigDict, StrictInt
 
-from hitl.models import HumanRequest, HumanResponse
+from hitl.models import OPTION_MAX_LENGTH, OPTIONS_MAX, HumanRequest, HumanResponse
 from hitl.selectors import (
     human_request_get,
     human_request_visible_get,
@@ -18,6 +18,7 @@ from hitl.services import human_request_create, human_request_respond
 from qmcp_site.errors import ApplicationError
 from qmcp_site.pagination import PageNumberPagination
 from tools.api import ErrorOut
+from tools.models import APPROVAL_TIMEOUT_MAX, APPROVAL_TIMEOUT_MIN, APPROVALS_MAX
 from users.models import ApiToken
 from users.principals import Principal
 
@@ -27,6 +28,9 @@ Scope = ApiToken.Scope
 READ_SCOPES = (Scope.HITL_RESPOND, Scope.TOOLS_READ)
 
 
+Option = Annotated[str, Field(min_length=1, max_length=OPTION_MAX_LENGTH)]
+
+
 class HumanRequestIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,9 +38,9 @@ class HumanRequestIn(Schema):
     title: str = Field(..., max_length=200)
     prompt: str = ""
     context: dict[str, Any] = Field(default_factory=dict)
-    options: list[str] | None = None
-    timeout_seconds: StrictInt = 3600
-    approvals_required: StrictInt = 1
+    options: list[Option] | None = Field(None, min_length=1, max_length=OPTIONS_MAX)
+    timeout_seconds: StrictInt = Field(3600, ge=APPROVAL_TIMEOUT_MIN, le=APPROVAL_TIMEOUT_MAX)
+    approvals_required: StrictInt = Field(1, ge=1, le=APPROVALS_MAX)
 
 
 class HumanResponseIn(Schema):
@@ -44,7 +48,7 @@ class HumanResponseIn(Schema):
 
     request_id: UUID
     decision: Literal["approve", "reject", "answer"]
-    option: str = ""
+    option: str = Field("", max_length=OPTION_MAX_LENGTH)
     answer: str = ""
     comment: str = ""
 

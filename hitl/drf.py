@@ -8,7 +8,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from hitl.models import HumanRequest, HumanResponse
+from hitl.models import OPTION_MAX_LENGTH, HumanRequest, HumanResponse
 from hitl.selectors import human_request_get, human_request_visible_get, human_request_visible_list
 from hitl.services import human_request_respond
 from users.models import ApiToken
@@ -97,7 +97,9 @@ class HumanRequestViewSet(viewsets.ReadOnlyModelViewSet):
 
     class RespondInputSerializer(serializers.Serializer):
         decision = serializers.ChoiceField(choices=Decision.choices)
-        option = serializers.CharField(required=False, allow_blank=True, default="")
+        option = serializers.CharField(
+            required=False, allow_blank=True, default="", max_length=OPTION_MAX_LENGTH
+        )
         answer = serializers.CharField(required=False, allow_blank=True, default="")
         comment = serializers.CharField(required=False, allow_blank=True, default="")
 

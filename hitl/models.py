@@ -2,8 +2,34 @@ import uuid
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from tools.models import APPROVALS_MAX
+
+# A chosen option is stored in HumanResponse.option (a varchar), so no option may be longer.
+OPTION_MAX_LENGTH = 200
+OPTIONS_MAX = 50
+
+
+def validate_options(value) -> None:
+    """A question's fixed answers: None, or 1 to OPTIONS_MAX distinct non-blank strings of
+    at most OPTION_MAX_LENGTH characters."""
+    if value is None:
+        return
+    if not isinstance(value, list) or not value or len(value) > OPTIONS_MAX:
+        raise ValidationError(f"Options must be a list of 1 to {OPTIONS_MAX} strings.")
+    if not all(isinstance(o, str) and o.strip() for o in value):
+        raise ValidationError("Options must be non-empty strings.")
+    too_long = [o[:40] for o in value if len(o) > OPTION_MAX_LENGTH]
+    if too_long:
+        raise ValidationError(
+            f"An option may have at most {OPTION_MAX_LENGTH} characters: {too_long[0]!r}..."
+        )
+    if len(set(value)) != len(value):
+        raise ValidationError("Options must be distinct.")
 
 
 class HumanRequest(models.Model):
@@ -35,7 +61,9 @@ class HumanRequest(models.Model):
     title = models.CharField(max_length=200)
     prompt = models.TextField(blank=True)
     context = models.JSONField(default=dict, blank=True)
-    options = models.JSONField(null=True, blank=True, help_text="Allowed answers, if fixed.")
+    options = models.JSONField(
+        null=True, blank=True, validators=[validate_options], help_text="Allowed answers, if fixed."
+    )
     status = models.CharField(
         max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
     )
@@ -48,7 +76,9 @@ class HumanRequest(models.Model):
         on_delete=models.SET_NULL,
         related_name="human_requests",
     )
-    approvals_required = models.PositiveSmallIntegerField(default=1)
+    approvals_required = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(APPROVALS_MAX)]
+    )
     approver_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.SET_NULL)
     invocation = models.OneToOneField(
         "tools.ToolInvocation",
@@ -93,6 +123,10 @@ class HumanRequest(models.Model):
                 condition=models.Q(risk_level__in=["low", "medium", "high", "critical"]),
                 name="hitl_request_risk_level_valid",
             ),
+            models.CheckConstraint(
+                condition=models.Q(approvals_required__lte=APPROVALS_MAX),
+                name="hitl_request_approvals_max",
+            ),
         ]
 
     def __str__(self):
@@ -120,7 +154,7 @@ class HumanResponse(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="human_responses"
     )
     decision = models.CharField(max_length=16, choices=Decision.choices)
-    option = models.CharField(max_length=200, blank=True)
+    option = models.CharField(max_length=OPTION_MAX_LENGTH, blank=True)
     answer = models.TextField(blank=True)
     comment = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -10,14 +10,20 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from hitl.models import HumanRequest, HumanRequestEvent, HumanResponse
+from hitl.models import HumanRequest, HumanRequestEvent, HumanResponse, validate_options
 from hitl.signals import human_request_changed
 from qmcp_site.errors import ApplicationError
 from qmcp_site.storable import storable_check
-from tools.models import ToolInvocation
+from tools.models import (
+    APPROVAL_TIMEOUT_MAX,
+    APPROVAL_TIMEOUT_MIN,
+    APPROVALS_MAX,
+    ToolInvocation,
+)
 from tools.registry import get_tool
 from tools.services import tool_invocation_end, tool_invocation_rebind
 from users.models import User
@@ -71,26 +77,21 @@ def human_request_create(
         raise ApplicationError(
             f"Unknown kind '{kind}'.", "invalid", {"allowed": HumanRequest.Kind.values}
         )
-    if not title or not title.strip():
+    if not isinstance(title, str) or not title.strip():
         raise ApplicationError("A request needs a title.", "invalid")
-    if options is not None:
-        if (
-            not isinstance(options, list)
-            or not options
-            or not all(isinstance(o, str) and o.strip() for o in options)
-        ):
-            raise ApplicationError("Options must be a non-empty list of strings.", "invalid")
-        if len(set(options)) != len(options):
-            raise ApplicationError("Options must be distinct.", "invalid")
-    if not 10 <= timeout_seconds <= 30 * 86400:
+    if not APPROVAL_TIMEOUT_MIN <= timeout_seconds <= APPROVAL_TIMEOUT_MAX:
         raise ApplicationError("The timeout must be between 10 seconds and 30 days.", "invalid")
-    if approvals_required < 1:
-        raise ApplicationError("At least one approval is required.", "invalid")
+    if not 1 <= approvals_required <= APPROVALS_MAX:
+        raise ApplicationError(
+            f"Between 1 and {APPROVALS_MAX} approvals may be required.",
+            "invalid",
+            {"approvals_required": approvals_required},
+        )
     if risk_level not in HumanRequest.Risk.values:
         raise ApplicationError(
             f"Unknown risk level '{risk_level}'.", "invalid", {"allowed": HumanRequest.Risk.values}
         )
-    request = HumanRequest.objects.create(
+    request = HumanRequest(
         kind=kind,
         title=title.strip()[:200],
         prompt=prompt,
@@ -105,9 +106,28 @@ def human_request_create(
         reason=reason,
         preview=preview,
     )
+    _full_clean(request)
+    request.save(force_insert=True)
     _trail(request, Event.CREATED, created_by)
     _announce(request, "created")
     return request
+
+
+def _full_clean(request: HumanRequest) -> None:
+    """Every bound of the model (lengths, ranges, options) checked before a write, so no
+    database stores a value silently cut or wrapped; the links are checked by the database."""
+    try:
+        # Run by hand as well: full_clean skips the validators of a blank value such as [].
+        validate_options(request.options)
+        request.full_clean(
+            exclude=["created_by", "approver_group", "invocation"], validate_unique=False
+        )
+    except ValidationError as exc:
+        if not hasattr(exc, "error_dict"):
+            exc = ValidationError({"options": exc.messages})
+        errors = exc.message_dict
+        first = next(iter(errors.values()))[0]
+        raise ApplicationError(f"Invalid human request: {first}", "invalid", errors) from exc
 
 
 def human_request_for_invocation(

@@ -2,10 +2,11 @@
 demo ``deploy`` tool, which always needs a reviewer's approval by default."""
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
+from hitl.models import OPTION_MAX_LENGTH
 from tools.registry import Preview, ToolResult, tool
 from tools.schemas import ToolInput
 from tools.selectors import invocation_get
@@ -101,9 +102,12 @@ def deploy(args: DeployInput, ctx) -> ToolResult:
     )
 
 
+OptionText = Annotated[str, Field(min_length=1, max_length=OPTION_MAX_LENGTH)]
+
+
 class AskHumanInput(ToolInput):
     question: str = Field(min_length=1, max_length=2000, description="What to ask the reviewers.")
-    options: list[str] | None = Field(
+    options: list[OptionText] | None = Field(
         default=None, min_length=2, max_length=20, description="Fixed answers to choose from."
     )
     context: dict | None = Field(default=None, description="Anything that helps them answer.")

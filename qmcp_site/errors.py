@@ -16,6 +16,7 @@ HTTP_STATUS = {
     "tool_disabled": 403,
     "not_found": 404,
     "unknown_tool": 404,
+    "method_not_allowed": 405,
     "conflict": 409,
     # A gated call whose preview shows it cannot succeed (delete_user of a missing user).
     "precondition_failed": 409,

@@ -44,3 +44,39 @@ class StorableQueryMiddleware:
             except ApplicationError as exc:
                 return JsonResponse(error_body("bad_request", exc.message, exc.details), status=400)
         return self.get_response(request)
+
+
+class V1ErrorShapeMiddleware:
+    """Gives /v1's own error shape to the two answers ninja's views never produce: an
+    unknown path (Django's HTML 404) and a known path with a wrong method (ninja's
+    plain-text 405, whose ``Allow`` header is kept).
+
+    Every other /v1 error already comes from the NinjaAPI's handlers, as JSON.
+    """
+
+    PREFIX = "/v1"
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        path = request.path
+        if not (path == self.PREFIX or path.startswith(self.PREFIX + "/")):
+            return response
+        if response.status_code not in (404, 405) or response.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            return response
+        if response.status_code == 404:
+            body = error_body("not_found", f"No /v1 endpoint at '{path}'.")
+            return JsonResponse(body, status=404)
+        allowed = sorted(m.strip() for m in response.get("Allow", "").split(",") if m.strip())
+        body = error_body(
+            "method_not_allowed",
+            f"Method {request.method} is not allowed on '{path}'; use {', '.join(allowed)}.",
+            {"allowed": allowed},
+        )
+        json_response = JsonResponse(body, status=405)
+        json_response["Allow"] = ", ".join(allowed)
+        return json_response

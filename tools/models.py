@@ -5,6 +5,11 @@ from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+# The bounds of a policy's approval rules, which every approval request it creates obeys.
+APPROVALS_MAX = 10
+APPROVAL_TIMEOUT_MIN = 10
+APPROVAL_TIMEOUT_MAX = 30 * 86400
+
 
 class ToolPolicy(models.Model):
     """Per-tool rules, created from the registry's defaults and edited in the admin."""
@@ -26,10 +31,15 @@ class ToolPolicy(models.Model):
         help_text="Only members of this group may approve; empty means any reviewer.",
     )
     approvals_required = models.PositiveSmallIntegerField(
-        default=1, validators=[MinValueValidator(1), MaxValueValidator(10)]
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(APPROVALS_MAX)]
     )
     approval_timeout_seconds = models.PositiveIntegerField(
-        default=3600, validators=[MinValueValidator(10)]
+        default=3600,
+        validators=[
+            MinValueValidator(APPROVAL_TIMEOUT_MIN),
+            MaxValueValidator(APPROVAL_TIMEOUT_MAX),
+        ],
+        help_text="Between 10 seconds and 30 days.",
     )
     risk_level = models.CharField(
         max_length=8,

@@ -209,6 +209,23 @@ def tool_invoke_refuse(*, error: ApplicationError, **call) -> None:
     raise error
 
 
+def invocation_record_read(
+    *, name: str, arguments: Any, result: dict[str, Any], **call
+) -> ToolInvocation:
+    """Audits a read that is not a tool call (people's profiles through ``/api/users/``):
+    one ``succeeded`` row, as a call leaves, whose ``result`` says what was read. Takes
+    :func:`tool_invoke`'s other keyword arguments (principal, via, request ids)."""
+    now = timezone.now()
+    return ToolInvocation.objects.create(
+        **_invocation_record(name=name, arguments=arguments, **call),
+        status=Status.SUCCEEDED,
+        result=result,
+        started_at=now,
+        finished_at=now,
+        duration_ms=0.0,
+    )
+
+
 def _record_refusal(record: dict[str, Any], error: ApplicationError) -> None:
     ToolInvocation.objects.create(
         **{**record, "arguments": storable_copy(record["arguments"])},

@@ -3,6 +3,8 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import UserChangeForm as BaseUserChangeForm
 from django.contrib.auth.forms import UserCreationForm as BaseUserCreationForm
+from django.template.response import TemplateResponse
+from django.utils.cache import add_never_cache_headers
 
 from users.models import ApiToken, User
 from users.services import api_token_create, api_token_revoke
@@ -113,11 +115,28 @@ class ApiTokenAdmin(admin.ModelAdmin):
             user=obj.user, name=obj.name, scopes=obj.scopes, expires_at=obj.expires_at
         )
         obj.pk = token.pk
-        self.message_user(
-            request,
-            f"Token created. Copy the secret now; it is not shown again: {secret}",
-            messages.WARNING,
-        )
+        # Kept on this request's object only: response_add shows it on the page it renders.
+        obj.new_secret = secret
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """The new token's secret on a page of its own, rendered once and never cached; it
+        never goes into a message (the messages cookie is signed, not encrypted), the
+        session or a redirect."""
+        secret = getattr(obj, "new_secret", None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        token = ApiToken.objects.select_related("user").get(pk=obj.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Token created: copy its secret now",
+            "opts": self.opts,
+            "token": token,
+            "secret": secret,
+        }
+        request.current_app = self.admin_site.name
+        response = TemplateResponse(request, "admin/users/apitoken/token_created.html", context)
+        add_never_cache_headers(response)
+        return response
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke(self, request, queryset):

@@ -1,7 +1,8 @@
 """/api/users: the managed users, read through the selectors and written through the user
 tools (``add_user``, ``update_user``, ``delete_user``), so every write is audited and a
-delete follows the tool's approval policy. Staff and superuser accounts are never listed,
-read or changed (403), as the tools refuse them."""
+delete follows the tool's approval policy. Reading profiles needs the ``users:read`` scope
+and leaves an audit row (``users.list``, ``users.retrieve``) naming the ids read. Staff and
+superuser accounts are never listed, read or changed (403), as the tools refuse them."""
 
 from rest_framework import serializers, status, viewsets
 from rest_framework.response import Response
@@ -11,7 +12,7 @@ from tools.drf import body_arguments, invocation_response, invoke
 from tools.models import ToolInvocation
 from users import selectors
 from users.models import ApiToken, User
-from users.services import PROFILE_FIELDS
+from users.services import PROFILE_FIELDS, user_profiles_read
 
 Scope = ApiToken.Scope
 
@@ -21,8 +22,8 @@ class UserViewSet(viewsets.GenericViewSet):
     contains every word. PUT and PATCH both change only the fields sent."""
 
     required_scopes = {
-        "list": (Scope.TOOLS_READ,),
-        "retrieve": (Scope.TOOLS_READ,),
+        "list": (Scope.USERS_READ,),
+        "retrieve": (Scope.USERS_READ,),
         "create": (Scope.TOOLS_CALL,),
         "update": (Scope.TOOLS_CALL,),
         "partial_update": (Scope.TOOLS_CALL,),
@@ -68,11 +69,29 @@ class UserViewSet(viewsets.GenericViewSet):
         return selectors.user_get_managed(user_id=user_id)
 
     def list(self, request):
-        page = self.paginate_queryset(self.get_queryset())
+        page = self._read(
+            self.paginate_queryset(self.get_queryset()),
+            "list",
+            {"search": request.query_params.get("search", ""), "page": self.paginator.page.number},
+        )
         return self.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
     def retrieve(self, request, pk=None):
-        return Response(self.OutputSerializer(self.get_object()).data)
+        user = self.get_object()
+        self._read([user], "retrieve", {"user_id": user.pk})
+        return Response(self.OutputSerializer(user).data)
+
+    def _read(self, users, action: str, arguments: dict):
+        """``users`` (a page or one), audited as read; ``missing_scope`` without ``users:read``."""
+        return user_profiles_read(
+            principal=self.request.auth,
+            users=list(users),
+            action=action,
+            arguments=arguments,
+            via=ToolInvocation.Via.API,
+            request_id=getattr(self.request, "request_id", ""),
+            correlation_id=getattr(self.request, "correlation_id", ""),
+        )
 
     def create(self, request):
         invocation = invoke(request, "add_user", lambda: body_arguments(request))

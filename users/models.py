@@ -4,7 +4,7 @@ from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
-from django.db.models.functions import Upper
+from django.db.models.functions import Lower, Upper
 from django.utils import timezone
 
 
@@ -18,6 +18,11 @@ class UserManager(BaseUserManager):
         user.set_password(password)
         user.save(using=self._db)
         return user
+
+    def get_by_natural_key(self, username):
+        """The account of an email in any case (emails are unique regardless of case), so
+        logins and ``createsuperuser``'s "already taken" check ignore case too."""
+        return self.get(**{f"{self.model.USERNAME_FIELD}__iexact": username})
 
     def create_user(self, email, password=None, **extra_fields):
         extra_fields.setdefault("is_staff", False)
@@ -70,6 +75,14 @@ class User(AbstractBaseUser, PermissionsMixin):
             GinIndex(OpClass(Upper(column), name="gin_trgm_ops"), name=f"users_user_{column}_trgm")
             for column in ("name", "surname", "email")
         ]
+        constraints = [
+            # ADMIN@x.test and admin@x.test are one mailbox to people: one account.
+            models.UniqueConstraint(
+                Lower("email"),
+                name="users_user_email_unique_ci",
+                violation_error_message="A user with this email already exists.",
+            )
+        ]
 
     def __str__(self):
         return self.get_full_name() or self.email
@@ -98,6 +111,7 @@ class ApiToken(models.Model):
         TOOLS_CALL = "tools:call", "Call tools"
         TOOLS_READ = "tools:read", "Read tools and invocations"
         HITL_RESPOND = "hitl:respond", "Respond to human requests"
+        USERS_READ = "users:read", "Read managed users' profiles (/api/users/)"
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100)

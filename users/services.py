@@ -72,6 +72,26 @@ def user_delete(*, user: User) -> None:
     user.delete()
 
 
+def user_profiles_read(
+    *, principal: Principal, users: list[User], action: str, arguments: dict, **call
+) -> list[User]:
+    """Hands ``users``' profiles to ``principal`` and audits it: one invocation row named
+    ``users.<action>`` with the ids read (never the profiles). ``missing_scope`` without
+    ``users:read``: salaries, phones, addresses and birth dates are not the tools' to read.
+    ``call`` carries ``via`` and the request ids, as :func:`tools.services.tool_invoke`."""
+    from tools.services import invocation_record_read
+
+    principal.require_scope(ApiToken.Scope.USERS_READ)
+    invocation_record_read(
+        name=f"users.{action}",
+        arguments=arguments,
+        result={"user_ids": [user.pk for user in users]},
+        principal=principal,
+        **call,
+    )
+    return users
+
+
 def api_token_create(
     *,
     user: User,

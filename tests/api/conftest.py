@@ -7,7 +7,7 @@ from django.test import Client
 
 from tests.factories import make_token
 
-ALL_SCOPES = ["tools:read", "tools:call", "hitl:respond"]
+ALL_SCOPES = ["tools:read", "tools:call", "hitl:respond", "users:read"]
 
 
 def error_of(response, status: int, code: str) -> dict:

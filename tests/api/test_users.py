@@ -203,3 +203,46 @@ def test_every_page_and_action_form_renders_as_html(client, drf):
         assert "Django REST framework" in response.content.decode()
     page = client.get(f"/api/users/{target.pk}/", headers={"Accept": "text/html"})
     assert 'data-method="PUT"' in page.content.decode()
+
+
+# --- Reading people's data: its own scope, and an audit row ---------------------------------
+
+
+@pytest.mark.parametrize("scopes", [["tools:read"], ["tools:read", "tools:call", "hitl:respond"]])
+def test_profiles_need_the_users_read_scope(drf_for, scopes):
+    user = UserFactory(salary="98765.00", phone="+44 1234", address="1 Secret Lane")
+    client = drf_for(scopes=scopes)
+    for path in ("/api/users/", f"/api/users/{user.pk}/"):
+        response = client.get(path)
+        error = error_of(response, 403, "missing_scope")
+        assert "users:read" in error["message"]
+        body = response.content.decode()
+        assert "98765" not in body and "Secret" not in body
+    assert not ToolInvocation.objects.exists()
+
+
+def test_each_read_of_profiles_leaves_an_audit_row_naming_the_ids(drf_for):
+    reader = UserFactory()
+    ada, alan = UserFactory(name="Ada", salary="10.00"), UserFactory(name="Alan")
+    client = drf_for(reader, ["users:read"])
+
+    listed = client.get("/api/users/", search="ada")
+    assert [u["salary"] for u in listed.json()["results"]] == [10.0]
+    client.get(f"/api/users/{alan.pk}/")
+
+    rows = list(ToolInvocation.objects.order_by("created_at"))
+    assert [(r.tool_name, r.status, r.via) for r in rows] == [
+        ("users.list", "succeeded", "api"),
+        ("users.retrieve", "succeeded", "api"),
+    ]
+    assert rows[0].arguments == {"search": "ada", "page": 1}
+    assert rows[0].result == {"user_ids": [ada.pk]}
+    assert rows[1].arguments == {"user_id": alan.pk} and rows[1].result == {"user_ids": [alan.pk]}
+    assert {r.principal_id for r in rows} == {reader.pk}
+    assert all(r.token_id and "token" in r.principal_label for r in rows)
+
+
+def test_a_refused_read_of_a_staff_account_leaves_no_read_row(drf_for):
+    client = drf_for(scopes=["users:read"])
+    error_of(client.get(f"/api/users/{StaffFactory().pk}/"), 403, "forbidden")
+    assert not ToolInvocation.objects.filter(tool_name="users.retrieve").exists()

@@ -27,7 +27,8 @@ def test_the_readme_has_client_examples():
 
 @pytest.mark.parametrize("index", range(3))
 def test_a_readme_example_runs(qmcp_server, index):
-    secret = make_token(user=StaffFactory(), scopes=["tools:read", "tools:call"])[1]
+    scopes = ["tools:read", "tools:call", "users:read"]
+    secret = make_token(user=StaffFactory(), scopes=scopes)[1]
     env = {**os.environ, "QMCP_URL": qmcp_server.url, "QMCP_TOKEN": secret}
     done = subprocess.run(
         [sys.executable, "-c", client_examples()[index]],

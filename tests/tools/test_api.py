@@ -231,3 +231,38 @@ def test_invocation_detail_and_unknown_ids(api):
         response = api.get(f"/v1/invocations/{bad}")
         assert response.status_code == 404
         assert error_of(response)["code"] == "not_found"
+
+
+@pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.parametrize("path", ["/v1/nothing", "/v1/tools/echo/extra", "/v1/"])
+def test_unknown_v1_paths_answer_the_json_error_shape(api, settings, debug, path):
+    settings.DEBUG = debug
+    response = api.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("application/json")
+    assert error_of(response)["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("delete", "/v1/tools", "GET"),
+        ("get", "/v1/tools/echo", "POST"),
+        ("put", "/v1/human/requests", "GET, POST"),
+        ("patch", "/v1/invocations/00000000-0000-0000-0000-000000000000", "GET"),
+    ],
+)
+def test_wrong_methods_on_v1_answer_405_json_with_allow(api, method, path, allowed):
+    response = getattr(api.client, method)(path, headers=api.headers)
+    assert response.status_code == 405
+    assert response["Allow"] == allowed
+    error = error_of(response)
+    assert error["code"] == "method_not_allowed"
+    assert error["details"] == {"allowed": allowed.split(", ")}
+    assert not ToolInvocation.objects.exists()
+
+
+def test_other_paths_keep_djangos_own_404(client):
+    response = client.get("/not-v1/")
+    assert response.status_code == 404
+    assert not response["Content-Type"].startswith("application/json")

@@ -15,7 +15,7 @@ from tools.models import ToolInvocation
 
 pytestmark = pytest.mark.django_db
 
-SCOPES = ["tools:read", "tools:call", "hitl:respond"]
+SCOPES = ["tools:read", "tools:call", "hitl:respond", "users:read"]
 DEEP_ARRAYS = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECTS = b'{"a":' * 5_000 + b"1" + b"}" * 5_000
 DEEP_ENOUGH = json.dumps({"message": "x", "more": json.loads("[" * 100 + "]" * 100)})

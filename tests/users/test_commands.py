@@ -31,3 +31,16 @@ def test_create_api_token_for_an_unknown_user_fails_clearly():
     with pytest.raises(CommandError, match="No user 'ghost@example.com'"):
         call_command("create_api_token", "ghost@example.com", stdout=io.StringIO())
     assert not ApiToken.objects.exists()
+
+
+def test_create_api_token_grants_the_users_read_scope():
+    user = StaffFactory(email="hr@example.com")
+    call_command(
+        "create_api_token",
+        "hr@example.com",
+        "--scopes",
+        "users:read",
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
+    assert ApiToken.objects.get(user=user).scopes == ["users:read"]

@@ -18,7 +18,12 @@ class Command(BaseCommand):
             nargs="+",
             default=[ApiToken.Scope.TOOLS_READ, ApiToken.Scope.TOOLS_CALL],
             choices=ApiToken.Scope.values,
-            help="Scopes to grant (default: tools:read tools:call).",
+            help=(
+                "Scopes to grant (default: tools:read tools:call). tools:read lists tools and "
+                "reads the audit log; tools:call calls tools; hitl:respond answers human "
+                "requests; users:read reads managed users' profiles (salary, phone, address, "
+                "date of birth) through /api/users/, each read audited."
+            ),
         )
         parser.add_argument("--name", default="cli", help="A name to recognise the token by.")
         parser.add_argument("--expires-days", type=int, default=None, help="Expire after N days.")
