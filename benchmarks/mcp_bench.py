@@ -84,6 +84,10 @@ def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[s
     else:
         database = f"sqlite:///{tempfile.mkdtemp(prefix='qmcp-bench-')}/db.sqlite3"
     env = {
+        # One token from one address at thousands of calls a second: far over the default
+        # limits, which are for agents, not load tests. The limiter still counts every call.
+        "QMCP_RATELIMIT_TOKEN": "100000000/minute",
+        "QMCP_RATELIMIT_ADDRESS": "100000000/minute",
         **os.environ,
         "DATABASE_URL": database,
         "SECRET_KEY": secrets.token_urlsafe(32),

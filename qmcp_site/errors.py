@@ -20,6 +20,7 @@ HTTP_STATUS = {
     "payload_too_large": 413,
     "invalid_arguments": 422,
     "invalid": 422,
+    "rate_limited": 429,
     "tool_failed": 500,
     "internal_error": 500,
 }

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "qmcp_site.observability.RequestIdMiddleware",
+    "qmcp_site.ratelimit.RateLimitMiddleware",
     "qmcp_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -174,6 +175,16 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Rate limits ----------------------------------------------------------------------------
+# Requests allowed per API token and per client address on /mcp, /v1 and /api, and login
+# POSTs per address on /admin/login/, in the `limits` notation ("6000/minute", several joined
+# by ";"); empty turns one off. Over a limit: 429 with Retry-After. Counted in Redis when
+# there is one (shared by every worker), else in each process's memory.
+QMCP_RATELIMIT_TOKEN = os.environ.get("QMCP_RATELIMIT_TOKEN", "6000/minute")
+QMCP_RATELIMIT_ADDRESS = os.environ.get("QMCP_RATELIMIT_ADDRESS", "12000/minute")
+QMCP_RATELIMIT_LOGIN = os.environ.get("QMCP_RATELIMIT_LOGIN", "30/minute")
+QMCP_RATELIMIT_STORAGE = os.environ.get("QMCP_RATELIMIT_STORAGE", REDIS_URL or "memory://")
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
