@@ -8,6 +8,7 @@ Celery. ``DATABASE_URL``, ``REDIS_URL`` and ``CELERY_BROKER_URL`` switch to real
 import os
 import secrets
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -59,6 +60,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_prometheus",
+    "axes",
     "channels",
     "rest_framework",
     "ninja",
@@ -82,6 +84,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "qmcp_site.urls"
@@ -185,6 +189,24 @@ QMCP_RATELIMIT_TOKEN = os.environ.get("QMCP_RATELIMIT_TOKEN", "6000/minute")
 QMCP_RATELIMIT_ADDRESS = os.environ.get("QMCP_RATELIMIT_ADDRESS", "12000/minute")
 QMCP_RATELIMIT_LOGIN = os.environ.get("QMCP_RATELIMIT_LOGIN", "30/minute")
 QMCP_RATELIMIT_STORAGE = os.environ.get("QMCP_RATELIMIT_STORAGE", REDIS_URL or "memory://")
+
+# --- Login lockout (django-axes) -----------------------------------------------------------
+# After this many failed logins for one username from one address, that pair is locked out
+# of every password login (admin, reviewer pages, /api/auth/) for the cool-off, even with
+# the right password; a success resets the count. `manage.py axes_reset` unlocks everyone,
+# `axes_reset_username NAME` or `axes_reset_ip_username IP NAME` one.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("QMCP_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("QMCP_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The login forms post the email as "username", and Django's failure signal keeps that key.
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_USERNAME_CALLABLE = "qmcp_site.lockout.login_username"
+AXES_LOCKOUT_CALLABLE = "qmcp_site.lockout.login_locked_out"
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
