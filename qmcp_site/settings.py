@@ -247,6 +247,12 @@ NINJA_PAGINATION_PER_PAGE = 50
 # Largest request body accepted by the APIs and the MCP endpoint, in bytes.
 QMCP_MAX_BODY_BYTES = int(os.environ.get("QMCP_MAX_BODY_BYTES", str(1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = QMCP_MAX_BODY_BYTES
+# A client that reads none of its reply for this long (between one and two times it) is
+# disconnected, and what was buffered for it freed (see qmcp_site/slow_readers.py).
+QMCP_WRITE_TIMEOUT_SECONDS = float(os.environ.get("QMCP_WRITE_TIMEOUT_SECONDS", "30"))
+# The kernel's send buffer of each connection, in bytes (the kernel doubles it); 0 leaves
+# Linux's autotuning, which lets one connection hold up to 4 MB that no timeout sees.
+QMCP_SEND_BUFFER_BYTES = int(os.environ.get("QMCP_SEND_BUFFER_BYTES", str(256 * 1024)))
 # Seconds a worker keeps a tool policy in memory; other workers see a change within this.
 QMCP_POLICY_CACHE_SECONDS = float(os.environ.get("QMCP_POLICY_CACHE_SECONDS", "1"))
 # On PostgreSQL: whether the audit rows that the MCP endpoint writes in groups (those of

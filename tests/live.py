@@ -92,3 +92,37 @@ class LiveServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def process_rss(pid: int) -> int:
+    """The resident memory of a process, in bytes (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class NonReader:
+    """A client that sends one HTTP request and never reads the reply.
+
+    Its receive buffer is made small, so the reply piles up on the server's side.
+    """
+
+    def __init__(self, url: str, path: str, headers: dict[str, str], body: bytes):
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((host, int(port)))
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.sock.sendall(head.encode() + b"\r\n" + body)
+
+    @property
+    def dropped(self) -> bool:
+        """Whether the server has closed the connection (read nothing to find out)."""
+        state = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        return state != 1  # TCP_ESTABLISHED
+
+    def close(self) -> None:
+        self.sock.close()
