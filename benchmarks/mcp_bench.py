@@ -100,6 +100,16 @@ def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[s
     return database, env
 
 
+def qmcp_command(server: str, port: int) -> list[str]:
+    """The command that serves QMCP on ``port``: ``daphne``, or ``uvicorn`` (production's,
+    qmcp_site/serve.py)."""
+    if server == "uvicorn":
+        return [PYTHON, "-m", "qmcp_site.serve", "--host", "127.0.0.1", "--port", str(port)]
+    return [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)] + [
+        "qmcp_site.asgi:application"
+    ]
+
+
 def manage_shell(env: dict[str, str], code: str) -> list[str]:
     """Migrates, runs ``code`` in ``manage.py shell`` and returns the lines it printed."""
     subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
@@ -200,13 +210,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--postgres", help="admin URL of a PostgreSQL server to use for QMCP")
     parser.add_argument("--redis", help="REDIS_URL for QMCP's channel layer")
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     args = parser.parse_args()
 
     database, env = server_env(args.postgres, args.redis)
     token = prepare_qmcp(env)
     qmcp_port, sdk_port = free_port(), free_port()
-    qmcp_cmd = [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(qmcp_port)]
-    qmcp_cmd.append("qmcp_site.asgi:application")
+    qmcp_cmd = qmcp_command(args.server, qmcp_port)
     sdk_cmd = [PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
     servers = {
         "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),

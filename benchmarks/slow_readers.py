@@ -3,7 +3,7 @@ read it. Prints the server's resident memory before, at the peak, and after, and
 the connections the server dropped.
 
     .venv/bin/python benchmarks/slow_readers.py                   # 300 readers, daphne
-    .venv/bin/python benchmarks/slow_readers.py --readers 50 --write-timeout 5
+    .venv/bin/python benchmarks/slow_readers.py --readers 50 --write-timeout 5 --server uvicorn
 
 This is a soak script, not a test: it prints figures and asserts nothing (the bounded test
 is tests/e2e/test_slow_readers.py).
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mcp_bench import PYTHON, free_port, prepare_qmcp, run, server_env  # noqa: E402
+from mcp_bench import free_port, prepare_qmcp, qmcp_command, run, server_env  # noqa: E402
 
 from tests.live import NonReader, process_rss  # noqa: E402
 
@@ -63,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readers", type=int, default=300)
     parser.add_argument("--write-timeout", type=float, default=30)
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     parser.add_argument("--wait", type=float, default=0, help="seconds to watch (default 4x + 10)")
     args = parser.parse_args()
 
@@ -70,8 +71,7 @@ def main() -> None:
     secret = prepare_qmcp(env)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "qmcp_site.asgi:application"]
-    with run(cmd, env, f"{url}/health") as server:
+    with run(qmcp_command(args.server, port), env, f"{url}/health") as server:
         session = open_session(f"{url}/mcp", secret)
         headers = mcp_headers(secret, session)
         httpx.post(f"{url}/mcp", content=echo_body(), headers=headers).raise_for_status()
@@ -79,7 +79,7 @@ def main() -> None:
         readers = [NonReader(url, "/mcp", headers, echo_body(i)) for i in range(args.readers)]
         started, peak = time.monotonic(), before
         watch = args.wait or 4 * args.write_timeout + 10
-        print(f"{args.readers} readers, write timeout {args.write_timeout:g} s")
+        print(f"{args.server}, {args.readers} readers, write timeout {args.write_timeout:g} s")
         while time.monotonic() - started < watch:
             time.sleep(1)
             rss = process_rss(server.pid)

@@ -13,6 +13,11 @@ none did. A reader that reads slowly but steadily keeps its connection; one that
 dropped within one to two timeouts, its buffer is freed, and the freed heap is handed back
 to the system. The application sees an ordinary disconnect (``http.disconnect``).
 
+Under uvicorn (production, see the README), :class:`HttpToolsProtocol` does the same with
+asyncio's flow control: uvicorn already pauses the application's ``send`` while the
+transport's buffer is over its high-water mark, so a connection holds at most one message
+beyond it; the protocol adds the socket buffer cap and the drop.
+
 So a connection holds at most what the application wrote to it in the last two timeouts: one
 reply, whatever its size (a request body is capped by ``QMCP_MAX_BODY_BYTES``), or the
 events of an SSE stream over that time.
@@ -22,8 +27,10 @@ import ctypes
 import ctypes.util
 import logging
 import socket
+import struct
 
 from django.conf import settings
+from uvicorn.protocols.http import httptools_impl
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +51,7 @@ def install() -> None:
 
     def connectionMade(self):
         made(self)
-        size = settings.QMCP_SEND_BUFFER_BYTES
-        handle = getattr(self.transport, "getHandle", lambda: None)()
-        if size and isinstance(handle, socket.socket):
-            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        _cap_send_buffer(getattr(self.transport, "getHandle", lambda: None)())
 
     def pauseProducing(self):
         pause(self)
@@ -109,7 +113,7 @@ def _cancel(channel) -> None:
         channel._qmcp_stall = None
 
 
-def _trim_soon() -> None:
+def _trim_soon(call_later=None) -> None:
     """Hands freed heap memory back to the system a moment after readers were dropped.
 
     The memory of a dropped reply is freed, but glibc keeps freed heap pages in the process;
@@ -119,10 +123,12 @@ def _trim_soon() -> None:
     global _trim_pending
     if _trim_pending:
         return
-    from twisted.internet import reactor
+    if call_later is None:
+        from twisted.internet import reactor
 
+        call_later = reactor.callLater
     _trim_pending = True
-    reactor.callLater(1, _trim)
+    call_later(1, _trim)
 
 
 def _trim() -> None:
@@ -132,3 +138,65 @@ def _trim() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def _cap_send_buffer(sock) -> None:
+    size = settings.QMCP_SEND_BUFFER_BYTES
+    if size and sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError:  # not a TCP socket (a Unix socket, say)
+            pass
+
+
+class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
+    """uvicorn's httptools protocol that drops a client that reads nothing for
+    ``QMCP_WRITE_TIMEOUT_SECONDS`` (``uvicorn --http qmcp_site.slow_readers:HttpToolsProtocol``).
+    """
+
+    _stall = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        _cap_send_buffer(transport.get_extra_info("socket"))
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._mark = self.transport.get_write_buffer_size()
+            self._stall = self.loop.call_later(settings.QMCP_WRITE_TIMEOUT_SECONDS, self._check)
+
+    def resume_writing(self) -> None:
+        self._cancel_stall()
+        super().resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_stall()
+        super().connection_lost(exc)
+
+    def _check(self) -> None:
+        # The application is paused while the buffer is over its high-water mark, so a
+        # smaller buffer means bytes went out.
+        size = self.transport.get_write_buffer_size()
+        if size < self._mark:
+            self._mark = size
+            self._stall = self.loop.call_later(settings.QMCP_WRITE_TIMEOUT_SECONDS, self._check)
+            return
+        self._stall = None
+        logger.warning(
+            "Dropped a client that read nothing for %s s: %s",
+            settings.QMCP_WRITE_TIMEOUT_SECONDS,
+            self.client,
+        )
+        # A reset, as Twisted's abortConnection sends: a plain close would leave the unread
+        # bytes in the kernel, sent before the FIN that the client never reads up to.
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+        _trim_soon(self.loop.call_later)
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None

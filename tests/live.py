@@ -1,4 +1,5 @@
-"""A real QMCP server (daphne, in its own process) on the test database, for e2e tests."""
+"""A real QMCP server (daphne, or production's uvicorn, in its own process) on the test
+database, for e2e tests."""
 
 import os
 import signal
@@ -32,7 +33,8 @@ def database_url() -> str:
 
 
 class LiveServer:
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self, env: dict[str, str] | None = None, server: str = "daphne"):
+        self.server = server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -51,17 +53,12 @@ class LiveServer:
         return f"{self.url}/mcp"
 
     def start(self) -> "LiveServer":
+        if self.server == "uvicorn":  # production's
+            args = ["qmcp_site.serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        else:
+            args = ["daphne", "-b", "127.0.0.1", "-p", str(self.port), "qmcp_site.asgi:application"]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "qmcp_site.asgi:application",
-            ],
+            [sys.executable, "-m", *args],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,

@@ -1,5 +1,6 @@
-"""Clients that never read their replies are dropped by a live server, and its memory stays
-bounded (qmcp_site/slow_readers.py); one that reads slowly but steadily gets its reply."""
+"""Clients that never read their replies are dropped by a live server, daphne or uvicorn, and
+its memory stays bounded (qmcp_site/slow_readers.py); one that reads slowly but steadily
+gets its reply."""
 
 import json
 import socket
@@ -25,9 +26,9 @@ def echo_body(rpc_id: int) -> bytes:
     ).encode()
 
 
-@pytest.fixture
-def server():
-    server = LiveServer(env={"QMCP_WRITE_TIMEOUT_SECONDS": "2"}).start()
+@pytest.fixture(params=["daphne", "uvicorn"])
+def server(request):
+    server = LiveServer(env={"QMCP_WRITE_TIMEOUT_SECONDS": "2"}, server=request.param).start()
     yield server
     server.stop()
 
@@ -76,15 +77,26 @@ def slow_read(server: LiveServer, headers: dict[str, str]) -> dict:
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         sock.sendall(head.encode() + b"\r\n" + body)
         data, reads = b"", 0
-        # Daphne sends the reply chunked: it is complete at the empty last chunk.
-        while not data.endswith(b"\r\n0\r\n\r\n"):
+        while not complete(data):
             time.sleep(0.2)
             chunk = sock.recv(32768)
             assert chunk, "the server dropped a client that was reading"
             data += chunk
             reads += 1
     assert reads > 20  # the read took longer than twice the write timeout
-    return json.loads(dechunk(data.partition(b"\r\n\r\n")[2]))
+    head, _, body = data.partition(b"\r\n\r\n")
+    return json.loads(body if b"content-length" in head.lower() else dechunk(body))
+
+
+def complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole HTTP response, sized or chunked."""
+    head, found, body = data.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    for line in head.lower().split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return body.endswith(b"\r\n0\r\n\r\n")
 
 
 def dechunk(raw: bytes) -> bytes:
