@@ -87,6 +87,10 @@ def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[s
     else:
         database = f"sqlite:///{tempfile.mkdtemp(prefix='qmcp-bench-')}/db.sqlite3"
     env = {
+        # One token from one address at thousands of calls a second: far over the default
+        # limits, which are for agents, not load tests. The limiter still counts every call.
+        "QMCP_RATELIMIT_TOKEN": "100000000/minute",
+        "QMCP_RATELIMIT_ADDRESS": "100000000/minute",
         **os.environ,
         "DATABASE_URL": database,
         "SECRET_KEY": secrets.token_urlsafe(32),
@@ -97,6 +101,16 @@ def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[s
     if redis:
         env["REDIS_URL"] = redis
     return database, env
+
+
+def qmcp_command(server: str, port: int) -> list[str]:
+    """The command that serves QMCP on ``port``: ``daphne``, or ``uvicorn`` (production's,
+    qmcp_site/serve.py)."""
+    if server == "uvicorn":
+        return [PYTHON, "-m", "qmcp_site.serve", "--host", "127.0.0.1", "--port", str(port)]
+    return [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)] + [
+        "qmcp_site.asgi:application"
+    ]
 
 
 def manage_shell(env: dict[str, str], code: str) -> list[str]:
@@ -212,6 +226,7 @@ def main() -> None:
         metavar=("SERVER_CPU", "LOAD_CPU"),
         help="pin the servers (taskset) and this load process to different cores",
     )
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     args = parser.parse_args()
     pin: list[str] = []
     if args.pin:
@@ -221,8 +236,7 @@ def main() -> None:
     database, env = server_env(args.postgres, args.redis)
     token = prepare_qmcp(env)
     qmcp_port, sdk_port = free_port(), free_port()
-    qmcp_cmd = [*pin, PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(qmcp_port)]
-    qmcp_cmd.append("qmcp_site.asgi:application")
+    qmcp_cmd = [*pin, *qmcp_command(args.server, qmcp_port)]
     sdk_cmd = [*pin, PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
     servers = {
         "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),

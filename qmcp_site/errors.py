@@ -24,6 +24,7 @@ HTTP_STATUS = {
     "invalid_arguments": 422,
     "unstorable_value": 422,
     "invalid": 422,
+    "rate_limited": 429,
     "tool_failed": 500,
     "internal_error": 500,
 }

@@ -1,4 +1,5 @@
-"""A real QMCP server (daphne, in its own process) on the test database, for e2e tests."""
+"""A real QMCP server (daphne, or production's uvicorn, in its own process) on the test
+database, for e2e tests."""
 
 import os
 import signal
@@ -46,7 +47,8 @@ def live_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class LiveServer:
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self, env: dict[str, str] | None = None, server: str = "daphne"):
+        self.server = server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = live_env(env)
@@ -57,17 +59,12 @@ class LiveServer:
         return f"{self.url}/mcp"
 
     def start(self) -> "LiveServer":
+        if self.server == "uvicorn":  # production's
+            args = ["qmcp_site.serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        else:
+            args = ["daphne", "-b", "127.0.0.1", "-p", str(self.port), "qmcp_site.asgi:application"]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "qmcp_site.asgi:application",
-            ],
+            [sys.executable, "-m", *args],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,
@@ -179,3 +176,37 @@ class CeleryWorker:
             pass
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def process_rss(pid: int) -> int:
+    """The resident memory of a process, in bytes (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class NonReader:
+    """A client that sends one HTTP request and never reads the reply.
+
+    Its receive buffer is made small, so the reply piles up on the server's side.
+    """
+
+    def __init__(self, url: str, path: str, headers: dict[str, str], body: bytes):
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((host, int(port)))
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.sock.sendall(head.encode() + b"\r\n" + body)
+
+    @property
+    def dropped(self) -> bool:
+        """Whether the server has closed the connection (read nothing to find out)."""
+        state = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        return state != 1  # TCP_ESTABLISHED
+
+    def close(self) -> None:
+        self.sock.close()
