@@ -154,3 +154,19 @@ def test_a_reviewer_chooses_how_to_be_notified(client, reviewer):
     assert response.status_code == 302
     settings = ReviewerSettings.objects.get(user=reviewer)
     assert (settings.notify_via, settings.chat_format) == ("chat", "teams")
+
+
+def test_the_admin_index_links_to_the_queue_with_the_pending_count(client):
+    gated_delete()
+    gated_delete()
+    client.force_login(StaffFactory(is_superuser=True))
+    html = client.get("/admin/").content.decode()
+    assert 'id="hitl-queue-link"' in html
+    assert '<a href="/hitl/"><strong>2 pending requests</strong></a>' in html
+
+
+def test_the_admin_queue_shows_the_risk(client):
+    gated_delete()
+    client.force_login(StaffFactory(is_superuser=True))
+    html = client.get("/admin/hitl/humanrequest/").content.decode()
+    assert "badge-risk-high" in html and ">High</span>" in html
