@@ -23,8 +23,8 @@ migrate: venv
 run: migrate
 	@echo ""
 	@echo "QMCP on http://$(HOST):$(PORT)/  (admin /admin/, API docs /v1/docs, MCP /mcp)"
-	@echo "First admin:  $(BIN)/python manage.py createsuperuser   (with DJANGO_DEBUG=1 set)"
-	@echo "API token:    DJANGO_DEBUG=1 $(BIN)/python manage.py create_api_token you@example.com"
+	@echo "First run:    DJANGO_DEBUG=1 $(BIN)/python manage.py qmcp_demo   (admin, reviewer, agent token)"
+	@echo "Then follow the README's Quick start: one gated call, approved by the reviewer."
 	@echo ""
 	DJANGO_DEBUG=1 $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
