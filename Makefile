@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv run test lint migrate conformance clean
+.PHONY: venv run test lint migrate conformance clean screenshots
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ run: migrate
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# PNGs of the reviewer queue and a request page at 1400 and 375 px, in screenshots/.
+screenshots: venv
+	$(BIN)/python scripts/screenshots.py --out screenshots
 
 conformance: venv
 	bash .ci/conformance
