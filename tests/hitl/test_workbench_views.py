@@ -7,7 +7,9 @@ from django.contrib.messages import get_messages
 from hitl.models import HumanRequest, ReviewerSettings
 from tests.factories import StaffFactory, UserFactory, gated_delete, make_reviewer
 from tools.models import ToolInvocation, ToolPolicy
+from tools.services import tool_invoke, tool_policies_sync
 from users.models import User
+from users.principals import Principal
 
 pytestmark = pytest.mark.django_db
 
@@ -69,12 +71,9 @@ def test_a_bulk_approval_decides_each_request_on_its_own_and_reports_refusals(
 def test_the_edit_form_is_built_from_the_schema_and_runs_the_edited_call(
     client, reviewer, django_capture_on_commit_callbacks
 ):
-    ToolPolicy.objects.get_or_create(tool_name="update_user")
+    tool_policies_sync()
     ToolPolicy.objects.filter(tool_name="update_user").update(requires_approval=True)
     target = UserFactory(company="Acme")
-    from tools.services import tool_invoke
-    from users.principals import Principal
-
     invocation = tool_invoke(
         name="update_user",
         arguments={"user_id": target.pk, "company": "Initech"},
@@ -170,3 +169,22 @@ def test_the_admin_queue_shows_the_risk(client):
     client.force_login(StaffFactory(is_superuser=True))
     html = client.get("/admin/hitl/humanrequest/").content.decode()
     assert "badge-risk-high" in html and ">High</span>" in html
+
+
+def test_the_admin_confirmation_shows_risk_reason_and_preview(client):
+    tool_policies_sync()
+    ToolPolicy.objects.filter(tool_name="delete_user").update(risk_level="critical")
+    target = UserFactory()
+    invocation = tool_invoke(
+        name="delete_user",
+        arguments={"user_id": target.pk},
+        principal=Principal.for_user(StaffFactory()),
+        via="rest",
+        reason="Asked to leave.",
+    )
+    client.force_login(StaffFactory(is_superuser=True))
+    html = client.get(
+        f"/admin/hitl/humanrequest/{invocation.human_request.pk}/approve/"
+    ).content.decode()
+    assert "badge-risk-critical" in html and "(approving needs a comment)" in html
+    assert "“Asked to leave.”" in html and "Preview: Deletes " in html
