@@ -201,3 +201,15 @@ def test_the_trail_records_creation_and_the_decision():
         ("created", caller.pk, {}),
         ("decided", reviewer.pk, {"outcome": "rejected"}),
     ]
+
+
+def test_the_rest_api_shows_risk_reason_and_preview(api_for):
+    tool_policies_sync()
+    target = UserFactory()
+    call("delete_user", {"user_id": target.pk}, reason="Duplicate.")
+    client = api_for(StaffFactory(), ["tools:read"])
+    body = client.get("/v1/human/requests").json()
+    item = body["items"][0]
+    assert (item["risk_level"], item["reason"]) == ("high", "Duplicate.")
+    assert item["preview"]["facts"]["email"] == target.email
+    assert item["edited_arguments"] is None
