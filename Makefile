@@ -10,7 +10,7 @@ PORT ?= 8000
 
 WORKERS ?= 1
 
-.PHONY: venv run prod test lint migrate conformance clean
+.PHONY: venv run prod test lint migrate conformance clean screenshots
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,8 @@ migrate: venv
 run: migrate
 	@echo ""
 	@echo "QMCP on http://$(HOST):$(PORT)/  (admin /admin/, API docs /v1/docs, MCP /mcp)"
-	@echo "First admin:  $(BIN)/python manage.py createsuperuser   (with DJANGO_DEBUG=1 set)"
-	@echo "API token:    DJANGO_DEBUG=1 $(BIN)/python manage.py create_api_token you@example.com"
+	@echo "First run:    DJANGO_DEBUG=1 $(BIN)/python manage.py qmcp_demo   (admin, reviewer, agent token)"
+	@echo "Then follow the README's Quick start: one gated call, approved by the reviewer."
 	@echo ""
 	DJANGO_DEBUG=1 $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
@@ -38,6 +38,10 @@ prod: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# PNGs of the reviewer queue and a request page at 1400 and 375 px, in screenshots/.
+screenshots: venv
+	$(BIN)/python scripts/screenshots.py --out screenshots
 
 conformance: venv
 	bash .ci/conformance

@@ -19,7 +19,7 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
-from hitl.models import HumanRequest, HumanResponse
+from hitl.models import HumanRequest, HumanResponse, ReviewerSettings
 from hitl.services import (
     RESPOND_PERMISSION,
     human_request_reads_all,
@@ -29,6 +29,11 @@ from hitl.services import (
 from qmcp_site.errors import ApplicationError
 
 Decision = HumanResponse.Decision
+
+# The reviewer pages' badge colours (templates/hitl/base.html), white text at >= 6:1.
+RISK_COLOURS = {"low": "#1f5fa8", "medium": "#8a5300", "high": "#b03a00", "critical": "#6a1b9a"}
+# The admin index starts with a link to the reviewer queue and its pending count.
+admin.site.index_template = "hitl/admin/index.html"
 
 PENDING_FIRST = Case(
     When(status=HumanRequest.Status.PENDING, then=Value(0)),
@@ -105,20 +110,40 @@ class HumanRequestAdmin(admin.ModelAdmin):
         "status",
         "outcome",
         "tool",
+        "risk",
         "requester",
         "approvals",
         "created_at",
         "expires_at",
+        "page_link",
     )
-    list_filter = ("status", "kind", ToolNameFilter, ("created_by", RequesterFilter))
-    search_fields = ("title", "prompt", "invocation__tool_name", "created_by__email")
+    list_filter = (
+        "status",
+        "kind",
+        "risk_level",
+        ToolNameFilter,
+        ("created_by", RequesterFilter),
+    )
+    search_fields = ("title", "prompt", "reason", "invocation__tool_name", "created_by__email")
     date_hierarchy = "created_at"
     ordering = (PENDING_FIRST, "created_at")
     actions = ["approve_selected", "reject_selected"]
     inlines = [HumanResponseInline]
     fieldsets = (
         (None, {"fields": ("title", "kind", "status", "outcome", "answer", "approvals")}),
-        ("Call", {"fields": ("tool", "invocation_link", "requester", "arguments")}),
+        (
+            "Call",
+            {
+                "fields": (
+                    "tool",
+                    "risk_level",
+                    "invocation_link",
+                    "requester",
+                    "reason",
+                    "arguments",
+                )
+            },
+        ),
         (
             "Request",
             {
@@ -135,6 +160,8 @@ class HumanRequestAdmin(admin.ModelAdmin):
         ("Result", {"fields": ("invocation_status", "result", "error")}),
     )
     readonly_fields = (
+        "risk_level",
+        "reason",
         "title",
         "kind",
         "status",
@@ -199,6 +226,23 @@ class HumanRequestAdmin(admin.ModelAdmin):
         return False
 
     # Columns and read-only fields.
+
+    @admin.display(description="risk", ordering="risk_level")
+    def risk(self, obj):
+        if obj.kind != HumanRequest.Kind.APPROVAL:
+            return None
+        return format_html(
+            '<span class="badge badge-risk-{}" style="color: #fff; background: {}; '
+            'padding: 1px 6px; border-radius: 8px">{}</span>',
+            obj.risk_level,
+            RISK_COLOURS.get(obj.risk_level, "#505050"),
+            obj.get_risk_level_display(),
+        )
+
+    @admin.display(description="reviewer page")
+    def page_link(self, obj):
+        url = reverse("hitl:request", kwargs={"request_id": obj.pk})
+        return format_html('<a href="{}">open</a>', url)
 
     @admin.display(description="tool", ordering="invocation__tool_name")
     def tool(self, obj):
@@ -379,3 +423,13 @@ class HumanRequestAdmin(admin.ModelAdmin):
 
 def _requests(count: int) -> str:
     return f"{count} request" if count == 1 else f"{count} requests"
+
+
+@admin.register(ReviewerSettings)
+class ReviewerSettingsAdmin(admin.ModelAdmin):
+    """How each reviewer is notified; reviewers set their own on /hitl/settings/."""
+
+    list_display = ("user", "notify_via", "chat_format")
+    list_filter = ("notify_via",)
+    search_fields = ("user__email",)
+    autocomplete_fields = ("user",)

@@ -68,6 +68,10 @@ class HumanRequestOut(Schema):
     approvals: int
     approver_group: str | None
     invocation_id: UUID | None
+    risk_level: str
+    reason: str
+    preview: dict[str, Any] | None
+    edited_arguments: dict[str, Any] | None
     created_at: datetime
     expires_at: datetime
     decided_at: datetime | None

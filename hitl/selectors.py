@@ -77,3 +77,74 @@ def human_request_visible_get(*, principal: Principal, request_id) -> HumanReque
         # Reported as unknown, not as forbidden.
         raise ApplicationError(f"No human request '{request_id}'.", "not_found")
     return request
+
+
+# The queue's status filter: a request's status, or for a decided one its outcome.
+QUEUE_STATES = ("pending", "approved", "rejected", "answered", "expired", "cancelled")
+
+
+def human_request_search(
+    *,
+    tool: str = "",
+    requester: str = "",
+    risk: str = "",
+    state: str = "",
+    query: str = "",
+) -> QuerySet[HumanRequest]:
+    """:func:`human_request_list` narrowed for the reviewer queue, each annotated with its
+    ``approval_count``: by tool name, requester (email fragment), risk level, state (one of
+    QUEUE_STATES) and words found in the title, reason, prompt, tool or requester."""
+    if state and state not in QUEUE_STATES:
+        raise ApplicationError(
+            f"Unknown state '{state}'.", "bad_request", {"allowed": list(QUEUE_STATES)}
+        )
+    if risk and risk not in HumanRequest.Risk.values:
+        raise ApplicationError(
+            f"Unknown risk level '{risk}'.", "bad_request", {"allowed": HumanRequest.Risk.values}
+        )
+    qs = human_request_list()
+    if tool:
+        qs = qs.filter(invocation__tool_name=tool)
+    if requester:
+        qs = qs.filter(
+            Q(created_by__email__icontains=requester)
+            | Q(invocation__principal_label__icontains=requester)
+        )
+    if risk:
+        qs = qs.filter(risk_level=risk)
+    if state in HumanRequest.Outcome.values:
+        qs = qs.filter(status=HumanRequest.Status.RESPONDED, outcome=state)
+    elif state:
+        qs = qs.filter(status=state)
+    for word in query.split():
+        qs = qs.filter(
+            Q(title__icontains=word)
+            | Q(reason__icontains=word)
+            | Q(prompt__icontains=word)
+            | Q(invocation__tool_name__icontains=word)
+            | Q(created_by__email__icontains=word)
+        )
+    return qs.annotate(
+        approval_count=Count(
+            "responses", filter=Q(responses__decision=HumanResponse.Decision.APPROVE)
+        )
+    )
+
+
+def human_request_pending_count() -> int:
+    """How many requests wait for a decision (overdue ones are not counted)."""
+    from django.utils import timezone
+
+    return HumanRequest.objects.filter(
+        status=HumanRequest.Status.PENDING, expires_at__gt=timezone.now()
+    ).count()
+
+
+def human_request_tool_names() -> list[str]:
+    """The tools that have gated calls in the queue, for its filter."""
+    return list(
+        HumanRequest.objects.exclude(invocation=None)
+        .order_by("invocation__tool_name")
+        .values_list("invocation__tool_name", flat=True)
+        .distinct()
+    )

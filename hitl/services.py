@@ -463,3 +463,36 @@ def human_request_viewed(*, request: HumanRequest, user: User) -> None:
         request=request, kind=Event.VIEWED, actor=user
     ).exists():
         _trail(request, Event.VIEWED, user)
+
+
+def human_request_notified(*, request: HumanRequest, channel: str, to: list[str], event: str):
+    """Records in the trail that reviewers were told of ``event`` by ``channel``."""
+    _trail(request, Event.NOTIFIED, None, channel=channel, to=", ".join(to), event=event)
+
+
+def human_requests_warn_expiring() -> int:
+    """Tells reviewers, once per request, that a pending request expires within
+    ``QMCP_NOTIFY_EXPIRY_WARNING_SECONDS``; returns how many requests it warned of."""
+    from django.conf import settings
+
+    now = timezone.now()
+    soon = now + timedelta(seconds=settings.QMCP_NOTIFY_EXPIRY_WARNING_SECONDS)
+    due = HumanRequest.objects.filter(
+        status=Status.PENDING,
+        expiry_warned_at=None,
+        expires_at__gt=now,
+        expires_at__lte=soon,
+    )
+    count = 0
+    for request_id in due.values_list("pk", flat=True):
+        # The conditional update claims the warning: two beat runs never both send it.
+        if HumanRequest.objects.filter(pk=request_id, expiry_warned_at=None).update(
+            expiry_warned_at=now
+        ):
+            count += 1
+            transaction.on_commit(
+                lambda request_id=request_id: human_request_changed.send(
+                    sender=HumanRequest, request_id=request_id, event="expiring"
+                )
+            )
+    return count

@@ -7,6 +7,9 @@ app_name = "hitl"
 urlpatterns = [
     path("", views.queue, name="queue"),
     path("rows/", views.queue_rows, name="queue_rows"),
+    path("bulk/", views.queue_bulk, name="bulk"),
+    path("settings/", views.reviewer_settings, name="settings"),
     path("<uuid:request_id>/", views.request_detail, name="request"),
     path("<uuid:request_id>/respond/", views.request_respond, name="respond"),
+    path("<uuid:request_id>/extend/", views.request_extend, name="extend"),
 ]

@@ -322,3 +322,24 @@ QMCP_MCP_APPROVAL_WAIT_SECONDS = float(os.environ.get("QMCP_MCP_APPROVAL_WAIT_SE
 # Optional webhook told of created and decided requests; the body is signed with the secret.
 QMCP_WEBHOOK_URL = os.environ.get("QMCP_WEBHOOK_URL", "")
 QMCP_WEBHOOK_SECRET = os.environ.get("QMCP_WEBHOOK_SECRET", "")
+# Reviewer notifications (hitl/notifications.py): links point at QMCP_SITE_URL; chat goes to
+# the reviewer's own incoming webhook or this team one; "expiring" is sent this long before.
+QMCP_SITE_URL = os.environ.get("QMCP_SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+QMCP_CHAT_WEBHOOK_URL = os.environ.get("QMCP_CHAT_WEBHOOK_URL", "")
+QMCP_CHAT_FORMAT = os.environ.get("QMCP_CHAT_FORMAT", "slack")
+QMCP_NOTIFY_EXPIRY_WARNING_SECONDS = int(
+    os.environ.get("QMCP_NOTIFY_EXPIRY_WARNING_SECONDS", "300")
+)
+CELERY_BEAT_SCHEDULE["warn-expiring-human-requests"] = {
+    "task": "hitl.tasks.human_requests_warn_expiring",
+    "schedule": 60.0,
+}
+# Email: Django's console backend unless EMAIL_BACKEND (and EMAIL_HOST ...) say SMTP.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS")
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "qmcp@localhost")

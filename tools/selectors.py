@@ -1,7 +1,8 @@
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation, ToolPolicy
@@ -85,7 +86,11 @@ def invocation_get(*, principal: Principal, invocation_id: uuid.UUID | str) -> T
     return invocation
 
 
-def invocation_count_with_argument(*, key: str, value) -> int:
-    """How many recorded calls, of any tool, had ``arguments[key] == value`` (for previews:
-    "how many calls touched this user")."""
-    return ToolInvocation.objects.filter(**{f"arguments__{key}": value}).count()
+def invocation_count_with_argument(*, tools: list[str], key: str, value, days: int = 90) -> int:
+    """How many calls of ``tools`` in the last ``days`` had ``arguments[key] == value`` (for
+    previews: "how many calls touched this user"). The (tool_name, -created_at) index bounds
+    the rows read; the JSON key itself is not indexed."""
+    since = timezone.now() - timedelta(days=days)
+    return ToolInvocation.objects.filter(
+        tool_name__in=tools, created_at__gte=since, **{f"arguments__{key}": value}
+    ).count()

@@ -194,9 +194,15 @@ def user_facts(user: User) -> dict:
     }
 
 
+# The user tools that name a user by id; previews count their calls on the same user.
+USER_ID_TOOLS = ["get_user_by_id", "update_user", "delete_user"]
+
+
 def user_stats(user: User) -> dict:
     return {
-        "calls that touched this user": invocation_count_with_argument(key="user_id", value=user.pk)
+        "calls that touched this user (90 days)": invocation_count_with_argument(
+            tools=USER_ID_TOOLS, key="user_id", value=user.pk
+        )
     }
 
 

@@ -37,9 +37,23 @@ def test_a_gated_delete_stores_the_preview_of_the_user_it_deletes():
     )
     assert request.preview["facts"]["email"] == target.email
     assert request.preview["facts"]["company"] == "Acme"
-    assert request.preview["stats"] == {"calls that touched this user": 0}
+    assert request.preview["stats"] == {"calls that touched this user (90 days)": 0}
     assert request.title.startswith("Approve delete_user: Deletes ")
     assert request.risk_level == "high"
+
+
+def test_the_preview_counts_the_calls_that_touched_the_user():
+    tool_policies_sync()
+    target, other = UserFactory(), UserFactory()
+    caller = StaffFactory()
+    for user_id in (target.pk, target.pk, other.pk):
+        call("get_user_by_id", {"user_id": user_id}, caller)
+    call("echo", {"message": "user_id"}, caller)
+    first = call("delete_user", {"user_id": target.pk}, caller)
+    assert first.human_request.preview["stats"] == {"calls that touched this user (90 days)": 2}
+    second = call("delete_user", {"user_id": target.pk}, caller)
+    # The first gated delete counts too: it is a call on this user.
+    assert second.human_request.preview["stats"] == {"calls that touched this user (90 days)": 3}
 
 
 def test_a_delete_of_a_missing_user_is_refused_at_once_and_wakes_nobody():
@@ -201,3 +215,15 @@ def test_the_trail_records_creation_and_the_decision():
         ("created", caller.pk, {}),
         ("decided", reviewer.pk, {"outcome": "rejected"}),
     ]
+
+
+def test_the_rest_api_shows_risk_reason_and_preview(api_for):
+    tool_policies_sync()
+    target = UserFactory()
+    call("delete_user", {"user_id": target.pk}, reason="Duplicate.")
+    client = api_for(make_reviewer(), ["tools:read"])
+    body = client.get("/v1/human/requests").json()
+    item = body["items"][0]
+    assert (item["risk_level"], item["reason"]) == ("high", "Duplicate.")
+    assert item["preview"]["facts"]["email"] == target.email
+    assert item["edited_arguments"] is None
