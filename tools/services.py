@@ -532,6 +532,7 @@ def tool_invocation_run_approved(
             spec, _ = tool_call_check(name=invocation.tool_name, principal=principal, fresh=True)
             args = spec.parse_arguments(invocation.arguments)
         except ApplicationError as exc:
+            logger.warning("approved call %s not run: %s", invocation_id, exc.message)
             result = ToolResult.text(f"The approved call was not run: {exc.message}")
             result.is_error = True
             result.error = {**exc.as_dict(), "message": result.content[0]["text"]}
