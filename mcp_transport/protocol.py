@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from hitl.models import HumanRequest
 from hitl.services import human_request_cancel
 from mcp_transport import features
 from mcp_transport.models import McpEvent, McpSession, McpTask
@@ -27,8 +28,10 @@ from mcp_transport.sessions import (
     session_close,
     session_create,
     session_get,
+    session_is_open,
     session_update,
     stream_state,
+    stream_waiting_call,
     stream_waits_for,
 )
 from qmcp_site.errors import ApplicationError
@@ -78,15 +81,31 @@ class RpcError(Exception):
 
 
 class HttpFailure(Exception):
-    """The whole HTTP request fails: ``status`` with a JSON-RPC error body (id null)."""
+    """The whole HTTP request fails: ``status`` with a JSON-RPC error body.
 
-    def __init__(self, status: int, message: str, code: int = INVALID_REQUEST, headers=None):
+    The body carries ``rpc_id``, the id of the request when it could be read (see
+    :func:`readable_id`), and null otherwise.
+    """
+
+    def __init__(
+        self, status: int, message: str, code: int = INVALID_REQUEST, headers=None, rpc_id=None
+    ):
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
         self.headers = headers or {}
+        self.rpc_id = rpc_id
 
     def body(self) -> dict[str, Any]:
-        return rpc_error(None, self.code, self.message)
+        return rpc_error(self.rpc_id, self.code, self.message)
+
+
+def readable_id(payload: Any) -> Any:
+    """The id of a single JSON-RPC request, when it has a valid one; None otherwise."""
+    if isinstance(payload, dict):
+        rpc_id = payload.get("id")
+        if isinstance(rpc_id, (str, int)) and not isinstance(rpc_id, bool):
+            return rpc_id
+    return None
 
 
 def rpc_result(rpc_id: Any, result: dict[str, Any]) -> dict[str, Any]:
@@ -588,13 +607,15 @@ def authenticate(authorization: str) -> Principal:
         if user is not None:
             scopes = frozenset({ApiToken.Scope.TOOLS_READ, ApiToken.Scope.TOOLS_CALL})
             return Principal(user=user, scopes=scopes)
-    raise _unauthorized("Authentication required: send 'Authorization: Bearer <token>'.")
-
-
-def _unauthorized(message: str) -> HttpFailure:
-    return HttpFailure(
-        401, message, headers={"WWW-Authenticate": 'Bearer realm="qmcp", error="invalid_token"'}
+    raise _unauthorized(
+        "Authentication required: send 'Authorization: Bearer <token>'.", token_sent=False
     )
+
+
+def _unauthorized(message: str, token_sent: bool = True) -> HttpFailure:
+    # RFC 6750 section 3.1: a request without any token gets no error code.
+    challenge = 'Bearer realm="qmcp"' + (', error="invalid_token"' if token_sent else "")
+    return HttpFailure(401, message, headers={"WWW-Authenticate": challenge})
 
 
 def _header_version(headers: dict[str, str]) -> str:
@@ -679,8 +700,11 @@ def handle_post(
         if message.kind == "invalid":
             replies.append(rpc_error(None, INVALID_REQUEST, message.raw["error"]))
             continue
+        if message.kind == "notification" and message.method == "notifications/cancelled":
+            if session is not None:
+                call_withdraw(session=session, params=message.raw.get("params"))
         if message.kind != "request":
-            continue  # notifications and responses are routed by the consumer
+            continue  # other notifications and responses are routed by the consumer
         ex = Exchange(
             principal=principal,
             session=session,
@@ -738,6 +762,36 @@ def handle_post(
     return reply
 
 
+WITHDRAWN = "Withdrawn by the caller: the client cancelled the call before a reviewer decided."
+
+
+def call_withdraw(*, session: McpSession, params: Any) -> bool:
+    """Withdraws the approval request of a gated call that the client cancelled.
+
+    ``params`` are those of ``notifications/cancelled``; its ``requestId`` names a
+    tools/call of this session that waits for approval. The request and the call end
+    ``cancelled`` (the queue pages are told), a later decision is refused, and the tool never
+    runs. False when there is no such waiting call (it ended, or never waited): a
+    cancellation that arrives late is ignored, as the protocol says.
+    """
+    if not isinstance(params, dict):
+        return False
+    rpc_id = params.get("requestId")
+    if isinstance(rpc_id, bool) or not isinstance(rpc_id, (str, int)):
+        return False
+    invocation_id = stream_waiting_call(session_id=session.pk, rpc_id=rpc_id)
+    if invocation_id is None:
+        return False
+    request = HumanRequest.objects.filter(invocation_id=invocation_id).first()
+    if request is None or not request.is_pending:
+        return False
+    try:
+        human_request_cancel(request_id=request.pk, reason=WITHDRAWN)
+    except ApplicationError:  # decided in the meantime
+        return False
+    return True
+
+
 def stream_finish_if_decided(*, session_id: str, stream_id: str) -> McpEvent | None:
     """The final event of a stream that waits for a gated call, once the call has ended.
 
@@ -782,6 +836,7 @@ class GetReply:
     last_seq: int = 0
     complete: bool = False
     waits_for: Any = None  # the gated invocation a waiting stream ends with
+    subscriptions: list[str] = field(default_factory=list)  # of the session's own stream
 
 
 def handle_get(*, headers: dict[str, str]) -> GetReply:
@@ -790,7 +845,7 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
     session, _ = session_and_principal(headers)
     last_event_id = headers.get("last-event-id")
     if not last_event_id:
-        return GetReply(session_id=session.pk)
+        return GetReply(session_id=session.pk, subscriptions=list(session.subscriptions))
     parsed = parse_event_id(last_event_id)
     if parsed is None:
         raise HttpFailure(400, "Bad Request: malformed Last-Event-ID.")
@@ -809,6 +864,20 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
     )
 
 
-def handle_delete(*, headers: dict[str, str]) -> None:
+def handle_delete(*, headers: dict[str, str]) -> str:
+    """Closes the request's session; its id, so its streams can be told."""
     session, _ = session_and_principal(headers)
     session_close(session=session)
+    return session.pk
+
+
+def stream_catch_up(
+    *, session_id: str, stream_id: str, seq: int, finish: bool
+) -> tuple[list[McpEvent], bool]:
+    """A resumed stream's stored events after ``seq`` (storing a decided wait's answer first
+    when ``finish``), and whether its session is still open."""
+    if not session_is_open(session_id=session_id):
+        return [], False
+    if finish:
+        stream_finish_if_decided(session_id=session_id, stream_id=stream_id)
+    return events_after(session_id=session_id, stream_id=stream_id, seq=seq), True

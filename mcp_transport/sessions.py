@@ -11,6 +11,7 @@ from django.utils import timezone
 from mcp_transport.models import McpEvent, McpSession
 from qmcp_site.errors import ApplicationError
 from qmcp_site.rawjoin import columns, fetch_one
+from tools.models import ToolInvocation
 from users.models import ApiToken, User, hash_token
 from users.principals import Principal
 from users.services import api_token_principal
@@ -167,6 +168,23 @@ def session_close(*, session: McpSession) -> None:
         _AUTH_CACHE.pop(key, None)
 
 
+def session_open_subscriptions(*, session_id: str) -> list[str] | None:
+    """The subscribed URIs of an open session; None once it is closed, deleted or expired."""
+    found = (
+        McpSession.objects.filter(
+            id=session_id, closed_at__isnull=True, expires_at__gt=timezone.now()
+        )
+        .values_list("subscriptions", flat=True)
+        .first()
+    )
+    return None if found is None else list(found)
+
+
+def session_is_open(*, session_id: str) -> bool:
+    """Whether the session exists, is not closed and has not expired."""
+    return session_open_subscriptions(session_id=session_id) is not None
+
+
 def session_update(*, session: McpSession, **fields) -> None:
     for name, value in fields.items():
         setattr(session, name, value)
@@ -247,3 +265,15 @@ def stream_waits_for(*, session_id: str, stream_id: str):
         .values_list("invocation_id", flat=True)
         .first()
     )
+
+
+def stream_waiting_call(*, session_id: str, rpc_id):
+    """The gated invocation that the session's request ``rpc_id`` waits for, if any."""
+    heads = McpEvent.objects.filter(
+        session_id=session_id, invocation__status=ToolInvocation.Status.AWAITING_APPROVAL
+    )
+    for invocation_id, stored_id in heads.values_list("invocation_id", "rpc_id"):
+        # JSON ids compare by type too: request 1 is not request "1".
+        if stored_id == rpc_id and type(stored_id) is type(rpc_id):
+            return invocation_id
+    return None

@@ -262,6 +262,7 @@ QMCP_MCP_SSE_RETRY_MS = int(os.environ.get("QMCP_MCP_SSE_RETRY_MS", "500"))
 # --- Human in the loop ----------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE = {
     "expire-human-requests": {"task": "hitl.tasks.human_requests_expire", "schedule": 30.0},
+    "purge-mcp-sessions": {"task": "mcp_transport.tasks.sessions_purge", "schedule": 3600.0},
 }
 # A plain tools/call of a gated tool keeps its SSE stream open this long (below the common
 # 60 s client timeout); then the stream closes for a Last-Event-ID resume, or, for clients

@@ -289,7 +289,7 @@ def test_a_used_session_is_extended(mcp):
 
 
 def test_delete_closes_the_session(mcp):
-    assert handle_delete(headers=mcp.headers()) is None
+    assert handle_delete(headers=mcp.headers()) == mcp.session().pk
     assert mcp.session().closed_at is not None
     for call in (
         lambda: mcp.post(rpc("ping")),
