@@ -36,13 +36,11 @@ from mcp_transport.protocol import (
     rpc_result,
     tool_call_result,
 )
-from mcp_transport.sessions import events_store, session_open_subscriptions
+from mcp_transport.sessions import events_store, session_is_open
 from mcp_transport.streams import (
-    Listener,
     call_group,
     call_key,
     invocation_group,
-    resource_group,
     session_group,
     sse_frame,
     stream_group,
@@ -65,7 +63,6 @@ CLIENT_REQUEST_TIMEOUT = 300
 # a detached wait may last at most (beyond any approval timeout).
 RECHECK_SECONDS = 10
 APPROVAL_WAIT_LIMIT = 8 * 3600
-SUBSCRIPTION_METHODS = ("resources/subscribe", "resources/unsubscribe")
 _SERVER_REQUEST_ID = re.compile(r"^([0-9a-f]{20})\.\d+$")
 
 
@@ -516,15 +513,12 @@ class McpConsumer(AsyncHttpConsumer):
         if not session_id:
             return
         layer = get_channel_layer()
-        subscriptions_changed = False
         for raw in payload if isinstance(payload, list) else [payload]:
             try:
                 message = protocol.classify(raw)
             except RpcError:
                 continue
-            if message.kind == "request" and message.method in SUBSCRIPTION_METHODS:
-                subscriptions_changed = True
-            elif message.kind == "response":
+            if message.kind == "response":
                 match = _SERVER_REQUEST_ID.match(str(raw.get("id")))
                 if match:
                     await layer.group_send(
@@ -541,38 +535,39 @@ class McpConsumer(AsyncHttpConsumer):
                         call_group(session_id, call_key(params["requestId"])),
                         {"type": "mcp.cancel"},
                     )
-        if subscriptions_changed:
-            # The session's GET stream, on whatever worker, re-reads what to listen to.
-            await layer.group_send(session_group(session_id), {"type": "mcp.subscriptions"})
 
     async def handle_get(self, headers: dict[str, str]):
         if not _accepts(headers.get("accept", ""), "text/event-stream"):
             raise HttpFailure(406, "Not Acceptable: Accept must include text/event-stream.")
         reply = await database_sync_to_async(protocol.handle_get)(headers=headers)
         await self.start_sse({"mcp-session-id": reply.session_id})
-        if reply.stream_id is None:
-            self.spawn(
-                self.session_stream(reply.session_id, reply.subscriptions), keep_running=False
-            )
-            return
         for event_id, data, _ in reply.events:
             await self.send_body(sse_frame(event_id, data), more_body=True)
-        if reply.complete:
-            await self.send_body(b"", more_body=False)
+        if reply.stream_id is None:
+            stream = self.session_stream(reply.session_id)
+        elif not reply.complete:
+            stream = self.follow(reply.session_id, reply.stream_id, reply.last_seq, reply.waits_for)
         else:
-            self.spawn(
-                self.follow(reply.session_id, reply.stream_id, reply.last_seq, reply.waits_for),
-                keep_running=False,
-            )
+            await self.send_body(b"", more_body=False)
+            return
+        self.spawn(self.counted(stream, reply.principal), keep_running=False)
 
-    async def session_stream(self, session_id: str, subscriptions: list[str]):
+    async def counted(self, stream, principal) -> None:
+        """Runs an open GET stream; counts it down when it ends, however it ends."""
+        try:
+            await stream
+        finally:
+            closed = database_sync_to_async(protocol.stream_closed)(principal=principal)
+            await asyncio.shield(closed)
+
+    async def session_stream(self, session_id: str):
         """The session's own stream: ``notifications/resources/updated`` for its
-        subscriptions, and comments that keep proxies from closing it.
+        subscriptions (pushed to the session's group, see mcp_transport.receivers), and
+        comments that keep proxies from closing it.
 
         It ends when the session is closed, deleted or expires (told by push from a DELETE,
         seen by a re-read at each keepalive otherwise), and after ``STREAM_MAX_SECONDS``.
         """
-        listener = Listener()
         first = True
         await self.send_body(b": connected\n\n", more_body=True)
 
@@ -580,40 +575,27 @@ class McpConsumer(AsyncHttpConsumer):
             nonlocal first
             kind = message["type"] if message else None
             if kind == "mcp.resource.updated":
-                if message["uri"] in subscriptions:
-                    update = protocol.notification(
-                        "notifications/resources/updated", {"uri": message["uri"]}
-                    )
-                    await self.send_body(sse_frame(None, json.dumps(update)), more_body=True)
+                update = protocol.notification(
+                    "notifications/resources/updated", {"uri": message["uri"]}
+                )
+                await self.send_body(sse_frame(None, json.dumps(update)), more_body=True)
                 return None
             if kind == "mcp.session.ended":
                 return True
             if first:  # handle_get has just read the session
                 first = False
                 return None
-            # A quiet period, or the subscriptions changed: re-read the session.
-            current = await database_sync_to_async(session_open_subscriptions)(
-                session_id=session_id
-            )
-            if current is None:
+            if not await database_sync_to_async(session_is_open)(session_id=session_id):
                 return True
-            await listener.leave(resource_group(u) for u in set(subscriptions) - set(current))
-            await listener.join(resource_group(u) for u in current)
-            subscriptions[:] = current
-            if kind is None:
-                await self.send_body(b": keepalive\n\n", more_body=True)
+            await self.send_body(b": keepalive\n\n", more_body=True)
             return None
 
-        try:
-            await wait_for(
-                groups=[session_group(session_id), *(resource_group(u) for u in subscriptions)],
-                check=check,
-                recheck=KEEPALIVE_SECONDS,
-                limit_seconds=STREAM_MAX_SECONDS,
-                listener=listener,
-            )
-        finally:
-            await listener.discard()
+        await wait_for(
+            groups=[session_group(session_id)],
+            check=check,
+            recheck=KEEPALIVE_SECONDS,
+            limit_seconds=STREAM_MAX_SECONDS,
+        )
         await self.send_body(b"", more_body=False)
 
     async def follow(self, session_id: str, stream_id: str, last_seq: int, waits_for=None):

@@ -17,6 +17,19 @@ from django.db import IntegrityError, transaction
 from hitl.models import HumanRequest
 from hitl.services import human_request_cancel
 from mcp_transport import features
+from mcp_transport.jsonrpc import (  # noqa: F401  (the codes are part of this module's API)
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    RESOURCE_NOT_FOUND,
+    RpcError,
+    notification,
+    rpc_error,
+    rpc_error_for,
+    rpc_result,
+)
 from mcp_transport.models import McpEvent, McpSession, McpTask
 from mcp_transport.sessions import (
     SessionNotFound,
@@ -33,6 +46,8 @@ from mcp_transport.sessions import (
     stream_state,
     stream_waiting_call,
     stream_waits_for,
+    streams_open,
+    tasks_owned,
 )
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
@@ -64,21 +79,6 @@ TOOLS_PAGE_SIZE = 50
 TASKS_VERSION = "2025-11-25"
 TASK_POLL_INTERVAL_MS = 2000
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-RESOURCE_NOT_FOUND = -32002
-
-
-class RpcError(Exception):
-    """A JSON-RPC error for one request."""
-
-    def __init__(self, code: int, message: str, data: Any = None):
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
-
 
 class HttpFailure(Exception):
     """The whole HTTP request fails: ``status`` with a JSON-RPC error body.
@@ -106,21 +106,6 @@ def readable_id(payload: Any) -> Any:
         if isinstance(rpc_id, (str, int)) and not isinstance(rpc_id, bool):
             return rpc_id
     return None
-
-
-def rpc_result(rpc_id: Any, result: dict[str, Any]) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": rpc_id, "result": result}
-
-
-def rpc_error(rpc_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    return {"jsonrpc": "2.0", "id": rpc_id, "error": error}
-
-
-def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "method": method, "params": params}
 
 
 # --- Per-request state ----------------------------------------------------------------------
@@ -387,11 +372,7 @@ def task_of(invocation: ToolInvocation, ttl: int | None) -> dict[str, Any]:
 
 def _task(ex: Exchange, params: dict) -> McpTask:
     task_id = _require(params, "taskId", str)
-    found = (
-        McpTask.objects.select_related("invocation")
-        .filter(invocation_id=_uuid_or_none(task_id), session__user=ex.principal.user)
-        .first()
-    )
+    found = tasks_owned(principal=ex.principal).filter(invocation_id=_uuid_or_none(task_id)).first()
     if found is None:
         raise RpcError(INVALID_PARAMS, f"Invalid params: unknown task '{task_id}'.")
     return found
@@ -422,9 +403,7 @@ def handle_tasks_result(ex: Exchange, params: dict) -> dict | None:
 
 def handle_tasks_list(ex: Exchange, params: dict) -> dict:
     cursor = _require(params, "cursor", str, optional=True)
-    tasks = list(
-        McpTask.objects.select_related("invocation").filter(session__user=ex.principal.user)[:500]
-    )
+    tasks = list(tasks_owned(principal=ex.principal)[:500])
     page, next_cursor = _page(tasks, cursor, TOOLS_PAGE_SIZE)
     result: dict[str, Any] = {"tasks": [task_of(t.invocation, t.ttl_ms) for t in page]}
     if next_cursor:
@@ -433,6 +412,7 @@ def handle_tasks_list(ex: Exchange, params: dict) -> dict:
 
 
 def handle_tasks_cancel(ex: Exchange, params: dict) -> dict:
+    ex.principal.require_scope(ApiToken.Scope.TOOLS_CALL)
     task = _task(ex, params)
     invocation = task.invocation
     if invocation.is_final:
@@ -464,8 +444,21 @@ def handle_resources_read(ex: Exchange, params: dict) -> dict:
         raise
 
 
+MAX_URI_LENGTH = 2048
+
+
 def handle_resources_subscribe(ex: Exchange, params: dict) -> dict:
     uri = _require(params, "uri", str)
+    if len(uri) > MAX_URI_LENGTH:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: 'uri' is over {MAX_URI_LENGTH} chars.")
+    limit = settings.QMCP_MCP_MAX_SUBSCRIPTIONS
+    if uri not in ex.session.subscriptions and len(ex.session.subscriptions) >= limit:
+        raise RpcError(
+            INVALID_REQUEST,
+            f"This session already has {limit} subscriptions, the most allowed; "
+            "unsubscribe from one first.",
+            {"limit": limit},
+        )
     if uri not in ex.session.subscriptions:
         session_update(session=ex.session, subscriptions=[*ex.session.subscriptions, uri])
     return {}
@@ -550,7 +543,7 @@ def handle_request(ex: Exchange, method: str, params: Any) -> dict[str, Any] | N
     except RpcError as exc:
         return rpc_error(ex.rpc_id, exc.code, exc.message, exc.data)
     except ApplicationError as exc:
-        return rpc_error(ex.rpc_id, INVALID_PARAMS, exc.message, exc.as_dict())
+        return rpc_error_for(ex.rpc_id, exc)
     if result is None:
         return None
     return rpc_result(ex.rpc_id, result)
@@ -836,16 +829,21 @@ class GetReply:
     last_seq: int = 0
     complete: bool = False
     waits_for: Any = None  # the gated invocation a waiting stream ends with
-    subscriptions: list[str] = field(default_factory=list)  # of the session's own stream
+    principal: Principal | None = None  # whose open stream this is, when it stays open
 
 
 def handle_get(*, headers: dict[str, str]) -> GetReply:
-    """Opens the session's own stream, or resumes a stream after ``Last-Event-ID``."""
+    """Opens the session's own stream, or resumes a stream after ``Last-Event-ID``.
+
+    A stream that stays open counts against the token's ``QMCP_MCP_MAX_STREAMS`` (429 past
+    it); the consumer calls :func:`stream_closed` with ``GetReply.principal`` when it ends.
+    """
     _header_version(headers)
-    session, _ = session_and_principal(headers)
+    session, principal = session_and_principal(headers)
     last_event_id = headers.get("last-event-id")
     if not last_event_id:
-        return GetReply(session_id=session.pk, subscriptions=list(session.subscriptions))
+        _stream_opened(principal)
+        return GetReply(session_id=session.pk, principal=principal)
     parsed = parse_event_id(last_event_id)
     if parsed is None:
         raise HttpFailure(400, "Bad Request: malformed Last-Event-ID.")
@@ -854,7 +852,10 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
     if not exists:
         raise HttpFailure(404, "Unknown Last-Event-ID: no such stream in this session.")
     events = events_after(session_id=session.pk, stream_id=stream_id, seq=seq)
+    if not complete:
+        _stream_opened(principal)
     return GetReply(
+        principal=principal,
         session_id=session.pk,
         stream_id=stream_id,
         events=[(e.event_id, e.data, e.final) for e in events],
@@ -862,6 +863,23 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
         complete=complete,
         waits_for=stream_waits_for(session_id=session.pk, stream_id=stream_id),
     )
+
+
+def _stream_opened(principal: Principal) -> None:
+    limit = settings.QMCP_MCP_MAX_STREAMS
+    if streams_open(principal=principal, delta=1) > limit:
+        streams_open(principal=principal, delta=-1)
+        raise HttpFailure(
+            429,
+            f"Too many open streams: this token already has {limit} open GET streams; "
+            "close one first.",
+            headers={"Retry-After": "30"},
+        )
+
+
+def stream_closed(*, principal: Principal) -> None:
+    """Counts down an open stream of ``principal`` (see handle_get)."""
+    streams_open(principal=principal, delta=-1)
 
 
 def handle_delete(*, headers: dict[str, str]) -> str:

@@ -1,7 +1,7 @@
 """Pushes changes to the MCP streams that wait for them, on any worker.
 
 The end of a gated call goes to the streams waiting for it; a change of an invocation or of
-the tool policies goes to the sessions subscribed to its resource
+the tool policies goes to the GET streams of the sessions subscribed to its resource
 (``qmcp://invocations/{id}``, ``qmcp://tools``), which send ``notifications/resources/updated``.
 """
 
@@ -15,7 +15,8 @@ from django.dispatch import receiver
 
 from hitl.models import HumanRequest
 from hitl.signals import human_request_changed
-from mcp_transport.streams import invocation_group, resource_group
+from mcp_transport.sessions import sessions_subscribed
+from mcp_transport.streams import invocation_group, session_group
 from tools.models import ToolInvocation, ToolPolicy
 from tools.signals import invocation_finished
 
@@ -36,8 +37,13 @@ def _push(group: str, message: dict) -> None:
 
 
 def resource_updated(uri: str) -> None:
-    """Tells the sessions subscribed to ``uri`` that it changed."""
-    _push(resource_group(uri), {"type": "mcp.resource.updated", "uri": uri})
+    """Tells the GET streams of the sessions subscribed to ``uri`` that it changed.
+
+    The subscriptions are read from the rows, so a subscription made on any worker counts
+    from the moment its request was answered.
+    """
+    for session_id in sessions_subscribed(uri=uri):
+        _push(session_group(session_id), {"type": "mcp.resource.updated", "uri": uri})
 
 
 @receiver(invocation_finished, sender=ToolInvocation, dispatch_uid="mcp_invocation_finished")

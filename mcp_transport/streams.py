@@ -53,13 +53,8 @@ def invocation_group(invocation_id) -> str:
 
 
 def session_group(session_id: str) -> str:
-    """The group of a session's own GET stream: subscription changes and the session's end."""
+    """The group of a session's own GET stream: its resource updates and the session's end."""
     return f"mcp.session.{session_id}"
-
-
-def resource_group(uri: str) -> str:
-    """The group told when the resource ``uri`` changes (``notifications/resources/updated``)."""
-    return f"mcp.resource.{_key(uri)}"
 
 
 class Listener:

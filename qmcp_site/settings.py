@@ -258,6 +258,13 @@ QMCP_AUTH_CACHE_SECONDS = float(os.environ.get("QMCP_AUTH_CACHE_SECONDS", "1"))
 QMCP_MCP_ANONYMOUS_USER = os.environ.get("QMCP_MCP_ANONYMOUS_USER", "")
 # Milliseconds a client should wait before reconnecting to a closed SSE stream.
 QMCP_MCP_SSE_RETRY_MS = int(os.environ.get("QMCP_MCP_SSE_RETRY_MS", "500"))
+# Bounds per token (or per user, without a token): open sessions, open GET streams (counted
+# in the cache, so across workers with Redis), the JSON a session stores (clientInfo,
+# capabilities) and its resource subscriptions.
+QMCP_MCP_MAX_SESSIONS = int(os.environ.get("QMCP_MCP_MAX_SESSIONS", "100"))
+QMCP_MCP_MAX_STREAMS = int(os.environ.get("QMCP_MCP_MAX_STREAMS", "10"))
+QMCP_MCP_MAX_SESSION_BYTES = int(os.environ.get("QMCP_MCP_MAX_SESSION_BYTES", "8192"))
+QMCP_MCP_MAX_SUBSCRIPTIONS = int(os.environ.get("QMCP_MCP_MAX_SUBSCRIPTIONS", "100"))
 
 # --- Human in the loop ----------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE = {
