@@ -111,6 +111,12 @@ class Stream:
         final = response and self.pending == 0
         seq, data = self.next_seq, json.dumps(message)
         self.next_seq += 1
+        if not self.session_id:  # a 2026 request: nothing to resume, so nothing stored
+            if self.attached and not self.consumer.client_gone:
+                await self.consumer.send_body(sse_frame(None, data), more_body=not final)
+            if final:
+                self.attached = False
+            return
         await database_sync_to_async(events_store)(
             session_id=self.session_id, stream_id=self.stream_id, events=[(seq, data, final)]
         )
@@ -242,9 +248,10 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
         invocation=continuation.invocation, result=result, duration=time.perf_counter() - started
     )
     version = stream.consumer.protocol_version
-    await stream.send(
-        rpc_result(continuation.rpc_id, tool_call_result(invocation, version)), response=True
-    )
+    result = tool_call_result(invocation, version)
+    if version == protocol.STATELESS_VERSION:
+        result = protocol.stateless_result("tools/call", result)
+    await stream.send(rpc_result(continuation.rpc_id, result), response=True)
 
 
 async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
@@ -271,14 +278,23 @@ async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
     )
 
     async def check(message) -> bool | None:
-        final = await database_sync_to_async(protocol.stream_finish_if_decided)(
-            session_id=stream.session_id, stream_id=stream.stream_id
-        )
-        if final is not None:
-            await stream.deliver_final(final)
-            return True
+        if not stream.session_id:  # a 2026 request: the answer goes out on this stream only
+            reply = await database_sync_to_async(protocol.call_result_if_final)(
+                invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
+            )
+            if reply is not None:
+                await stream.send(reply, response=True)
+                return True
+        else:
+            final = await database_sync_to_async(protocol.stream_finish_if_decided)(
+                session_id=stream.session_id, stream_id=stream.stream_id
+            )
+            if final is not None:
+                await stream.deliver_final(final)
+                return True
         if time.monotonic() >= deadline and stream.attached:
-            if version < protocol.TASKS_VERSION:
+            # A client that cannot resume (old, or sessionless) gets "pending approval".
+            if version < protocol.TASKS_VERSION or not stream.session_id:
                 reply = await database_sync_to_async(protocol.pending_result)(
                     invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
                 )

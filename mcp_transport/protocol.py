@@ -17,6 +17,20 @@ from django.db import IntegrityError, transaction
 from hitl.models import HumanRequest
 from hitl.services import human_request_cancel
 from mcp_transport import features
+from mcp_transport.http import (  # noqa: F401  (HttpFailure is part of this module's API)
+    ALL_VERSIONS,
+    META_CLIENT_INFO,
+    META_LOG_LEVEL,
+    META_SERVER_INFO,
+    STATELESS_VERSION,
+    HttpFailure,
+    check_routing_headers,
+    check_stateless,
+    is_stateless,
+    legacy_header_version,
+    method_not_found,
+    readable_id,
+)
 from mcp_transport.jsonrpc import (  # noqa: F401  (the codes are part of this module's API)
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -80,34 +94,6 @@ TASKS_VERSION = "2025-11-25"
 TASK_POLL_INTERVAL_MS = 2000
 
 
-class HttpFailure(Exception):
-    """The whole HTTP request fails: ``status`` with a JSON-RPC error body.
-
-    The body carries ``rpc_id``, the id of the request when it could be read (see
-    :func:`readable_id`), and null otherwise.
-    """
-
-    def __init__(
-        self, status: int, message: str, code: int = INVALID_REQUEST, headers=None, rpc_id=None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-        self.headers = headers or {}
-        self.rpc_id = rpc_id
-
-    def body(self) -> dict[str, Any]:
-        return rpc_error(self.rpc_id, self.code, self.message)
-
-
-def readable_id(payload: Any) -> Any:
-    """The id of a single JSON-RPC request, when it has a valid one; None otherwise."""
-    if isinstance(payload, dict):
-        rpc_id = payload.get("id")
-        if isinstance(rpc_id, (str, int)) and not isinstance(rpc_id, bool):
-            return rpc_id
-    return None
-
-
 # --- Per-request state ----------------------------------------------------------------------
 
 
@@ -137,7 +123,7 @@ class ApprovalWait:
 class Outbound:
     """Shapes the notifications of one request: log level filter and progress token."""
 
-    log_level: str = "info"
+    log_level: str | None = "info"  # None: no log messages (a 2026 request without logLevel)
     progress_token: Any = None
 
     def shape(self, method: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -148,6 +134,8 @@ class Outbound:
             params = {"progressToken": self.progress_token, **params}
         elif method == "notifications/message":
             level = params.get("level", "info")
+            if self.log_level is None:
+                return None
             if level not in LOG_LEVELS or LOG_LEVELS.index(level) < LOG_LEVELS.index(
                 self.log_level
             ):
@@ -202,20 +190,41 @@ def handle_initialize(ex: Exchange, params: dict) -> dict:
     ex.protocol_version = version
     return {
         "protocolVersion": version,
-        "capabilities": {
-            "tools": {"listChanged": False},
-            "resources": {"subscribe": True, "listChanged": False},
-            "prompts": {"listChanged": False},
-            "logging": {},
-            "completions": {},
-            **(
-                {"tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
-                if version >= TASKS_VERSION
-                else {}
-            ),
-        },
+        "capabilities": server_capabilities(version),
         "serverInfo": SERVER_INFO,
         "instructions": INSTRUCTIONS,
+    }
+
+
+def server_capabilities(version: str) -> dict[str, Any]:
+    """What QMCP serves in ``version``, derived from that era's method table."""
+    methods = STATELESS_METHODS if version == STATELESS_VERSION else METHODS
+    capabilities: dict[str, Any] = {}
+    if "tools/list" in methods:
+        capabilities["tools"] = {"listChanged": False}
+    if "resources/list" in methods:
+        capabilities["resources"] = {"listChanged": False}
+        if "resources/subscribe" in methods:
+            capabilities["resources"]["subscribe"] = True
+    if "prompts/list" in methods:
+        capabilities["prompts"] = {"listChanged": False}
+    if "logging/setLevel" in methods or version == STATELESS_VERSION:
+        capabilities["logging"] = {}
+    if "completion/complete" in methods:
+        capabilities["completions"] = {}
+    if "tasks/get" in methods and TASKS_VERSION <= version < STATELESS_VERSION:
+        capabilities["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
+    return capabilities
+
+
+def handle_discover(ex: Exchange, params: dict) -> dict:
+    """server/discover (2026-07-28): the versions, capabilities and identity of QMCP."""
+    return {
+        "supportedVersions": list(ALL_VERSIONS),
+        "capabilities": server_capabilities(STATELESS_VERSION),
+        "serverInfo": SERVER_INFO,
+        "instructions": INSTRUCTIONS,
+        "_meta": {META_SERVER_INFO: SERVER_INFO},
     }
 
 
@@ -299,7 +308,12 @@ def tool_call_result(invocation: ToolInvocation, version: str) -> dict[str, Any]
 def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
     name = _require(params, "name", str)
     arguments = params.get("arguments")
-    task = params.get("task") if ex.protocol_version >= TASKS_VERSION else None
+    # The 2025-11-25 task augmentation; a 2026 request's legacy 'task' param is ignored.
+    task = (
+        params.get("task")
+        if ex.session is not None and ex.protocol_version >= TASKS_VERSION
+        else None
+    )
     if task is not None:
         if not isinstance(task, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: 'task' must be an object.")
@@ -440,7 +454,9 @@ def handle_resources_read(ex: Exchange, params: dict) -> dict:
         return {"contents": features.resource_read(principal=ex.principal, uri=uri)}
     except ApplicationError as exc:
         if exc.code == "not_found":
-            raise RpcError(RESOURCE_NOT_FOUND, exc.message, {"uri": uri}) from exc
+            # SEP-2164 (2026-07-28) standardises on -32602; the 2025 line used -32002.
+            code = INVALID_PARAMS if ex.session is None else RESOURCE_NOT_FOUND
+            raise RpcError(code, exc.message, {"uri": uri}) from exc
         raise
 
 
@@ -526,9 +542,39 @@ METHODS = {
 }
 
 
-def handle_request(ex: Exchange, method: str, params: Any) -> dict[str, Any] | None:
+# The 2026-07-28 revision: stateless, so nothing that needs a session.
+STATELESS_METHODS = {
+    "server/discover": handle_discover,
+    **{
+        name: METHODS[name]
+        for name in (
+            "tools/list",
+            "tools/call",
+            "resources/list",
+            "resources/templates/list",
+            "resources/read",
+            "prompts/list",
+            "prompts/get",
+            "completion/complete",
+        )
+    },
+}
+# Results a client may cache (SEP-2549): how long, and for whom.
+CACHEABLE = {
+    "server/discover",
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+}
+
+
+def handle_request(
+    ex: Exchange, method: str, params: Any, methods: dict = METHODS
+) -> dict[str, Any] | None:
     """The JSON-RPC reply to one request, or None when a continuation will answer it."""
-    handler = METHODS.get(method)
+    handler = methods.get(method)
     if handler is None:
         return rpc_error(ex.rpc_id, METHOD_NOT_FOUND, f"Method not found: {method}")
     if params is None:
@@ -612,14 +658,7 @@ def _unauthorized(message: str, token_sent: bool = True) -> HttpFailure:
 
 
 def _header_version(headers: dict[str, str]) -> str:
-    version = headers.get("mcp-protocol-version") or DEFAULT_HEADER_VERSION
-    if version not in SUPPORTED_VERSIONS:
-        raise HttpFailure(
-            400,
-            f"Bad Request: unsupported MCP-Protocol-Version '{version}'; "
-            f"supported: {', '.join(SUPPORTED_VERSIONS)}.",
-        )
-    return version
+    return legacy_header_version(headers)
 
 
 def session_and_principal(headers: dict[str, str]) -> tuple[McpSession, Principal]:
@@ -658,7 +697,15 @@ class PostReply:
 def handle_post(
     *, headers: dict[str, str], payload: Any, request_id: str = "", correlation_id: str = ""
 ) -> PostReply:
-    """Handles a parsed POST body; raises HttpFailure for an HTTP-level refusal."""
+    """Handles a parsed POST body; raises HttpFailure for an HTTP-level refusal.
+
+    A 2026-07-28 request (see :func:`mcp_transport.http.is_stateless`) goes to
+    :func:`handle_stateless_post`; everything else is the 2025 line, with sessions.
+    """
+    if is_stateless(headers, payload):
+        return handle_stateless_post(
+            headers=headers, payload=payload, request_id=request_id, correlation_id=correlation_id
+        )
     is_batch = isinstance(payload, list)
     raws = payload if is_batch else [payload]
     if is_batch and not raws:
@@ -785,6 +832,74 @@ def call_withdraw(*, session: McpSession, params: Any) -> bool:
     return True
 
 
+def handle_stateless_post(
+    *, headers: dict[str, str], payload: Any, request_id: str = "", correlation_id: str = ""
+) -> PostReply:
+    """One 2026-07-28 request: no session row is read or written; the audit row still is.
+
+    Answers JSON, or SSE (not stored: there is no session to resume it in) when the call
+    sends notifications, runs an async tool or waits for a reviewer.
+    """
+    if isinstance(payload, list):
+        raise HttpFailure(400, "Invalid Request: batches are not part of MCP 2026-07-28.")
+    try:
+        message = classify(payload)
+    except RpcError as exc:
+        raise HttpFailure(400, exc.message, rpc_id=readable_id(payload)) from exc
+    if message.kind != "request":
+        return PostReply(status=202, protocol_version=STATELESS_VERSION)
+    meta = check_stateless(headers, payload)
+    rpc_id = payload["id"]
+    if message.method not in STATELESS_METHODS:
+        raise method_not_found(message.method, rpc_id)
+    try:
+        principal = authenticate(headers.get("authorization", ""))
+    except HttpFailure as failure:
+        failure.rpc_id = rpc_id
+        raise
+    level = meta.get(META_LOG_LEVEL)
+    ex = Exchange(
+        principal=principal,
+        session=None,
+        protocol_version=STATELESS_VERSION,
+        rpc_id=rpc_id,
+        http_request_id=request_id,
+        correlation_id=correlation_id,
+        outbound=Outbound(log_level=level if level in LOG_LEVELS else None),
+    )
+    response = handle_request(ex, message.method, payload.get("params"), STATELESS_METHODS)
+    reply = PostReply(protocol_version=STATELESS_VERSION)
+    if response is not None and "result" in response:
+        response["result"] = stateless_result(message.method, response["result"])
+    if ex.continuation is not None:
+        reply.continuations.append(ex.continuation)
+    if not ex.notifications and not reply.continuations:
+        reply.body = response
+        return reply
+    reply.stream_id = new_stream_id()
+    reply.pending = len(reply.continuations)
+    frames = [json.dumps(m) for m in ex.notifications + ([response] if response else [])]
+    reply.events = [("", data) for data in frames]
+    return reply
+
+
+def stateless_result(method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A 2026-07-28 result: ``resultType``, and caching hints where it may be cached."""
+    result.setdefault("resultType", "complete")
+    if method in CACHEABLE:
+        result.setdefault("ttlMs", 0)
+        result.setdefault("cacheScope", "private")
+    return result
+
+
+def call_result_if_final(*, invocation_id, rpc_id, version: str) -> dict[str, Any] | None:
+    """The answer of a sessionless call that waited for a reviewer, once the call ended."""
+    invocation = ToolInvocation.objects.filter(pk=invocation_id).first()
+    if invocation is None or not invocation.is_final:
+        return None
+    return rpc_result(rpc_id, stateless_result("tools/call", tool_call_result(invocation, version)))
+
+
 def stream_finish_if_decided(*, session_id: str, stream_id: str) -> McpEvent | None:
     """The final event of a stream that waits for a gated call, once the call has ended.
 
@@ -818,7 +933,10 @@ def stream_finish_if_decided(*, session_id: str, stream_id: str) -> McpEvent | N
 def pending_result(*, invocation_id, rpc_id, version: str) -> dict[str, Any]:
     """The non-error "pending approval" reply for a client that cannot resume a stream."""
     invocation = ToolInvocation.objects.get(pk=invocation_id)
-    return rpc_result(rpc_id, tool_call_result(invocation, version))
+    result = tool_call_result(invocation, version)
+    if version == STATELESS_VERSION:
+        result = stateless_result("tools/call", result)
+    return rpc_result(rpc_id, result)
 
 
 @dataclass

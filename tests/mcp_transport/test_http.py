@@ -17,10 +17,14 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
 @pytest.mark.parametrize(
-    "case, status",
-    [("no session header", 400), ("unknown session", 404), ("bad version", 400)],
+    "case, status, code",
+    [
+        ("no session header", 400, -32600),
+        ("unknown session", 404, -32600),
+        ("bad version", 400, -32022),
+    ],
 )
-async def test_an_http_refusal_carries_the_id_of_the_request(secret, case, status):  # noqa: F811
+async def test_an_http_refusal_carries_the_id_of_the_request(secret, case, status, code):  # noqa: F811
     session_id = await open_session(secret)
     kwargs = {"session_id": session_id}
     if case == "no session header":
@@ -32,7 +36,7 @@ async def test_an_http_refusal_carries_the_id_of_the_request(secret, case, statu
     response = await send(payload=rpc("tools/list", rpc_id="req-7"), secret=secret, **kwargs)
     assert response["status"] == status
     body = json.loads(response["body"])
-    assert body["id"] == "req-7" and body["error"]["code"] == -32600
+    assert body["id"] == "req-7" and body["error"]["code"] == code
 
 
 async def test_a_refusal_before_parsing_still_names_a_readable_id(secret):  # noqa: F811
