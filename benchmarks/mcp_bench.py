@@ -1,8 +1,10 @@
 """MCP throughput: QMCP (daphne, one process) against the official SDK's own server.
 
-Both serve an ``echo`` tool over Streamable HTTP; QMCP writes an audit row per call. Each
-client initializes once, then calls ``tools/call echo`` in a loop for a fixed time, at each
-concurrency level, against each server in turn. Prints calls per second, p50 and p99
+Both serve an ``echo`` tool over Streamable HTTP; QMCP writes an audit row per call. In the
+2025 era each client initializes once, then calls ``tools/call echo`` in a loop for a fixed
+time; in the 2026-07-28 era (stateless, the SDK's own 2026 path on its side) every call
+carries its ``_meta`` and routing headers instead. Each level runs against each server and
+era in turn. Prints calls per second, p50 and p99
 latency, and the ratio QMCP/SDK.
 
     .venv/bin/python benchmarks/mcp_bench.py                      # SQLite
@@ -148,29 +150,53 @@ def parse_reply(response: httpx.Response, rpc_id: int) -> dict:
     raise RuntimeError(f"no reply in {response.text[:200]!r}")
 
 
-async def client_loop(url: str, headers: dict, clock: dict, latencies: list[float]) -> None:
-    """One client: initializes, then calls from ``clock["go"]`` (set once every client
-    has a session) until ``clock["deadline"]``."""
+STATELESS = "2026-07-28"
+STATELESS_META = {
+    "io.modelcontextprotocol/protocolVersion": STATELESS,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+}
+
+
+async def open_session(http: httpx.AsyncClient, url: str) -> dict:
+    """The 2025 line: initialize once; the headers every later request of the session sends."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"},
+        },
+    }
+    response = await http.post(url, json=init)
+    parse_reply(response, 0)
+    session = {
+        "mcp-session-id": response.headers["mcp-session-id"],
+        "mcp-protocol-version": "2025-11-25",
+    }
+    await http.post(
+        url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
+    )
+    return session
+
+
+async def client_loop(
+    url: str, headers: dict, clock: dict, latencies: list[float], era: str = "2025"
+) -> None:
+    """Calls echo in a loop from ``clock["go"]`` (set once every client is ready) until
+    ``clock["deadline"]``: in a session (``era`` 2025) or statelessly (2026-07-28, every
+    request carrying its ``_meta`` and routing headers, as ``mcp.Client``'s auto mode does)."""
     async with httpx.AsyncClient(headers=headers, timeout=30) as http:
-        init = {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "bench", "version": "1"},
-            },
-        }
-        response = await http.post(url, json=init)
-        parse_reply(response, 0)
-        session = {
-            "mcp-session-id": response.headers["mcp-session-id"],
-            "mcp-protocol-version": "2025-11-25",
-        }
-        await http.post(
-            url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
-        )
+        if era == "2025":
+            request_headers = await open_session(http, url)
+        else:
+            request_headers = {
+                "mcp-protocol-version": STATELESS,
+                "mcp-method": "tools/call",
+                "mcp-name": "echo",
+            }
         clock["ready"] += 1
         if clock["ready"] == clock["clients"]:
             clock["deadline"] = time.perf_counter() + clock["seconds"]
@@ -179,25 +205,25 @@ async def client_loop(url: str, headers: dict, clock: dict, latencies: list[floa
         rpc_id = 0
         while time.perf_counter() < clock["deadline"]:
             rpc_id += 1
-            call = {
-                "jsonrpc": "2.0",
-                "id": rpc_id,
-                "method": "tools/call",
-                "params": {"name": "echo", "arguments": {"message": f"hello {rpc_id}"}},
-            }
+            params = {"name": "echo", "arguments": {"message": f"hello {rpc_id}"}}
+            if era != "2025":
+                params["_meta"] = STATELESS_META
+            call = {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call", "params": params}
             started = time.perf_counter()
-            reply = parse_reply(await http.post(url, json=call, headers=session), rpc_id)
+            reply = parse_reply(await http.post(url, json=call, headers=request_headers), rpc_id)
             latencies.append(time.perf_counter() - started)
             if reply["result"]["content"][0]["text"] != f"hello {rpc_id}":
                 raise RuntimeError(f"wrong reply {reply}")
 
 
-async def load(url: str, headers: dict, concurrency: int, seconds: float) -> dict:
+async def load(url: str, headers: dict, concurrency: int, seconds: float, era: str) -> dict:
     latencies: list[float] = []
     # The clock starts once every client has its session: 32 initializes on a busy
     # machine can take longer than a short run.
     clock = {"ready": 0, "clients": concurrency, "seconds": seconds, "go": asyncio.Event()}
-    await asyncio.gather(*(client_loop(url, headers, clock, latencies) for _ in range(concurrency)))
+    await asyncio.gather(
+        *(client_loop(url, headers, clock, latencies, era) for _ in range(concurrency))
+    )
     elapsed = seconds + (time.perf_counter() - clock["deadline"])
     if not latencies:
         raise RuntimeError(f"no call completed in {seconds} s at {url}")
@@ -227,6 +253,13 @@ def main() -> None:
         help="pin the servers (taskset) and this load process to different cores",
     )
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    parser.add_argument(
+        "--era",
+        nargs="+",
+        choices=["2025", "2026"],
+        default=["2025", "2026"],
+        help="2025: a session per client (initialize, 2025-11-25); 2026: stateless 2026-07-28",
+    )
     args = parser.parse_args()
     pin: list[str] = []
     if args.pin:
@@ -239,29 +272,34 @@ def main() -> None:
     qmcp_cmd = [*pin, *qmcp_command(args.server, qmcp_port)]
     sdk_cmd = [*pin, PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
     servers = {
-        "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),
-        "sdk": (f"http://127.0.0.1:{sdk_port}/mcp", {}),
+        f"{name}-{era}": (url, auth, era)
+        for era in args.era
+        for name, (url, auth) in {
+            "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),
+            "sdk": (f"http://127.0.0.1:{sdk_port}/mcp", {}),
+        }.items()
     }
     base = {"Accept": ACCEPT, "Content-Type": "application/json"}
 
     print(
         f"QMCP on {database.split('://')[0]}; echo tool; medians of {args.repeat} runs of "
-        f"{args.seconds:.0f} s, the servers taking turns"
+        f"{args.seconds:.0f} s, the servers taking turns; era 2025 = a session per client, "
+        "2026 = stateless 2026-07-28"
     )
-    print(f"{'conc':>5} {'server':>6} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'conc':>5} {'server':>9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     with (
         run(qmcp_cmd, env, f"http://127.0.0.1:{qmcp_port}/health"),
         run(sdk_cmd, os.environ.copy(), f"http://127.0.0.1:{sdk_port}/"),
     ):
         for concurrency in args.concurrency:
             runs: dict[str, list[dict]] = {name: [] for name in servers}
-            for url, auth in servers.values():
-                asyncio.run(load(url, {**base, **auth}, concurrency, 2))  # warm up
+            for url, auth, era in servers.values():
+                asyncio.run(load(url, {**base, **auth}, concurrency, 2, era))  # warm up
             # The servers take turns, so both see the same machine, noise included.
             for _ in range(args.repeat):
-                for name, (url, auth) in servers.items():
+                for name, (url, auth, era) in servers.items():
                     runs[name].append(
-                        asyncio.run(load(url, {**base, **auth}, concurrency, args.seconds))
+                        asyncio.run(load(url, {**base, **auth}, concurrency, args.seconds, era))
                     )
             figures = {}
             for name in servers:
@@ -271,10 +309,11 @@ def main() -> None:
                 }
                 f = figures[name]
                 print(
-                    f"{concurrency:>5} {name:>6} {f['rps']:>9.0f} {f['p50']:>8.2f} {f['p99']:>8.2f}"
+                    f"{concurrency:>5} {name:>9} {f['rps']:>9.0f} {f['p50']:>8.2f} {f['p99']:>8.2f}"
                 )
-            ratio = figures["qmcp"]["rps"] / figures["sdk"]["rps"]
-            print(f"{concurrency:>5} {'ratio':>6} {ratio:>9.2f}  (QMCP/SDK calls per second)")
+            for era in args.era:
+                ratio = figures[f"qmcp-{era}"]["rps"] / figures[f"sdk-{era}"]["rps"]
+                print(f"{concurrency:>5} {'ratio-' + era:>9} {ratio:>9.2f}  (QMCP/SDK calls/s)")
 
 
 if __name__ == "__main__":

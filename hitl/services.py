@@ -308,7 +308,7 @@ def closed_message(request: HumanRequest) -> str:
         return f"This request was already {request.outcome or 'decided'}."
     if request.status == Status.EXPIRED:
         return "This request has expired."
-    return "This request has been cancelled."
+    return "This request was withdrawn by the caller: the call was cancelled and will not run."
 
 
 def _request_pk(request_id) -> uuid.UUID:

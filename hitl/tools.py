@@ -131,6 +131,8 @@ class AskHumanOutput(BaseModel):
     annotations={"readOnlyHint": False, "destructiveHint": False, "openWorldHint": True},
 )
 async def ask_human(args: AskHumanInput, ctx) -> ToolResult:
+    import asyncio
+
     from asgiref.sync import sync_to_async
 
     from hitl.services import human_request_create
@@ -148,7 +150,24 @@ async def ask_human(args: AskHumanInput, ctx) -> ToolResult:
     if not ctx.can_wait:
         return _answer_result(request.pk, "pending", None)
     await ctx.log("info", f"Asked the reviewers (request {request.pk}); waiting for an answer.")
-    return await _wait_for_answer(request.pk, ctx)
+    try:
+        return await _wait_for_answer(request.pk, ctx)
+    except asyncio.CancelledError:
+        # The caller cancelled the call: withdraw the question, so nobody answers in vain.
+        await asyncio.shield(sync_to_async(_withdraw)(request.pk))
+        raise
+
+
+def _withdraw(request_id) -> None:
+    from hitl.services import human_request_cancel
+    from qmcp_site.errors import ApplicationError
+
+    try:
+        human_request_cancel(
+            request_id=request_id, reason="Withdrawn by the caller: the call was cancelled."
+        )
+    except ApplicationError:  # answered or expired in the meantime
+        pass
 
 
 async def _wait_for_answer(request_id, ctx) -> ToolResult:

@@ -8,7 +8,6 @@ as tasks that wait with ``await`` on the channel layer, never in a thread.
 """
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
@@ -38,7 +37,16 @@ from mcp_transport.protocol import (
     tool_call_result,
 )
 from mcp_transport.ratelimit import check_rate_limit
-from mcp_transport.sessions import events_after, events_store
+from mcp_transport.sessions import events_store, session_is_open
+from mcp_transport.streams import (
+    call_group,
+    call_key,
+    invocation_group,
+    session_group,
+    sse_frame,
+    stream_group,
+    wait_for,
+)
 from qmcp_site.errors import ApplicationError
 from qmcp_site.observability import clean_id
 from tools.registry import AsyncToolContext
@@ -59,38 +67,19 @@ APPROVAL_WAIT_LIMIT = 8 * 3600
 _SERVER_REQUEST_ID = re.compile(r"^([0-9a-f]{20})\.\d+$")
 
 
-def call_key(rpc_id: Any) -> str:
-    return hashlib.sha1(json.dumps(rpc_id).encode()).hexdigest()[:20]
-
-
-def call_group(session_id: str, key: str) -> str:
-    """The group that reaches a running call: client replies and cancellation."""
-    return f"mcp.call.{session_id}.{key}"
-
-
-def stream_group(session_id: str, stream_id: str) -> str:
-    """The group a resumed stream listens on; keyed by session too, so ids cannot be borrowed."""
-    return f"mcp.stream.{session_id}.{stream_id}"
-
-
-def sse_frame(event_id: str | None, data: str, retry_ms: int | None = None) -> bytes:
-    lines = []
-    if event_id:
-        lines.append(f"id: {event_id}")
-    if retry_ms:
-        lines.append(f"retry: {retry_ms}")
-    if data:
-        lines += ["event: message", f"data: {data}"]
-    else:
-        lines.append("data: ")
-    return ("\n".join(lines) + "\n\n").encode()
-
-
 def _client_id(headers: dict[str, str], name: str) -> str:
     """A tracing id the client sent, cleaned; empty when it sent none (the JSON-RPC id and
     the session already identify an MCP call)."""
     value = headers.get(name)
     return clean_id(value) if value else ""
+
+
+def _readable_id(body: bytes) -> Any:
+    """The id of the request in ``body``, when the body is one readable request."""
+    try:
+        return protocol.readable_id(json.loads(body))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
 
 
 def _accepts(accept: str, media_type: str) -> bool:
@@ -123,6 +112,12 @@ class Stream:
         final = response and self.pending == 0
         seq, data = self.next_seq, json.dumps(message)
         self.next_seq += 1
+        if not self.session_id:  # a 2026 request: nothing to resume, so nothing stored
+            if self.attached and not self.consumer.client_gone:
+                await self.consumer.send_body(sse_frame(None, data), more_body=not final)
+            if final:
+                self.attached = False
+            return
         await database_sync_to_async(events_store)(
             session_id=self.session_id, stream_id=self.stream_id, events=[(seq, data, final)]
         )
@@ -254,14 +249,10 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
         invocation=continuation.invocation, result=result, duration=time.perf_counter() - started
     )
     version = stream.consumer.protocol_version
-    await stream.send(
-        rpc_result(continuation.rpc_id, tool_call_result(invocation, version)), response=True
-    )
-
-
-def invocation_group(invocation_id) -> str:
-    """The group told when a gated invocation ends (see mcp_transport.receivers)."""
-    return f"qmcp.invocation.{str(invocation_id).replace('-', '')}"
+    result = tool_call_result(invocation, version)
+    if version == protocol.STATELESS_VERSION:
+        result = protocol.stateless_result("tools/call", result)
+    await stream.send(rpc_result(continuation.rpc_id, result), response=True)
 
 
 async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
@@ -273,60 +264,66 @@ async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
     and the answer is stored for its Last-Event-ID); an older client gets the "pending
     approval" result instead.
     """
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    group = invocation_group(wait.invocation_id)
-    await layer.group_add(group, channel)
     version = stream.consumer.protocol_version
     started = time.monotonic()
     deadline = started + settings.QMCP_MCP_APPROVAL_WAIT_SECONDS
-    try:
-        await _notify(
-            stream,
-            wait,
-            "notifications/message",
-            {
-                "level": "info",
-                "logger": "qmcp.approval",
-                "data": f"Waiting for a reviewer to approve {wait.title}.",
-            },
-        )
-        while True:
+    await _notify(
+        stream,
+        wait,
+        "notifications/message",
+        {
+            "level": "info",
+            "logger": "qmcp.approval",
+            "data": f"Waiting for a reviewer to approve {wait.title}.",
+        },
+    )
+
+    async def check(message) -> bool | None:
+        if not stream.session_id:  # a 2026 request: the answer goes out on this stream only
+            reply = await database_sync_to_async(protocol.call_result_if_final)(
+                invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
+            )
+            if reply is not None:
+                await stream.send(reply, response=True)
+                return True
+        else:
             final = await database_sync_to_async(protocol.stream_finish_if_decided)(
                 session_id=stream.session_id, stream_id=stream.stream_id
             )
             if final is not None:
                 await stream.deliver_final(final)
-                return
-            now = time.monotonic()
-            if now >= deadline and stream.attached:
-                if version >= protocol.TASKS_VERSION:
-                    await stream.detach()
-                else:
-                    reply = await database_sync_to_async(protocol.pending_result)(
-                        invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
-                    )
-                    await stream.send(reply, response=True)
-                    return
-            if now - started > APPROVAL_WAIT_LIMIT:
-                return
-            await _notify(
-                stream,
-                wait,
-                "notifications/progress",
-                {"progress": round(now - started), "message": "Waiting for approval"},
-            )
-            timeout = (
-                RECHECK_SECONDS
-                if not stream.attached
-                else max(0.05, min(RECHECK_SECONDS, deadline - now))
-            )
-            try:
-                await asyncio.wait_for(layer.receive(channel), timeout)
-            except TimeoutError:
-                pass
-    finally:
-        await layer.group_discard(group, channel)
+                return True
+        if time.monotonic() >= deadline and stream.attached:
+            # A client that cannot resume (old, or sessionless) gets "pending approval".
+            if version < protocol.TASKS_VERSION or not stream.session_id:
+                reply = await database_sync_to_async(protocol.pending_result)(
+                    invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
+                )
+                await stream.send(reply, response=True)
+                return True
+            await stream.detach()
+        return None
+
+    async def progress(elapsed: float) -> None:
+        await _notify(
+            stream,
+            wait,
+            "notifications/progress",
+            {"progress": round(elapsed), "message": "Waiting for approval"},
+        )
+
+    def next_check() -> float:
+        if not stream.attached:
+            return RECHECK_SECONDS
+        return max(0.05, min(RECHECK_SECONDS, deadline - time.monotonic()))
+
+    await wait_for(
+        groups=[invocation_group(wait.invocation_id)],
+        check=check,
+        recheck=next_check,
+        limit_seconds=APPROVAL_WAIT_LIMIT,
+        on_wait=progress,
+    )
 
 
 async def _notify(stream: Stream, wait: ApprovalWait, method: str, params: dict) -> None:
@@ -442,7 +439,10 @@ class McpConsumer(AsyncHttpConsumer):
             elif method == "GET":
                 await self.handle_get(headers)
             elif method == "DELETE":
-                await database_sync_to_async(protocol.handle_delete)(headers=headers)
+                session_id = await database_sync_to_async(protocol.handle_delete)(headers=headers)
+                await get_channel_layer().group_send(
+                    session_group(session_id), {"type": "mcp.session.ended"}
+                )
                 await self.send_response(200, b"", headers=[(b"content-type", b"text/plain")])
             else:
                 await self.send_json(
@@ -451,6 +451,8 @@ class McpConsumer(AsyncHttpConsumer):
                     {"allow": "GET, POST, DELETE"},
                 )
         except HttpFailure as failure:
+            if failure.rpc_id is None and self.scope["method"] == "POST":
+                failure.rpc_id = _readable_id(body)
             await self.send_failure(failure)
 
     def check_host_and_origin(self, headers: dict[str, str]) -> None:
@@ -557,91 +559,115 @@ class McpConsumer(AsyncHttpConsumer):
             raise HttpFailure(406, "Not Acceptable: Accept must include text/event-stream.")
         reply = await database_sync_to_async(protocol.handle_get)(headers=headers)
         await self.start_sse({"mcp-session-id": reply.session_id})
-        if reply.stream_id is None:
-            self.spawn(self.keepalive(), keep_running=False)
-            return
         for event_id, data, _ in reply.events:
             await self.send_body(sse_frame(event_id, data), more_body=True)
-        if reply.complete:
-            await self.send_body(b"", more_body=False)
+        if reply.stream_id is None:
+            stream = self.session_stream(reply.session_id)
+        elif not reply.complete:
+            stream = self.follow(reply.session_id, reply.stream_id, reply.last_seq, reply.waits_for)
         else:
-            self.spawn(
-                self.follow(reply.session_id, reply.stream_id, reply.last_seq), keep_running=False
-            )
+            await self.send_body(b"", more_body=False)
+            return
+        self.spawn(self.counted(stream, reply.principal), keep_running=False)
 
-    async def keepalive(self):
-        """The session's own stream: comments keep proxies from closing it."""
-        deadline = time.monotonic() + STREAM_MAX_SECONDS
+    async def counted(self, stream, principal) -> None:
+        """Runs an open GET stream; counts it down when it ends, however it ends."""
+        try:
+            await stream
+        finally:
+            closed = database_sync_to_async(protocol.stream_closed)(principal=principal)
+            await asyncio.shield(closed)
+
+    async def session_stream(self, session_id: str):
+        """The session's own stream: ``notifications/resources/updated`` for its
+        subscriptions (pushed to the session's group, see mcp_transport.receivers), and
+        comments that keep proxies from closing it.
+
+        It ends when the session is closed, deleted or expires (told by push from a DELETE,
+        seen by a re-read at each keepalive otherwise), and after ``STREAM_MAX_SECONDS``.
+        """
+        first = True
         await self.send_body(b": connected\n\n", more_body=True)
-        while time.monotonic() < deadline:
-            await asyncio.sleep(KEEPALIVE_SECONDS)
+
+        async def check(message) -> bool | None:
+            nonlocal first
+            kind = message["type"] if message else None
+            if kind == "mcp.resource.updated":
+                update = protocol.notification(
+                    "notifications/resources/updated", {"uri": message["uri"]}
+                )
+                await self.send_body(sse_frame(None, json.dumps(update)), more_body=True)
+                return None
+            if kind == "mcp.session.ended":
+                return True
+            if first:  # handle_get has just read the session
+                first = False
+                return None
+            if not await database_sync_to_async(session_is_open)(session_id=session_id):
+                return True
             await self.send_body(b": keepalive\n\n", more_body=True)
+            return None
+
+        await wait_for(
+            groups=[session_group(session_id)],
+            check=check,
+            recheck=KEEPALIVE_SECONDS,
+            limit_seconds=STREAM_MAX_SECONDS,
+        )
         await self.send_body(b"", more_body=False)
 
     async def follow(self, session_id: str, stream_id: str, last_seq: int, waits_for=None):
         """Sends a resumed stream's events as they are stored, until its final event.
 
         A stream that waits for a gated call is also finished from here when the call
-        ends, so a resume works even if the worker that held the wait is gone.
+        ends, so a resume works even if the worker that held the wait is gone. The stream
+        ends without its final event when the session is closed, deleted or expires.
         """
-        layer = get_channel_layer()
-        channel = await layer.new_channel()
         groups = [stream_group(session_id, stream_id)]
         if waits_for is not None:
             groups.append(invocation_group(waits_for))
-        for group in groups:
-            await layer.group_add(group, channel)
 
-        async def catch_up(finish: bool) -> bool:
-            """Sends the stored events after ``last_seq`` (finishing a decided wait first);
-            True once the final one is sent."""
+        async def check(message) -> bool | None:
             nonlocal last_seq
-            if finish:
-                await database_sync_to_async(protocol.stream_finish_if_decided)(
-                    session_id=session_id, stream_id=stream_id
-                )
-            for event in await database_sync_to_async(events_after)(
-                session_id=session_id, stream_id=stream_id, seq=last_seq
-            ):
+            if message is not None and message["type"] == "mcp.event":
+                if message["seq"] <= last_seq:
+                    return None
+                if message["seq"] == last_seq + 1:
+                    last_seq = message["seq"]
+                    await self.send_body(
+                        sse_frame(f"{stream_id}-{last_seq}", message["data"]),
+                        more_body=not message["final"],
+                    )
+                    return True if message["final"] else None
+            # Catch up from the rows: events missed between reads, or the gated call ended
+            # (its answer is stored here if nobody has stored it yet).
+            events, alive = await database_sync_to_async(protocol.stream_catch_up)(
+                session_id=session_id,
+                stream_id=stream_id,
+                seq=last_seq,
+                finish=waits_for is not None,
+            )
+            for event in events:
                 last_seq = event.seq
                 await self.send_body(
                     sse_frame(event.event_id, event.data), more_body=not event.final
                 )
                 if event.final:
                     return True
-            return False
+            return None if alive else False
 
-        try:
-            # Events stored between the first read and joining the group.
-            if await catch_up(finish=waits_for is not None):
-                return
-            deadline = time.monotonic() + STREAM_MAX_SECONDS
-            while (remaining := deadline - time.monotonic()) > 0:
-                try:
-                    message = await asyncio.wait_for(
-                        layer.receive(channel), min(remaining, KEEPALIVE_SECONDS)
-                    )
-                except TimeoutError:
-                    await self.send_body(b": keepalive\n\n", more_body=True)
-                    continue
-                if message["type"] != "mcp.event":
-                    # The gated call ended: store its answer (if nobody has) and send it.
-                    if await catch_up(finish=True):
-                        return
-                    continue
-                if message["seq"] <= last_seq:
-                    continue
-                last_seq = message["seq"]
-                event_id = f"{stream_id}-{message['seq']}"
-                await self.send_body(
-                    sse_frame(event_id, message["data"]), more_body=not message["final"]
-                )
-                if message["final"]:
-                    return
+        async def keepalive(elapsed: float) -> None:
+            await self.send_body(b": keepalive\n\n", more_body=True)
+
+        done = await wait_for(
+            groups=groups,
+            check=check,
+            recheck=KEEPALIVE_SECONDS,
+            limit_seconds=STREAM_MAX_SECONDS,
+            on_wait=keepalive,
+        )
+        if done is not True:
             await self.send_body(b"", more_body=False)
-        finally:
-            for group in groups:
-                await layer.group_discard(group, channel)
 
 
 def _task_done(task: asyncio.Task) -> None:

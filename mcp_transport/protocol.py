@@ -14,8 +14,36 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from hitl.models import HumanRequest
 from hitl.services import human_request_cancel
 from mcp_transport import features
+from mcp_transport.http import (  # noqa: F401  (HttpFailure is part of this module's API)
+    ALL_VERSIONS,
+    META_CLIENT_INFO,
+    META_LOG_LEVEL,
+    META_SERVER_INFO,
+    STATELESS_VERSION,
+    HttpFailure,
+    check_routing_headers,
+    check_stateless,
+    is_stateless,
+    legacy_header_version,
+    method_not_found,
+    readable_id,
+)
+from mcp_transport.jsonrpc import (  # noqa: F401  (the codes are part of this module's API)
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    RESOURCE_NOT_FOUND,
+    RpcError,
+    notification,
+    rpc_error,
+    rpc_error_for,
+    rpc_result,
+)
 from mcp_transport.models import McpEvent, McpSession, McpTask
 from mcp_transport.sessions import (
     SessionNotFound,
@@ -27,9 +55,13 @@ from mcp_transport.sessions import (
     session_close,
     session_create,
     session_get,
+    session_is_open,
     session_update,
     stream_state,
+    stream_waiting_call,
     stream_waits_for,
+    streams_open,
+    tasks_owned,
 )
 from qmcp_site.errors import ApplicationError
 from qmcp_site.storable import storable_check
@@ -62,48 +94,6 @@ TOOLS_PAGE_SIZE = 50
 TASKS_VERSION = "2025-11-25"
 TASK_POLL_INTERVAL_MS = 2000
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-RESOURCE_NOT_FOUND = -32002
-
-
-class RpcError(Exception):
-    """A JSON-RPC error for one request."""
-
-    def __init__(self, code: int, message: str, data: Any = None):
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
-
-
-class HttpFailure(Exception):
-    """The whole HTTP request fails: ``status`` with a JSON-RPC error body (id null)."""
-
-    def __init__(self, status: int, message: str, code: int = INVALID_REQUEST, headers=None):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return rpc_error(None, self.code, self.message)
-
-
-def rpc_result(rpc_id: Any, result: dict[str, Any]) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": rpc_id, "result": result}
-
-
-def rpc_error(rpc_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    return {"jsonrpc": "2.0", "id": rpc_id, "error": error}
-
-
-def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "method": method, "params": params}
-
 
 # --- Per-request state ----------------------------------------------------------------------
 
@@ -134,7 +124,7 @@ class ApprovalWait:
 class Outbound:
     """Shapes the notifications of one request: log level filter and progress token."""
 
-    log_level: str = "info"
+    log_level: str | None = "info"  # None: no log messages (a 2026 request without logLevel)
     progress_token: Any = None
 
     def shape(self, method: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -145,6 +135,8 @@ class Outbound:
             params = {"progressToken": self.progress_token, **params}
         elif method == "notifications/message":
             level = params.get("level", "info")
+            if self.log_level is None:
+                return None
             if level not in LOG_LEVELS or LOG_LEVELS.index(level) < LOG_LEVELS.index(
                 self.log_level
             ):
@@ -199,20 +191,41 @@ def handle_initialize(ex: Exchange, params: dict) -> dict:
     ex.protocol_version = version
     return {
         "protocolVersion": version,
-        "capabilities": {
-            "tools": {"listChanged": False},
-            "resources": {"subscribe": True, "listChanged": False},
-            "prompts": {"listChanged": False},
-            "logging": {},
-            "completions": {},
-            **(
-                {"tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
-                if version >= TASKS_VERSION
-                else {}
-            ),
-        },
+        "capabilities": server_capabilities(version),
         "serverInfo": SERVER_INFO,
         "instructions": INSTRUCTIONS,
+    }
+
+
+def server_capabilities(version: str) -> dict[str, Any]:
+    """What QMCP serves in ``version``, derived from that era's method table."""
+    methods = STATELESS_METHODS if version == STATELESS_VERSION else METHODS
+    capabilities: dict[str, Any] = {}
+    if "tools/list" in methods:
+        capabilities["tools"] = {"listChanged": False}
+    if "resources/list" in methods:
+        capabilities["resources"] = {"listChanged": False}
+        if "resources/subscribe" in methods:
+            capabilities["resources"]["subscribe"] = True
+    if "prompts/list" in methods:
+        capabilities["prompts"] = {"listChanged": False}
+    if "logging/setLevel" in methods or version == STATELESS_VERSION:
+        capabilities["logging"] = {}
+    if "completion/complete" in methods:
+        capabilities["completions"] = {}
+    if "tasks/get" in methods and TASKS_VERSION <= version < STATELESS_VERSION:
+        capabilities["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
+    return capabilities
+
+
+def handle_discover(ex: Exchange, params: dict) -> dict:
+    """server/discover (2026-07-28): the versions, capabilities and identity of QMCP."""
+    return {
+        "supportedVersions": list(ALL_VERSIONS),
+        "capabilities": server_capabilities(STATELESS_VERSION),
+        "serverInfo": SERVER_INFO,
+        "instructions": INSTRUCTIONS,
+        "_meta": {META_SERVER_INFO: SERVER_INFO},
     }
 
 
@@ -303,7 +316,12 @@ def _meta_text(params: dict, key: str) -> str:
 def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
     name = _require(params, "name", str)
     arguments = params.get("arguments")
-    task = params.get("task") if ex.protocol_version >= TASKS_VERSION else None
+    # The 2025-11-25 task augmentation; a 2026 request's legacy 'task' param is ignored.
+    task = (
+        params.get("task")
+        if ex.session is not None and ex.protocol_version >= TASKS_VERSION
+        else None
+    )
     if task is not None:
         if not isinstance(task, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: 'task' must be an object.")
@@ -378,11 +396,7 @@ def task_of(invocation: ToolInvocation, ttl: int | None) -> dict[str, Any]:
 
 def _task(ex: Exchange, params: dict) -> McpTask:
     task_id = _require(params, "taskId", str)
-    found = (
-        McpTask.objects.select_related("invocation")
-        .filter(invocation_id=_uuid_or_none(task_id), session__user=ex.principal.user)
-        .first()
-    )
+    found = tasks_owned(principal=ex.principal).filter(invocation_id=_uuid_or_none(task_id)).first()
     if found is None:
         raise RpcError(INVALID_PARAMS, f"Invalid params: unknown task '{task_id}'.")
     return found
@@ -413,9 +427,7 @@ def handle_tasks_result(ex: Exchange, params: dict) -> dict | None:
 
 def handle_tasks_list(ex: Exchange, params: dict) -> dict:
     cursor = _require(params, "cursor", str, optional=True)
-    tasks = list(
-        McpTask.objects.select_related("invocation").filter(session__user=ex.principal.user)[:500]
-    )
+    tasks = list(tasks_owned(principal=ex.principal)[:500])
     page, next_cursor = _page(tasks, cursor, TOOLS_PAGE_SIZE)
     result: dict[str, Any] = {"tasks": [task_of(t.invocation, t.ttl_ms) for t in page]}
     if next_cursor:
@@ -424,6 +436,7 @@ def handle_tasks_list(ex: Exchange, params: dict) -> dict:
 
 
 def handle_tasks_cancel(ex: Exchange, params: dict) -> dict:
+    ex.principal.require_scope(ApiToken.Scope.TOOLS_CALL)
     task = _task(ex, params)
     invocation = task.invocation
     if invocation.is_final:
@@ -451,12 +464,27 @@ def handle_resources_read(ex: Exchange, params: dict) -> dict:
         return {"contents": features.resource_read(principal=ex.principal, uri=uri)}
     except ApplicationError as exc:
         if exc.code == "not_found":
-            raise RpcError(RESOURCE_NOT_FOUND, exc.message, {"uri": uri}) from exc
+            # SEP-2164 (2026-07-28) standardises on -32602; the 2025 line used -32002.
+            code = INVALID_PARAMS if ex.session is None else RESOURCE_NOT_FOUND
+            raise RpcError(code, exc.message, {"uri": uri}) from exc
         raise
+
+
+MAX_URI_LENGTH = 2048
 
 
 def handle_resources_subscribe(ex: Exchange, params: dict) -> dict:
     uri = _require(params, "uri", str)
+    if len(uri) > MAX_URI_LENGTH:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: 'uri' is over {MAX_URI_LENGTH} chars.")
+    limit = settings.QMCP_MCP_MAX_SUBSCRIPTIONS
+    if uri not in ex.session.subscriptions and len(ex.session.subscriptions) >= limit:
+        raise RpcError(
+            INVALID_REQUEST,
+            f"This session already has {limit} subscriptions, the most allowed; "
+            "unsubscribe from one first.",
+            {"limit": limit},
+        )
     if uri not in ex.session.subscriptions:
         session_update(session=ex.session, subscriptions=[*ex.session.subscriptions, uri])
     return {}
@@ -524,9 +552,39 @@ METHODS = {
 }
 
 
-def handle_request(ex: Exchange, method: str, params: Any) -> dict[str, Any] | None:
+# The 2026-07-28 revision: stateless, so nothing that needs a session.
+STATELESS_METHODS = {
+    "server/discover": handle_discover,
+    **{
+        name: METHODS[name]
+        for name in (
+            "tools/list",
+            "tools/call",
+            "resources/list",
+            "resources/templates/list",
+            "resources/read",
+            "prompts/list",
+            "prompts/get",
+            "completion/complete",
+        )
+    },
+}
+# Results a client may cache (SEP-2549): how long, and for whom.
+CACHEABLE = {
+    "server/discover",
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+}
+
+
+def handle_request(
+    ex: Exchange, method: str, params: Any, methods: dict = METHODS
+) -> dict[str, Any] | None:
     """The JSON-RPC reply to one request, or None when a continuation will answer it."""
-    handler = METHODS.get(method)
+    handler = methods.get(method)
     if handler is None:
         return rpc_error(ex.rpc_id, METHOD_NOT_FOUND, f"Method not found: {method}")
     if params is None:
@@ -543,7 +601,7 @@ def handle_request(ex: Exchange, method: str, params: Any) -> dict[str, Any] | N
     except RpcError as exc:
         return rpc_error(ex.rpc_id, exc.code, exc.message, exc.data)
     except ApplicationError as exc:
-        return rpc_error(ex.rpc_id, INVALID_PARAMS, exc.message, exc.as_dict())
+        return rpc_error_for(ex.rpc_id, exc)
     if result is None:
         return None
     return rpc_result(ex.rpc_id, result)
@@ -600,24 +658,19 @@ def authenticate(authorization: str) -> Principal:
         if user is not None:
             scopes = frozenset({ApiToken.Scope.TOOLS_READ, ApiToken.Scope.TOOLS_CALL})
             return Principal(user=user, scopes=scopes)
-    raise _unauthorized("Authentication required: send 'Authorization: Bearer <token>'.")
-
-
-def _unauthorized(message: str) -> HttpFailure:
-    return HttpFailure(
-        401, message, headers={"WWW-Authenticate": 'Bearer realm="qmcp", error="invalid_token"'}
+    raise _unauthorized(
+        "Authentication required: send 'Authorization: Bearer <token>'.", token_sent=False
     )
 
 
+def _unauthorized(message: str, token_sent: bool = True) -> HttpFailure:
+    # RFC 6750 section 3.1: a request without any token gets no error code.
+    challenge = 'Bearer realm="qmcp"' + (', error="invalid_token"' if token_sent else "")
+    return HttpFailure(401, message, headers={"WWW-Authenticate": challenge})
+
+
 def _header_version(headers: dict[str, str]) -> str:
-    version = headers.get("mcp-protocol-version") or DEFAULT_HEADER_VERSION
-    if version not in SUPPORTED_VERSIONS:
-        raise HttpFailure(
-            400,
-            f"Bad Request: unsupported MCP-Protocol-Version '{version}'; "
-            f"supported: {', '.join(SUPPORTED_VERSIONS)}.",
-        )
-    return version
+    return legacy_header_version(headers)
 
 
 def session_and_principal(headers: dict[str, str]) -> tuple[McpSession, Principal]:
@@ -656,7 +709,15 @@ class PostReply:
 def handle_post(
     *, headers: dict[str, str], payload: Any, request_id: str = "", correlation_id: str = ""
 ) -> PostReply:
-    """Handles a parsed POST body; raises HttpFailure for an HTTP-level refusal."""
+    """Handles a parsed POST body; raises HttpFailure for an HTTP-level refusal.
+
+    A 2026-07-28 request (see :func:`mcp_transport.http.is_stateless`) goes to
+    :func:`handle_stateless_post`; everything else is the 2025 line, with sessions.
+    """
+    if is_stateless(headers, payload):
+        return handle_stateless_post(
+            headers=headers, payload=payload, request_id=request_id, correlation_id=correlation_id
+        )
     is_batch = isinstance(payload, list)
     raws = payload if is_batch else [payload]
     if is_batch and not raws:
@@ -691,8 +752,11 @@ def handle_post(
         if message.kind == "invalid":
             replies.append(rpc_error(None, INVALID_REQUEST, message.raw["error"]))
             continue
+        if message.kind == "notification" and message.method == "notifications/cancelled":
+            if session is not None:
+                call_withdraw(session=session, params=message.raw.get("params"))
         if message.kind != "request":
-            continue  # notifications and responses are routed by the consumer
+            continue  # other notifications and responses are routed by the consumer
         ex = Exchange(
             principal=principal,
             session=session,
@@ -750,6 +814,104 @@ def handle_post(
     return reply
 
 
+WITHDRAWN = "Withdrawn by the caller: the client cancelled the call before a reviewer decided."
+
+
+def call_withdraw(*, session: McpSession, params: Any) -> bool:
+    """Withdraws the approval request of a gated call that the client cancelled.
+
+    ``params`` are those of ``notifications/cancelled``; its ``requestId`` names a
+    tools/call of this session that waits for approval. The request and the call end
+    ``cancelled`` (the queue pages are told), a later decision is refused, and the tool never
+    runs. False when there is no such waiting call (it ended, or never waited): a
+    cancellation that arrives late is ignored, as the protocol says.
+    """
+    if not isinstance(params, dict):
+        return False
+    rpc_id = params.get("requestId")
+    if isinstance(rpc_id, bool) or not isinstance(rpc_id, (str, int)):
+        return False
+    invocation_id = stream_waiting_call(session_id=session.pk, rpc_id=rpc_id)
+    if invocation_id is None:
+        return False
+    request = HumanRequest.objects.filter(invocation_id=invocation_id).first()
+    if request is None or not request.is_pending:
+        return False
+    try:
+        human_request_cancel(request_id=request.pk, reason=WITHDRAWN)
+    except ApplicationError:  # decided in the meantime
+        return False
+    return True
+
+
+def handle_stateless_post(
+    *, headers: dict[str, str], payload: Any, request_id: str = "", correlation_id: str = ""
+) -> PostReply:
+    """One 2026-07-28 request: no session row is read or written; the audit row still is.
+
+    Answers JSON, or SSE (not stored: there is no session to resume it in) when the call
+    sends notifications, runs an async tool or waits for a reviewer.
+    """
+    if isinstance(payload, list):
+        raise HttpFailure(400, "Invalid Request: batches are not part of MCP 2026-07-28.")
+    try:
+        message = classify(payload)
+    except RpcError as exc:
+        raise HttpFailure(400, exc.message, rpc_id=readable_id(payload)) from exc
+    if message.kind != "request":
+        return PostReply(status=202, protocol_version=STATELESS_VERSION)
+    meta = check_stateless(headers, payload)
+    rpc_id = payload["id"]
+    if message.method not in STATELESS_METHODS:
+        raise method_not_found(message.method, rpc_id)
+    try:
+        principal = authenticate(headers.get("authorization", ""))
+    except HttpFailure as failure:
+        failure.rpc_id = rpc_id
+        raise
+    level = meta.get(META_LOG_LEVEL)
+    ex = Exchange(
+        principal=principal,
+        session=None,
+        protocol_version=STATELESS_VERSION,
+        rpc_id=rpc_id,
+        http_request_id=request_id,
+        correlation_id=correlation_id,
+        outbound=Outbound(log_level=level if level in LOG_LEVELS else None),
+    )
+    response = handle_request(ex, message.method, payload.get("params"), STATELESS_METHODS)
+    reply = PostReply(protocol_version=STATELESS_VERSION)
+    if response is not None and "result" in response:
+        response["result"] = stateless_result(message.method, response["result"])
+    if ex.continuation is not None:
+        reply.continuations.append(ex.continuation)
+    if not ex.notifications and not reply.continuations:
+        reply.body = response
+        return reply
+    reply.stream_id = new_stream_id()
+    reply.pending = len(reply.continuations)
+    frames = [json.dumps(m) for m in ex.notifications + ([response] if response else [])]
+    reply.events = [("", data) for data in frames]
+    return reply
+
+
+def stateless_result(method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A 2026-07-28 result: ``resultType``, and caching hints where it may be cached."""
+    result.setdefault("resultType", "complete")
+    if method in CACHEABLE:
+        result.setdefault("ttlMs", 0)
+        result.setdefault("cacheScope", "private")
+    return result
+
+
+def call_result_if_final(*, invocation_id, rpc_id, version: str) -> dict[str, Any] | None:
+    """The answer of a sessionless call that waited for a reviewer, once the call ended."""
+    invocation = ToolInvocation.objects.filter(pk=invocation_id).first()
+    if invocation is None or not invocation.is_final:
+        return None
+    return rpc_result(rpc_id, stateless_result("tools/call", tool_call_result(invocation, version)))
+
+
 def stream_finish_if_decided(*, session_id: str, stream_id: str) -> McpEvent | None:
     """The final event of a stream that waits for a gated call, once the call has ended.
 
@@ -783,7 +945,10 @@ def stream_finish_if_decided(*, session_id: str, stream_id: str) -> McpEvent | N
 def pending_result(*, invocation_id, rpc_id, version: str) -> dict[str, Any]:
     """The non-error "pending approval" reply for a client that cannot resume a stream."""
     invocation = ToolInvocation.objects.get(pk=invocation_id)
-    return rpc_result(rpc_id, tool_call_result(invocation, version))
+    result = tool_call_result(invocation, version)
+    if version == STATELESS_VERSION:
+        result = stateless_result("tools/call", result)
+    return rpc_result(rpc_id, result)
 
 
 @dataclass
@@ -794,15 +959,21 @@ class GetReply:
     last_seq: int = 0
     complete: bool = False
     waits_for: Any = None  # the gated invocation a waiting stream ends with
+    principal: Principal | None = None  # whose open stream this is, when it stays open
 
 
 def handle_get(*, headers: dict[str, str]) -> GetReply:
-    """Opens the session's own stream, or resumes a stream after ``Last-Event-ID``."""
+    """Opens the session's own stream, or resumes a stream after ``Last-Event-ID``.
+
+    A stream that stays open counts against the token's ``QMCP_MCP_MAX_STREAMS`` (429 past
+    it); the consumer calls :func:`stream_closed` with ``GetReply.principal`` when it ends.
+    """
     _header_version(headers)
-    session, _ = session_and_principal(headers)
+    session, principal = session_and_principal(headers)
     last_event_id = headers.get("last-event-id")
     if not last_event_id:
-        return GetReply(session_id=session.pk)
+        _stream_opened(principal)
+        return GetReply(session_id=session.pk, principal=principal)
     parsed = parse_event_id(last_event_id)
     if parsed is None:
         raise HttpFailure(400, "Bad Request: malformed Last-Event-ID.")
@@ -811,7 +982,10 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
     if not exists:
         raise HttpFailure(404, "Unknown Last-Event-ID: no such stream in this session.")
     events = events_after(session_id=session.pk, stream_id=stream_id, seq=seq)
+    if not complete:
+        _stream_opened(principal)
     return GetReply(
+        principal=principal,
         session_id=session.pk,
         stream_id=stream_id,
         events=[(e.event_id, e.data, e.final) for e in events],
@@ -821,6 +995,37 @@ def handle_get(*, headers: dict[str, str]) -> GetReply:
     )
 
 
-def handle_delete(*, headers: dict[str, str]) -> None:
+def _stream_opened(principal: Principal) -> None:
+    limit = settings.QMCP_MCP_MAX_STREAMS
+    if streams_open(principal=principal, delta=1) > limit:
+        streams_open(principal=principal, delta=-1)
+        raise HttpFailure(
+            429,
+            f"Too many open streams: this token already has {limit} open GET streams; "
+            "close one first.",
+            headers={"Retry-After": "30"},
+        )
+
+
+def stream_closed(*, principal: Principal) -> None:
+    """Counts down an open stream of ``principal`` (see handle_get)."""
+    streams_open(principal=principal, delta=-1)
+
+
+def handle_delete(*, headers: dict[str, str]) -> str:
+    """Closes the request's session; its id, so its streams can be told."""
     session, _ = session_and_principal(headers)
     session_close(session=session)
+    return session.pk
+
+
+def stream_catch_up(
+    *, session_id: str, stream_id: str, seq: int, finish: bool
+) -> tuple[list[McpEvent], bool]:
+    """A resumed stream's stored events after ``seq`` (storing a decided wait's answer first
+    when ``finish``), and whether its session is still open."""
+    if not session_is_open(session_id=session_id):
+        return [], False
+    if finish:
+        stream_finish_if_decided(session_id=session_id, stream_id=stream_id)
+    return events_after(session_id=session_id, stream_id=stream_id, seq=seq), True

@@ -1,5 +1,6 @@
 """MCP sessions and stored SSE events: database rows, so any worker serves any request."""
 
+import json
 import re
 import secrets
 import time
@@ -8,13 +9,16 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from mcp_transport.models import McpEvent, McpSession
+from mcp_transport.models import McpEvent, McpSession, McpTask
 from qmcp_site.errors import ApplicationError
 from qmcp_site.rawjoin import columns, fetch_one
+from tools.models import ToolInvocation
 from users.models import ApiToken, User, hash_token
 from users.principals import Principal
 from users.services import api_token_principal
 
+# A GET stream lasts at most 300 s (consumers.STREAM_MAX_SECONDS); its count outlives it a bit.
+STREAM_COUNT_SECONDS = 360
 # last_used_at and expires_at move at most this often, to keep the hot path free of writes.
 TOUCH_RESOLUTION = timedelta(seconds=60)
 
@@ -27,6 +31,13 @@ def _idle_timeout() -> timedelta:
     return timedelta(seconds=settings.QMCP_MCP_SESSION_IDLE_SECONDS)
 
 
+def _owner_filter(principal: Principal, prefix: str = "") -> dict:
+    """The lookup of what the principal's token owns (its user's, without a token)."""
+    if principal.token is not None:
+        return {f"{prefix}token": principal.token}
+    return {f"{prefix}token__isnull": True, f"{prefix}user": principal.user}
+
+
 def session_create(
     *,
     principal: Principal,
@@ -34,8 +45,30 @@ def session_create(
     client_info: dict,
     client_capabilities: dict,
 ) -> McpSession:
-    """A new session with a random 128-bit id, owned by the principal's token (or user)."""
+    """A new session with a random 128-bit id, owned by the principal's token (or user).
+
+    ``limit_exceeded`` when the token already has ``QMCP_MCP_MAX_SESSIONS`` open sessions,
+    ``invalid`` when what the session would store exceeds ``QMCP_MCP_MAX_SESSION_BYTES``.
+    """
+    stored = len(json.dumps(client_info)) + len(json.dumps(client_capabilities))
+    limit = settings.QMCP_MCP_MAX_SESSION_BYTES
+    if stored > limit:
+        raise ApplicationError(
+            f"clientInfo and capabilities take {stored} bytes; at most {limit} are stored.",
+            "invalid",
+            {"limit": limit},
+        )
     now = timezone.now()
+    open_sessions = McpSession.objects.filter(
+        closed_at__isnull=True, expires_at__gt=now, **_owner_filter(principal)
+    ).count()
+    if open_sessions >= settings.QMCP_MCP_MAX_SESSIONS:
+        raise ApplicationError(
+            f"This token has {open_sessions} open MCP sessions, the most allowed; end one "
+            "with DELETE /mcp (or let it expire) before opening another.",
+            "limit_exceeded",
+            {"limit": settings.QMCP_MCP_MAX_SESSIONS},
+        )
     return McpSession.objects.create(
         id=secrets.token_hex(16),
         user=principal.user,
@@ -155,6 +188,35 @@ def _touch(session: McpSession) -> None:
         )
 
 
+def tasks_owned(*, principal: Principal):
+    """The MCP tasks the principal's token made (its user's, without a token): a task is
+    never reachable from another token, whatever its scopes."""
+    return McpTask.objects.select_related("invocation").filter(
+        **_owner_filter(principal, "session__")
+    )
+
+
+def streams_open(*, principal: Principal, delta: int) -> int:
+    """Counts the token's open GET streams up (``delta=1``) or down (-1); the new count.
+
+    Kept in the cache (Redis when configured, so all workers count together), with an
+    expiry a little past the longest stream, so a worker that dies leaks nothing for long.
+    """
+    from django.core.cache import cache
+
+    owner = f"t{principal.token.pk}" if principal.token is not None else f"u{principal.user.pk}"
+    key = f"qmcp.mcp.streams.{owner}"
+    cache.add(key, 0, timeout=STREAM_COUNT_SECONDS)
+    try:
+        count = cache.incr(key, delta)
+    except ValueError:  # expired between add and incr
+        cache.set(key, max(delta, 0), timeout=STREAM_COUNT_SECONDS)
+        count = max(delta, 0)
+    if count < 0:
+        cache.set(key, 0, timeout=STREAM_COUNT_SECONDS)
+    return count
+
+
 def _owned_by(session: McpSession, principal: Principal) -> bool:
     if principal.token is not None:
         return session.token_id == principal.token.pk
@@ -165,6 +227,31 @@ def session_close(*, session: McpSession) -> None:
     McpSession.objects.filter(pk=session.pk).update(closed_at=timezone.now())
     for key in [k for k in _AUTH_CACHE if k[0] == session.pk]:
         _AUTH_CACHE.pop(key, None)
+
+
+def session_open_subscriptions(*, session_id: str) -> list[str] | None:
+    """The subscribed URIs of an open session; None once it is closed, deleted or expired."""
+    found = (
+        McpSession.objects.filter(
+            id=session_id, closed_at__isnull=True, expires_at__gt=timezone.now()
+        )
+        .values_list("subscriptions", flat=True)
+        .first()
+    )
+    return None if found is None else list(found)
+
+
+def sessions_subscribed(*, uri: str) -> list[str]:
+    """The ids of the open sessions subscribed to ``uri``."""
+    candidates = McpSession.objects.filter(
+        closed_at__isnull=True, expires_at__gt=timezone.now()
+    ).exclude(subscriptions=[])
+    return [pk for pk, uris in candidates.values_list("pk", "subscriptions") if uri in uris]
+
+
+def session_is_open(*, session_id: str) -> bool:
+    """Whether the session exists, is not closed and has not expired."""
+    return session_open_subscriptions(session_id=session_id) is not None
 
 
 def session_update(*, session: McpSession, **fields) -> None:
@@ -247,3 +334,15 @@ def stream_waits_for(*, session_id: str, stream_id: str):
         .values_list("invocation_id", flat=True)
         .first()
     )
+
+
+def stream_waiting_call(*, session_id: str, rpc_id):
+    """The gated invocation that the session's request ``rpc_id`` waits for, if any."""
+    heads = McpEvent.objects.filter(
+        session_id=session_id, invocation__status=ToolInvocation.Status.AWAITING_APPROVAL
+    )
+    for invocation_id, stored_id in heads.values_list("invocation_id", "rpc_id"):
+        # JSON ids compare by type too: request 1 is not request "1".
+        if stored_id == rpc_id and type(stored_id) is type(rpc_id):
+            return invocation_id
+    return None

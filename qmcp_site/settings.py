@@ -306,6 +306,13 @@ QMCP_AUTH_CACHE_SECONDS = float(os.environ.get("QMCP_AUTH_CACHE_SECONDS", "1"))
 QMCP_MCP_ANONYMOUS_USER = os.environ.get("QMCP_MCP_ANONYMOUS_USER", "")
 # Milliseconds a client should wait before reconnecting to a closed SSE stream.
 QMCP_MCP_SSE_RETRY_MS = int(os.environ.get("QMCP_MCP_SSE_RETRY_MS", "500"))
+# Bounds per token (or per user, without a token): open sessions, open GET streams (counted
+# in the cache, so across workers with Redis), the JSON a session stores (clientInfo,
+# capabilities) and its resource subscriptions.
+QMCP_MCP_MAX_SESSIONS = int(os.environ.get("QMCP_MCP_MAX_SESSIONS", "100"))
+QMCP_MCP_MAX_STREAMS = int(os.environ.get("QMCP_MCP_MAX_STREAMS", "10"))
+QMCP_MCP_MAX_SESSION_BYTES = int(os.environ.get("QMCP_MCP_MAX_SESSION_BYTES", "8192"))
+QMCP_MCP_MAX_SUBSCRIPTIONS = int(os.environ.get("QMCP_MCP_MAX_SUBSCRIPTIONS", "100"))
 
 # --- Human in the loop ----------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE = {
@@ -314,6 +321,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "tools.tasks.tool_invocations_recover",
         "schedule": QMCP_RUN_RECOVERY_SECONDS,
     },
+    "purge-mcp-sessions": {"task": "mcp_transport.tasks.sessions_purge", "schedule": 3600.0},
 }
 # A plain tools/call of a gated tool keeps its SSE stream open this long (below the common
 # 60 s client timeout); then the stream closes for a Last-Event-ID resume, or, for clients

@@ -1,5 +1,6 @@
 """A gated tools/call over MCP: the stream waits, the decision is pushed, the call answers."""
 
+import asyncio
 import json
 
 import pytest
@@ -7,6 +8,8 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import Permission
 
 from hitl.services import human_request_respond
+from mcp_transport import consumers
+from qmcp_site.errors import ApplicationError
 from tests.factories import StaffFactory, UserFactory, make_token
 from tests.mcp_transport.test_consumers import (
     Stream,
@@ -220,4 +223,149 @@ async def test_ask_human_waits_for_the_reviewers_answer():
     result = messages[-1]["result"]
     assert result["structuredContent"]["answer"] == "eu"
     assert result["content"][0]["text"] == "The reviewers answered: eu"
+    await stream.close()
+
+
+# --- a resumed wait after a restart (defect 1) ----------------------------------------------
+
+
+async def _detached_gated_call(settings):
+    """A gated call whose stream passed the bounded wait; then the worker holding its wait
+    restarts (the wait's task is gone). Returns what the resume needs."""
+    settings.QMCP_MCP_APPROVAL_WAIT_SECONDS = 0.3
+    secret, reviewer, target = await setup_call()
+    session_id = await open_session(secret)
+    stream = await Stream.open(payload=delete_call(target), secret=secret, session_id=session_id)
+    last_event_id = sse_events(await stream.read_to_end(timeout=5))[-1]["id"]
+    await stream.close()
+    for task in list(consumers.BACKGROUND):
+        task.cancel()
+    await asyncio.sleep(0.05)
+    assert not consumers.BACKGROUND
+    return secret, reviewer, target, session_id, last_event_id
+
+
+async def test_a_resume_after_the_waiting_worker_restarted_ends_when_a_reviewer_approves(
+    settings,
+):
+    secret, reviewer, target, session_id, last_event_id = await _detached_gated_call(settings)
+    resumed = await Stream.open(
+        method="GET", secret=secret, session_id=session_id, last_event_id=last_event_id
+    )
+    await decide(reviewer, "approve")
+    messages = await resumed.read_until(lambda m: m.get("id") == 9, timeout=5)
+    assert "Deleted user" in messages[-1]["result"]["content"][0]["text"]
+    await resumed.read_to_end()
+    assert await state(target) == ("succeeded", False)
+    await resumed.close()
+
+
+async def test_a_resume_after_the_waiting_worker_restarted_gets_an_earlier_decision(settings):
+    secret, reviewer, target, session_id, last_event_id = await _detached_gated_call(settings)
+    await decide(reviewer, "reject", "Not this one.")
+    resumed = await send(
+        method="GET", secret=secret, session_id=session_id, last_event_id=last_event_id, timeout=5
+    )
+    final = [m for m in sse_messages(resumed["body"]) if m.get("id") == 9]
+    assert final and final[0]["result"]["isError"] is True
+    assert "Not this one." in final[0]["result"]["content"][0]["text"]
+    assert await state(target) == ("rejected", True)
+
+
+# --- a cancelled gated call (defect 2) ------------------------------------------------------
+
+
+@database_sync_to_async
+def request_state(kind="approval"):
+    from hitl.models import HumanRequest
+
+    request = HumanRequest.objects.select_related("invocation").get(kind=kind)
+    return request.status, request.invocation.status if request.invocation else None
+
+
+async def test_cancelling_a_gated_call_withdraws_its_request_and_nothing_runs():
+    from hitl.signals import human_request_changed
+
+    secret, reviewer, target = await setup_call()
+    session_id = await open_session(secret)
+    stream = await Stream.open(payload=delete_call(target), secret=secret, session_id=session_id)
+    await stream.read_until(lambda m: m.get("method") == "notifications/message")
+    events = []
+
+    def seen(sender, request_id, event, **kwargs):
+        events.append(event)
+
+    human_request_changed.connect(seen, dispatch_uid="test-withdrawn")
+    try:
+        cancelled = await send(
+            payload={
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": 9, "reason": "changed my mind"},
+            },
+            secret=secret,
+            session_id=session_id,
+        )
+    finally:
+        human_request_changed.disconnect(dispatch_uid="test-withdrawn")
+    assert cancelled["status"] == 202
+    assert await request_state() == ("cancelled", "cancelled")
+    assert events == ["cancelled"]  # what the live queue pages listen to
+
+    with pytest.raises(ApplicationError, match="withdrawn by the caller"):
+        await decide(reviewer, "approve")
+    assert await state(target) == ("cancelled", True)
+    await stream.close()
+
+
+async def test_a_cancel_naming_another_request_id_changes_nothing():
+    secret, _, target = await setup_call()
+    session_id = await open_session(secret)
+    stream = await Stream.open(payload=delete_call(target), secret=secret, session_id=session_id)
+    await stream.read_until(lambda m: m.get("method") == "notifications/message")
+    for request_id in ("9", 10):  # the id is 9, an integer
+        await send(
+            payload={
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": request_id},
+            },
+            secret=secret,
+            session_id=session_id,
+        )
+    assert await request_state() == ("pending", "awaiting_approval")
+    await stream.close()
+
+
+async def test_cancelling_an_ask_human_call_withdraws_the_question():
+    secret, reviewer, _ = await setup_call()
+    session_id = await open_session(secret)
+    stream = await Stream.open(
+        payload=rpc(
+            "tools/call",
+            {
+                "name": "ask_human",
+                "arguments": {"question": "Which region?", "options": ["a", "b"]},
+            },
+            rpc_id=5,
+        ),
+        secret=secret,
+        session_id=session_id,
+    )
+    await stream.read_until(lambda m: m.get("method") == "notifications/message")
+    await send(
+        payload={"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}},
+        secret=secret,
+        session_id=session_id,
+    )
+    for _ in range(50):
+        status, _ = await request_state("question")
+        if status != "pending":
+            break
+        await asyncio.sleep(0.05)
+    assert status == "cancelled"
+    invocation = await database_sync_to_async(ToolInvocation.objects.get)(tool_name="ask_human")
+    assert invocation.status == "cancelled"
+    with pytest.raises(ApplicationError, match="withdrawn by the caller"):
+        await answer_question(reviewer, "a")
     await stream.close()

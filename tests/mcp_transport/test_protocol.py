@@ -238,8 +238,12 @@ def test_unsupported_protocol_version_header_is_400(mcp, version):
     with pytest.raises(HttpFailure) as failure:
         mcp.post(rpc("ping"), **{"mcp-protocol-version": version})
     assert failure.value.status == 400
-    assert failure.value.body()["error"]["code"] == -32600
-    assert failure.value.body()["id"] is None
+    error = failure.value.body()["error"]
+    assert error["code"] == -32022
+    assert error["data"] == {
+        "supported": ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"],
+        "requested": version,
+    }
 
 
 def test_missing_session_id_is_400(mcp):
@@ -289,7 +293,7 @@ def test_a_used_session_is_extended(mcp):
 
 
 def test_delete_closes_the_session(mcp):
-    assert handle_delete(headers=mcp.headers()) is None
+    assert handle_delete(headers=mcp.headers()) == mcp.session().pk
     assert mcp.session().closed_at is not None
     for call in (
         lambda: mcp.post(rpc("ping")),

@@ -1,0 +1,203 @@
+"""HTTP-level checks of /mcp, per protocol era.
+
+The 2025 line negotiates a version in ``initialize`` and sends it in ``MCP-Protocol-Version``
+on every later request of its session. The 2026-07-28 revision is stateless: every request
+names its version, client capabilities and client info in ``params._meta``, mirrors the
+version, its method and its target in headers (``MCP-Protocol-Version``, ``Mcp-Method``,
+``Mcp-Name``), and is refused with HTTP 400 and -32020 when they disagree.
+"""
+
+from typing import Any
+
+from mcp_transport.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
+
+LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
+STATELESS_VERSION = "2026-07-28"
+STATELESS_VERSIONS = (STATELESS_VERSION,)
+ALL_VERSIONS = (*STATELESS_VERSIONS, *LEGACY_VERSIONS)
+# A request without an MCP-Protocol-Version header (2025 line) is taken to speak this version.
+DEFAULT_HEADER_VERSION = "2025-03-26"
+
+HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_VERSION = -32022
+
+META_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+
+# The params field a method's Mcp-Name header mirrors.
+NAMED_PARAMS = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
+}
+
+
+class HttpFailure(Exception):
+    """The whole HTTP request fails: ``status`` with a JSON-RPC error body.
+
+    The body carries ``rpc_id``, the id of the request when it could be read (see
+    :func:`readable_id`), and null otherwise.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: int = INVALID_REQUEST,
+        headers=None,
+        rpc_id=None,
+        data: Any = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+        self.headers = headers or {}
+        self.rpc_id = rpc_id
+        self.data = data
+
+    def body(self) -> dict[str, Any]:
+        from mcp_transport.jsonrpc import rpc_error
+
+        return rpc_error(self.rpc_id, self.code, self.message, self.data)
+
+
+def readable_id(payload: Any) -> Any:
+    """The id of a single JSON-RPC request, when it has a valid one; None otherwise."""
+    if isinstance(payload, dict):
+        rpc_id = payload.get("id")
+        if isinstance(rpc_id, (str, int)) and not isinstance(rpc_id, bool):
+            return rpc_id
+    return None
+
+
+def unsupported_version(requested: str, rpc_id=None) -> HttpFailure:
+    return HttpFailure(
+        400,
+        f"Unsupported protocol version '{requested}'; supported: {', '.join(ALL_VERSIONS)}.",
+        UNSUPPORTED_VERSION,
+        rpc_id=rpc_id,
+        data={"supported": list(ALL_VERSIONS), "requested": requested},
+    )
+
+
+def legacy_header_version(headers: dict[str, str]) -> str:
+    """The 2025-line version a session's request speaks; 400 with -32022 for another."""
+    version = headers.get("mcp-protocol-version") or DEFAULT_HEADER_VERSION
+    if version not in LEGACY_VERSIONS:
+        raise unsupported_version(version)
+    return version
+
+
+def _meta(payload: Any) -> dict | None:
+    if not isinstance(payload, dict) or not isinstance(payload.get("params"), dict):
+        return None
+    meta = payload["params"].get("_meta")
+    return meta if isinstance(meta, dict) else None
+
+
+def is_stateless(headers: dict[str, str], payload: Any) -> bool:
+    """Whether a POST speaks the 2026 revision (or a later one QMCP answers with -32022).
+
+    It does when its header names a version outside the 2025 line, or when it names none
+    and the body carries the per-request ``_meta`` version. Everything else is the 2025
+    line (an ``initialize``, or a request of a session).
+    """
+    header = (headers.get("mcp-protocol-version") or "").strip()
+    if header in LEGACY_VERSIONS:
+        return False
+    if header:
+        return header in STATELESS_VERSIONS or META_VERSION in (_meta(payload) or {})
+    return META_VERSION in (_meta(payload) or {})
+
+
+def check_stateless(headers: dict[str, str], raw: dict[str, Any]) -> dict[str, Any]:
+    """The request's ``_meta`` after every 2026 header and _meta check; HttpFailure otherwise.
+
+    In order: the version header is present (-32020), ``_meta`` names the version and the
+    client capabilities (-32602), the header and ``_meta`` agree (-32020), the version is
+    served (-32022), ``Mcp-Method`` and ``Mcp-Name`` mirror the body (-32020).
+    """
+    rpc_id = readable_id(raw)
+    header = (headers.get("mcp-protocol-version") or "").strip()
+    if not header:
+        raise HttpFailure(
+            400, "Missing MCP-Protocol-Version header.", HEADER_MISMATCH, rpc_id=rpc_id
+        )
+    params = raw.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise HttpFailure(
+            400, "Invalid params: params must be an object.", INVALID_PARAMS, rpc_id=rpc_id
+        )
+    meta = _meta(raw) or {}
+    missing = [key for key in (META_VERSION, META_CAPABILITIES) if key not in meta]
+    if missing:
+        raise HttpFailure(
+            400,
+            f"Invalid params: _meta lacks {', '.join(missing)}.",
+            INVALID_PARAMS,
+            rpc_id=rpc_id,
+        )
+    if not isinstance(meta[META_CAPABILITIES], dict):
+        raise HttpFailure(
+            400,
+            f"Invalid params: {META_CAPABILITIES} must be an object.",
+            INVALID_PARAMS,
+            rpc_id=rpc_id,
+        )
+    if meta[META_VERSION] != header:
+        raise HttpFailure(
+            400,
+            "MCP-Protocol-Version header does not match _meta protocolVersion.",
+            HEADER_MISMATCH,
+            rpc_id=rpc_id,
+        )
+    if header not in STATELESS_VERSIONS:
+        raise unsupported_version(header, rpc_id)
+    check_routing_headers(headers, raw)
+    return meta
+
+
+def check_routing_headers(headers: dict[str, str], raw: dict[str, Any]) -> None:
+    """``Mcp-Method`` must equal the body's method, ``Mcp-Name`` its named target (SEP-2243).
+
+    Values are compared exactly (methods are case-sensitive) after trimming the optional
+    whitespace HTTP allows around a field value.
+    """
+    rpc_id = readable_id(raw)
+    method = raw.get("method")
+    if method is None:
+        return  # a response: nothing to route
+    sent = headers.get("mcp-method")
+    if sent is None or sent.strip() != method:
+        raise HttpFailure(
+            400,
+            f"Mcp-Method header {sent.strip()!r} does not match the method {method!r}."
+            if sent is not None
+            else "Missing Mcp-Method header.",
+            HEADER_MISMATCH,
+            rpc_id=rpc_id,
+        )
+    field = NAMED_PARAMS.get(method)
+    params = raw.get("params") or {}
+    if field is None or not isinstance(params, dict) or not isinstance(params.get(field), str):
+        return
+    name = headers.get("mcp-name")
+    if name is None or name.strip() != params[field]:
+        raise HttpFailure(
+            400,
+            f"Mcp-Name header does not match params.{field}."
+            if name is not None
+            else f"Missing Mcp-Name header (params.{field} is {params[field]!r}).",
+            HEADER_MISMATCH,
+            rpc_id=rpc_id,
+        )
+
+
+def method_not_found(method: str, rpc_id) -> HttpFailure:
+    return HttpFailure(404, f"Method not found: {method}", METHOD_NOT_FOUND, rpc_id=rpc_id)

@@ -1,0 +1,187 @@
+"""The 2026-07-28 revision on the same /mcp: stateless requests, checked per request."""
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+
+from mcp_transport.models import McpSession
+from tests.factories import UserFactory, make_reviewer, make_token
+from tests.mcp_transport.test_consumers import (
+    Stream,
+    close_orm_thread_connections,  # noqa: F401  (autouse fixture)
+    send,
+    sse_messages,
+)
+from tools.models import ToolInvocation
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+NEXT = "2026-07-28"
+META = {
+    "io.modelcontextprotocol/protocolVersion": NEXT,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "pytest", "version": "1"},
+}
+NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+def request(method, params=None, rpc_id=1, meta=None):
+    params = dict(params or {})
+    params["_meta"] = META if meta is None else meta
+    return {"jsonrpc": "2.0", "id": rpc_id, "method": method, "params": params}
+
+
+async def post(secret, method, params=None, rpc_id=1, meta=None, **headers):
+    """A 2026 POST with the routing headers a client sends; keyword headers override them."""
+    routing = {"mcp_protocol_version": NEXT, "mcp_method": method}
+    if method in NAMED:
+        routing["mcp_name"] = (params or {}).get(NAMED[method])
+    routing.update(headers)
+    return await send(payload=request(method, params, rpc_id, meta), secret=secret, **routing)
+
+
+def body(response):
+    return json.loads(response["body"])
+
+
+@pytest.fixture
+def secret(transactional_db):
+    return make_token(user=make_reviewer())[1]
+
+
+async def test_discover_names_both_eras_and_what_is_served(secret):
+    response = await post(secret, "server/discover")
+    assert response["status"] == 200
+    result = body(response)["result"]
+    assert result["supportedVersions"][0] == NEXT and "2025-11-25" in result["supportedVersions"]
+    assert set(result["capabilities"]) >= {"tools", "resources", "prompts", "completions"}
+    assert "subscribe" not in result["capabilities"]["resources"]
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "qmcp"
+    assert result["resultType"] == "complete" and result["cacheScope"] == "private"
+    assert not await database_sync_to_async(McpSession.objects.exists)()
+
+
+@pytest.mark.parametrize(
+    "meta, headers, status, code",
+    [
+        ({}, {}, 400, -32602),
+        ({"io.modelcontextprotocol/protocolVersion": NEXT}, {}, 400, -32602),
+        ({**META, "io.modelcontextprotocol/protocolVersion": "2099-01-01"}, {}, 400, -32020),
+        (
+            {**META, "io.modelcontextprotocol/protocolVersion": "2099-01-01"},
+            {"mcp_protocol_version": "2099-01-01"},
+            400,
+            -32022,
+        ),
+        (META, {"mcp_method": "prompts/list"}, 400, -32020),
+        (META, {"mcp_method": None}, 400, -32020),
+    ],
+)
+async def test_a_request_whose_meta_or_headers_do_not_fit_is_refused(
+    secret, meta, headers, status, code
+):
+    response = await post(secret, "tools/list", rpc_id=77, meta=meta, **headers)
+    assert response["status"] == status
+    assert body(response)["id"] == 77 and body(response)["error"]["code"] == code
+    if code == -32022:
+        assert body(response)["error"]["data"]["requested"] == "2099-01-01"
+        assert NEXT in body(response)["error"]["data"]["supported"]
+
+
+@pytest.mark.parametrize(
+    "method", ["initialize", "ping", "logging/setLevel", "resources/subscribe", "no/such"]
+)
+async def test_removed_and_unknown_methods_are_404(secret, method):
+    response = await post(secret, method, {"uri": "qmcp://tools"}, rpc_id=5)
+    assert response["status"] == 404
+    assert body(response) == {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "error": {"code": -32601, "message": f"Method not found: {method}"},
+    }
+
+
+async def test_lists_carry_result_type_and_caching_hints(secret):
+    for method in ("tools/list", "prompts/list", "resources/list", "resources/templates/list"):
+        result = body(await post(secret, method))["result"]
+        assert (result["resultType"], result["ttlMs"], result["cacheScope"]) == (
+            "complete",
+            0,
+            "private",
+        ), method
+
+
+async def test_an_unknown_resource_is_32602_with_its_uri(secret):
+    response = await post(secret, "resources/read", {"uri": "qmcp://nothing"})
+    error = body(response)["error"]
+    assert error["code"] == -32602 and error["data"]["uri"] == "qmcp://nothing"
+
+
+async def test_mcp_name_must_mirror_the_tool_name(secret):
+    args = {"name": "echo", "arguments": {"message": "hi"}}
+    wrong = await post(secret, "tools/call", args, mcp_name="planner")
+    assert wrong["status"] == 400 and body(wrong)["error"]["code"] == -32020
+    spaced = await post(secret, "tools/call", args, mcp_name="  echo  ")
+    assert body(spaced)["result"]["resultType"] == "complete"
+    assert await database_sync_to_async(ToolInvocation.objects.count)() == 1
+
+
+async def test_a_tool_call_is_audited_without_any_session(secret):
+    response = await post(secret, "tools/call", {"name": "echo", "arguments": {"message": "hi"}})
+    result = body(response)["result"]
+    assert result["content"][0]["text"] and result["resultType"] == "complete"
+    invocation = await database_sync_to_async(ToolInvocation.objects.get)()
+    assert invocation.status == "succeeded" and invocation.mcp_session_id == ""
+    assert not await database_sync_to_async(McpSession.objects.exists)()
+
+
+async def test_no_token_is_401_with_the_request_id():
+    response = await post(None, "tools/list", rpc_id=9)
+    assert response["status"] == 401 and body(response)["id"] == 9
+
+
+async def test_a_gated_call_waits_on_its_stream_and_answers_on_approval(secret):
+    reviewer = await database_sync_to_async(make_reviewer)()
+    target = await database_sync_to_async(lambda: UserFactory().pk)()
+    stream = await Stream.open(
+        payload=request(
+            "tools/call",
+            {"name": "delete_user", "arguments": {"user_id": target}},
+            rpc_id=3,
+            meta={**META, "progressToken": "p"},
+        ),
+        secret=secret,
+        mcp_protocol_version=NEXT,
+        mcp_method="tools/call",
+        mcp_name="delete_user",
+    )
+    await stream.read_until(lambda m: m.get("method") == "notifications/progress")
+
+    @database_sync_to_async
+    def approve():
+        from hitl.services import human_request_respond
+
+        invocation = ToolInvocation.objects.get(tool_name="delete_user")
+        human_request_respond(
+            request_id=invocation.human_request.pk, responder=reviewer, decision="approve"
+        )
+
+    await approve()
+    messages = await stream.read_until(lambda m: m.get("id") == 3, timeout=5)
+    result = messages[-1]["result"]
+    assert "Deleted user" in result["content"][0]["text"] and result["resultType"] == "complete"
+    assert not any(m.get("method") == "notifications/message" for m in messages)  # no logLevel
+    await stream.close()
+
+
+async def test_past_the_bounded_wait_a_gated_call_answers_pending_approval(secret, settings):
+    settings.QMCP_MCP_APPROVAL_WAIT_SECONDS = 0.3
+    target = await database_sync_to_async(lambda: UserFactory().pk)()
+    response = await post(
+        secret, "tools/call", {"name": "delete_user", "arguments": {"user_id": target}}, rpc_id=4
+    )
+    final = [m for m in sse_messages(response["body"]) if m.get("id") == 4]
+    assert final[0]["result"]["content"][0]["text"].startswith("Pending approval")
+    invocation = await database_sync_to_async(ToolInvocation.objects.get)(tool_name="delete_user")
+    assert invocation.status == "awaiting_approval"
