@@ -11,19 +11,16 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, Q
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from hitl.models import HumanRequest, HumanResponse
-from hitl.selectors import human_request_get, human_request_list
+from hitl.selectors import human_request_get, human_request_queue_page
 from hitl.services import human_request_reads_all, human_request_respond, reviewer_check
 from qmcp_site.errors import ApplicationError
 
 Decision = HumanResponse.Decision
-# How many settled requests the queue shows below the pending ones.
-RECENT_LIMIT = 20
 
 
 def staff_page(view):
@@ -57,32 +54,21 @@ def _page_context(request, title: str, **extra) -> dict:
     }
 
 
-def _queue_rows() -> list[HumanRequest]:
-    """Every pending request, oldest first, then the most recently settled ones."""
-    requests = human_request_list().annotate(
-        approval_count=Count("responses", filter=Q(responses__decision=Decision.APPROVE))
-    )
-    pending = list(requests.filter(status=HumanRequest.Status.PENDING))
-    settled = requests.exclude(status=HumanRequest.Status.PENDING).order_by(
-        F("decided_at").desc(nulls_last=True), "-created_at"
-    )
-    return pending + list(settled[:RECENT_LIMIT])
-
-
 @require_GET
 @staff_page
 def queue(request):
-    context = _page_context(
-        request, "Reviewer queue", rows=_queue_rows(), recent_limit=RECENT_LIMIT
-    )
+    page = human_request_queue_page(page=request.GET.get("page"))
+    context = _page_context(request, "Reviewer queue", rows=page.object_list, page=page)
     return render(request, "hitl/queue.html", context)
 
 
 @require_GET
 @staff_page
 def queue_rows(request):
-    """The queue's table body alone; the queue page fetches it when the websocket says so."""
-    return render(request, "hitl/_queue_rows.html", {"rows": _queue_rows()})
+    """One page of the queue's table body alone (``?page=``); the queue page fetches it
+    when the websocket says something changed."""
+    page = human_request_queue_page(page=request.GET.get("page"))
+    return render(request, "hitl/_queue_rows.html", {"rows": page.object_list, "page": page})
 
 
 def _pretty_json(value) -> str:

@@ -384,6 +384,32 @@ def tool_invocation_end(*, invocation_id, status: str, message: str, code: str) 
     return bool(updated)
 
 
+def tool_invocations_end(*, invocation_ids: list, status: str, message: str, code: str) -> int:
+    """:func:`tool_invocation_end` for many calls at once: one SELECT and one UPDATE of
+    those still waiting, each announced after commit. Returns how many ended; the caller
+    holds their requests' locks, so none of them is approved meanwhile."""
+    if not invocation_ids:
+        return 0
+    waiting = ToolInvocation.objects.filter(pk__in=invocation_ids, status=Status.AWAITING_APPROVAL)
+    ended = list(waiting.values_list("pk", flat=True))
+    result = ToolResult.text(message)
+    result.is_error = True
+    ToolInvocation.objects.filter(pk__in=ended, status=Status.AWAITING_APPROVAL).update(
+        status=status,
+        result=result.as_dict(),
+        error={"code": code, "message": message},
+        finished_at=timezone.now(),
+    )
+
+    def announce():
+        for pk in ended:
+            invocation_finished.send(sender=ToolInvocation, invocation_id=pk)
+
+    if ended:
+        transaction.on_commit(announce)
+    return len(ended)
+
+
 def tool_invocation_raise_failure(invocation: ToolInvocation) -> ToolInvocation:
     """Raises a failed invocation's error (naming the invocation), as the REST APIs answer
     it; returns any other invocation."""
