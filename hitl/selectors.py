@@ -50,7 +50,7 @@ def human_request_get(*, request_id, expire: bool = True) -> HumanRequest:
         pk = uuid.UUID(str(request_id))
     except ValueError:
         pk = None
-    if expire:
+    if expire and pk is not None:
         human_requests_expire(request_id=pk)
     request = (
         HumanRequest.objects.select_related("invocation", "created_by", "approver_group")
