@@ -23,7 +23,7 @@ from tools.models import (
     APPROVALS_MAX,
     ToolInvocation,
 )
-from tools.services import tool_invocation_end, tool_invocations_end
+from tools.services import in_one_event_loop, tool_invocation_end, tool_invocations_end
 from users.models import User
 
 Status = HumanRequest.Status
@@ -47,7 +47,7 @@ def _announce_many(request_ids: list, event: str) -> None:
         for request_id in request_ids:
             human_request_changed.send(sender=HumanRequest, request_id=request_id, event=event)
 
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: in_one_event_loop(send))
 
 
 def human_request_create(

@@ -3,7 +3,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -406,8 +406,16 @@ def tool_invocations_end(*, invocation_ids: list, status: str, message: str, cod
             invocation_finished.send(sender=ToolInvocation, invocation_id=pk)
 
     if ended:
-        transaction.on_commit(announce)
+        transaction.on_commit(lambda: in_one_event_loop(announce))
     return len(ended)
+
+
+def in_one_event_loop(function: Callable[[], None]) -> None:
+    """Calls ``function`` (in this thread) while one event loop runs beside it, so the
+    Channels pushes its signal receivers make with ``async_to_sync`` hop to that loop
+    instead of each starting an event loop of its own: the many pushes of a bulk expiry
+    then cost a fraction as much."""
+    async_to_sync(sync_to_async(function))()
 
 
 def tool_invocation_raise_failure(invocation: ToolInvocation) -> ToolInvocation:
