@@ -1,4 +1,5 @@
-# QMCP: `make run` starts a development server, `make test` runs the whole test suite.
+# QMCP: `make run` starts a development server, `make prod` the production server, `make test`
+# runs the whole test suite.
 # Both create the virtual environment in .venv and install requirements.txt on first use.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -7,7 +8,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv run test lint migrate conformance clean
+WORKERS ?= 1
+
+.PHONY: venv run prod test lint migrate conformance clean
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +30,11 @@ run: migrate
 	@echo "API token:    DJANGO_DEBUG=1 $(BIN)/python manage.py create_api_token you@example.com"
 	@echo ""
 	DJANGO_DEBUG=1 $(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# Production: uvicorn on uvloop and httptools (qmcp_site/serve.py). Needs SECRET_KEY, and
+# `manage.py migrate` run once; with WORKERS > 1, PostgreSQL and REDIS_URL.
+prod: venv
+	$(BIN)/python -m qmcp_site.serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ latency, and the ratio QMCP/SDK.
 
     .venv/bin/python benchmarks/mcp_bench.py                      # SQLite
     .venv/bin/python benchmarks/mcp_bench.py --postgres postgres://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python benchmarks/mcp_bench.py --pin 0 1   # server on core 0, load on core 1
 
 QMCP runs with the environment of this process, so settings such as
 ``QMCP_AUDIT_SYNCHRONOUS_COMMIT=0`` apply to it.
@@ -68,13 +69,15 @@ def run(cmd: list[str], env: dict[str, str], probe: str):
 
 
 def postgres_database(admin_url: str) -> str:
-    """A fresh database ``qmcp_bench`` next to ``admin_url``; returns its URL."""
+    """A fresh database next to ``admin_url`` (``QMCP_BENCH_DB``, default ``qmcp_bench``);
+    returns its URL."""
     import psycopg
 
+    name = os.environ.get("QMCP_BENCH_DB", "qmcp_bench")
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS qmcp_bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE qmcp_bench")
-    return admin_url.rsplit("/", 1)[0] + "/qmcp_bench"
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[str, dict]:
@@ -84,6 +87,10 @@ def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[s
     else:
         database = f"sqlite:///{tempfile.mkdtemp(prefix='qmcp-bench-')}/db.sqlite3"
     env = {
+        # One token from one address at thousands of calls a second: far over the default
+        # limits, which are for agents, not load tests. The limiter still counts every call.
+        "QMCP_RATELIMIT_TOKEN": "100000000/minute",
+        "QMCP_RATELIMIT_ADDRESS": "100000000/minute",
         **os.environ,
         "DATABASE_URL": database,
         "SECRET_KEY": secrets.token_urlsafe(32),
@@ -94,6 +101,16 @@ def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[s
     if redis:
         env["REDIS_URL"] = redis
     return database, env
+
+
+def qmcp_command(server: str, port: int) -> list[str]:
+    """The command that serves QMCP on ``port``: ``daphne``, or ``uvicorn`` (production's,
+    qmcp_site/serve.py)."""
+    if server == "uvicorn":
+        return [PYTHON, "-m", "qmcp_site.serve", "--host", "127.0.0.1", "--port", str(port)]
+    return [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)] + [
+        "qmcp_site.asgi:application"
+    ]
 
 
 def manage_shell(env: dict[str, str], code: str) -> list[str]:
@@ -131,7 +148,9 @@ def parse_reply(response: httpx.Response, rpc_id: int) -> dict:
     raise RuntimeError(f"no reply in {response.text[:200]!r}")
 
 
-async def client_loop(url: str, headers: dict, deadline: float, latencies: list[float]) -> None:
+async def client_loop(url: str, headers: dict, clock: dict, latencies: list[float]) -> None:
+    """One client: initializes, then calls from ``clock["go"]`` (set once every client
+    has a session) until ``clock["deadline"]``."""
     async with httpx.AsyncClient(headers=headers, timeout=30) as http:
         init = {
             "jsonrpc": "2.0",
@@ -152,8 +171,13 @@ async def client_loop(url: str, headers: dict, deadline: float, latencies: list[
         await http.post(
             url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
         )
+        clock["ready"] += 1
+        if clock["ready"] == clock["clients"]:
+            clock["deadline"] = time.perf_counter() + clock["seconds"]
+            clock["go"].set()
+        await clock["go"].wait()
         rpc_id = 0
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < clock["deadline"]:
             rpc_id += 1
             call = {
                 "jsonrpc": "2.0",
@@ -170,12 +194,11 @@ async def client_loop(url: str, headers: dict, deadline: float, latencies: list[
 
 async def load(url: str, headers: dict, concurrency: int, seconds: float) -> dict:
     latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-    started = time.perf_counter()
-    await asyncio.gather(
-        *(client_loop(url, headers, deadline, latencies) for _ in range(concurrency))
-    )
-    elapsed = time.perf_counter() - started
+    # The clock starts once every client has its session: 32 initializes on a busy
+    # machine can take longer than a short run.
+    clock = {"ready": 0, "clients": concurrency, "seconds": seconds, "go": asyncio.Event()}
+    await asyncio.gather(*(client_loop(url, headers, clock, latencies) for _ in range(concurrency)))
+    elapsed = seconds + (time.perf_counter() - clock["deadline"])
     if not latencies:
         raise RuntimeError(f"no call completed in {seconds} s at {url}")
     latencies.sort()
@@ -196,14 +219,25 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--postgres", help="admin URL of a PostgreSQL server to use for QMCP")
     parser.add_argument("--redis", help="REDIS_URL for QMCP's channel layer")
+    parser.add_argument(
+        "--pin",
+        nargs=2,
+        type=int,
+        metavar=("SERVER_CPU", "LOAD_CPU"),
+        help="pin the servers (taskset) and this load process to different cores",
+    )
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     args = parser.parse_args()
+    pin: list[str] = []
+    if args.pin:
+        pin = ["taskset", "-c", str(args.pin[0])]
+        os.sched_setaffinity(0, {args.pin[1]})
 
     database, env = server_env(args.postgres, args.redis)
     token = prepare_qmcp(env)
     qmcp_port, sdk_port = free_port(), free_port()
-    qmcp_cmd = [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(qmcp_port)]
-    qmcp_cmd.append("qmcp_site.asgi:application")
-    sdk_cmd = [PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
+    qmcp_cmd = [*pin, *qmcp_command(args.server, qmcp_port)]
+    sdk_cmd = [*pin, PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
     servers = {
         "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),
         "sdk": (f"http://127.0.0.1:{sdk_port}/mcp", {}),

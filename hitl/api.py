@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from ninja import Field, Router, Schema, Status
-from ninja.pagination import PageNumberPagination, paginate
+from ninja.pagination import paginate
 from pydantic import ConfigDict, StrictInt
 
 from hitl.models import OPTION_MAX_LENGTH, OPTIONS_MAX, HumanRequest, HumanResponse
@@ -16,6 +16,7 @@ from hitl.selectors import (
 )
 from hitl.services import human_request_create, human_request_respond
 from qmcp_site.errors import ApplicationError
+from qmcp_site.pagination import PageNumberPagination
 from tools.api import ErrorOut
 from tools.models import APPROVAL_TIMEOUT_MAX, APPROVAL_TIMEOUT_MIN, APPROVALS_MAX
 from users.models import ApiToken

@@ -50,6 +50,12 @@ class HumanRequest(models.Model):
         REJECTED = "rejected", "Rejected"
         ANSWERED = "answered", "Answered"
 
+    class Risk(models.TextChoices):
+        LOW = "low", "Low"
+        MEDIUM = "medium", "Medium"
+        HIGH = "high", "High"
+        CRITICAL = "critical", "Critical"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.APPROVAL)
     title = models.CharField(max_length=200)
@@ -81,9 +87,26 @@ class HumanRequest(models.Model):
         on_delete=models.SET_NULL,
         related_name="human_request",
     )
+    # Copied from the tool's policy when the request is made: the level it was decided under.
+    risk_level = models.CharField(max_length=8, choices=Risk.choices, default=Risk.MEDIUM)
+    reason = models.TextField(blank=True, help_text="The agent's stated reason for the call.")
+    # The tool's preview when the request was made: what the reviewer was shown.
+    preview = models.JSONField(null=True, blank=True)
+    # Approve with edits: the arguments a reviewer changed the call to, and who. The call's
+    # original arguments stay in ``context["arguments"]``.
+    edited_arguments = models.JSONField(null=True, blank=True)
+    edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     expires_at = models.DateTimeField(db_index=True)
     decided_at = models.DateTimeField(null=True, blank=True)
+    # When reviewers were told that the request is about to expire (once per request).
+    expiry_warned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at"]
@@ -95,6 +118,10 @@ class HumanRequest(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(approvals_required__gte=1), name="hitl_request_approvals_min"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(risk_level__in=["low", "medium", "high", "critical"]),
+                name="hitl_request_risk_level_valid",
             ),
             models.CheckConstraint(
                 condition=models.Q(approvals_required__lte=APPROVALS_MAX),
@@ -142,3 +169,66 @@ class HumanResponse(models.Model):
 
     def __str__(self):
         return f"{self.get_decision_display()} by {self.responder}"
+
+
+class HumanRequestEvent(models.Model):
+    """One line of a request's trail: created, notified, viewed, edited, extended, decided.
+
+    The run and its result are read from the invocation; responses from HumanResponse.
+    """
+
+    class Kind(models.TextChoices):
+        CREATED = "created", "Created"
+        NOTIFIED = "notified", "Notified"
+        VIEWED = "viewed", "Viewed"
+        EDITED = "edited", "Arguments edited"
+        EXTENDED = "extended", "Extended"
+        DECIDED = "decided", "Decided"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Cancelled"
+
+    request = models.ForeignKey(HumanRequest, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["request", "created_at"])]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ReviewerSettings(models.Model):
+    """How a reviewer wants to hear of requests: email (the default), chat or nothing."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "Email"
+        CHAT = "chat", "Chat webhook"
+        NONE = "none", "None"
+
+    class ChatFormat(models.TextChoices):
+        SLACK = "slack", "Slack"
+        TEAMS = "teams", "Microsoft Teams"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reviewer_settings"
+    )
+    notify_via = models.CharField(max_length=8, choices=Channel.choices, default=Channel.EMAIL)
+    chat_webhook_url = models.URLField(
+        blank=True, help_text="An incoming webhook; empty means the team's QMCP_CHAT_WEBHOOK_URL."
+    )
+    chat_format = models.CharField(
+        max_length=8, choices=ChatFormat.choices, default=ChatFormat.SLACK
+    )
+
+    class Meta:
+        verbose_name = "reviewer settings"
+        verbose_name_plural = "reviewer settings"
+
+    def __str__(self):
+        return f"{self.user}: {self.get_notify_via_display()}"

@@ -14,23 +14,38 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from hitl.models import HumanRequest, HumanResponse, validate_options
+from hitl.models import HumanRequest, HumanRequestEvent, HumanResponse, validate_options
 from hitl.signals import human_request_changed
 from qmcp_site.errors import ApplicationError
+from qmcp_site.storable import storable_check
 from tools.models import (
     APPROVAL_TIMEOUT_MAX,
     APPROVAL_TIMEOUT_MIN,
     APPROVALS_MAX,
     ToolInvocation,
 )
-from tools.services import in_one_event_loop, tool_invocation_end, tool_invocations_end
+from tools.registry import get_tool
+from tools.services import (
+    in_one_event_loop,
+    tool_invocation_end,
+    tool_invocation_rebind,
+    tool_invocations_end,
+)
 from users.models import User
 
 Status = HumanRequest.Status
 Decision = HumanResponse.Decision
+Event = HumanRequestEvent.Kind
 RESPOND_PERMISSION = "hitl.respond_humanrequest"
 # The admin's approval queue opens to staff with any of these (HumanRequestAdmin).
 QUEUE_PERMISSIONS = ("hitl.view_humanrequest", "hitl.change_humanrequest", RESPOND_PERMISSION)
+
+# The longest a request may stay open, counted from its creation, extensions included.
+MAX_LIFETIME_SECONDS = 30 * 86400
+
+
+def _trail(request: HumanRequest, kind: str, actor: User | None = None, **detail) -> None:
+    HumanRequestEvent.objects.create(request=request, kind=kind, actor=actor, detail=detail)
 
 
 def _announce(request: HumanRequest, event: str) -> None:
@@ -62,8 +77,17 @@ def human_request_create(
     approvals_required: int = 1,
     approver_group: Group | None = None,
     invocation: ToolInvocation | None = None,
+    risk_level: str = HumanRequest.Risk.MEDIUM,
+    reason: str = "",
+    preview: dict[str, Any] | None = None,
 ) -> HumanRequest:
-    """A pending request that expires after ``timeout_seconds``."""
+    """A pending request that expires after ``timeout_seconds``, with its trail's first line;
+    ``unstorable_value`` for a title, prompt, context or option that a database or a
+    reviewer's page cannot hold."""
+    storable_check(
+        {"title": title, "prompt": prompt, "context": context, "options": options},
+        what="request",
+    )
     if kind not in HumanRequest.Kind.values:
         raise ApplicationError(
             f"Unknown kind '{kind}'.", "invalid", {"allowed": HumanRequest.Kind.values}
@@ -78,6 +102,10 @@ def human_request_create(
             "invalid",
             {"approvals_required": approvals_required},
         )
+    if risk_level not in HumanRequest.Risk.values:
+        raise ApplicationError(
+            f"Unknown risk level '{risk_level}'.", "invalid", {"allowed": HumanRequest.Risk.values}
+        )
     request = HumanRequest(
         kind=kind,
         title=title.strip()[:200],
@@ -89,9 +117,13 @@ def human_request_create(
         approver_group=approver_group,
         invocation=invocation,
         expires_at=timezone.now() + timedelta(seconds=timeout_seconds),
+        risk_level=risk_level,
+        reason=reason,
+        preview=preview,
     )
     _full_clean(request)
     request.save(force_insert=True)
+    _trail(request, Event.CREATED, created_by)
     _announce(request, "created")
     return request
 
@@ -113,12 +145,18 @@ def _full_clean(request: HumanRequest) -> None:
         raise ApplicationError(f"Invalid human request: {first}", "invalid", errors) from exc
 
 
-def human_request_for_invocation(*, invocation: ToolInvocation, policy) -> HumanRequest:
-    """The approval request that gates ``invocation``, from its tool's policy."""
-    arguments = json.dumps(invocation.arguments, ensure_ascii=False, sort_keys=True)
-    summary = arguments if len(arguments) <= 80 else arguments[:77] + "..."
+def human_request_for_invocation(
+    *, invocation: ToolInvocation, policy, preview: dict | None = None, reason: str = ""
+) -> HumanRequest:
+    """The approval request that gates ``invocation``, from its tool's policy, with the
+    tool's ``preview`` and the agent's ``reason``."""
+    if preview and preview.get("summary"):
+        summary = preview["summary"]
+    else:
+        summary = json.dumps(invocation.arguments, ensure_ascii=False, sort_keys=True)
+    summary = summary if len(summary) <= 80 else summary[:77] + "..."
     return human_request_create(
-        title=f"Approve {invocation.tool_name} {summary}",
+        title=f"Approve {invocation.tool_name}: {summary}",
         prompt=(
             f"{invocation.principal_label or 'A caller'} wants to call "
             f"'{invocation.tool_name}' through {invocation.get_via_display()}."
@@ -134,6 +172,9 @@ def human_request_for_invocation(*, invocation: ToolInvocation, policy) -> Human
         approvals_required=policy.approvals_required,
         approver_group=policy.approver_group,
         invocation=invocation,
+        risk_level=getattr(policy, "risk_level", HumanRequest.Risk.MEDIUM),
+        reason=reason,
+        preview=preview,
     )
 
 
@@ -174,8 +215,14 @@ def human_request_respond(
     option: str = "",
     answer: str = "",
     comment: str = "",
+    arguments: dict[str, Any] | None = None,
 ) -> HumanRequest:
     """Records one reviewer's response and settles the request when it is decided.
+
+    ``arguments``, with an approval of a gated call, approves it with edits: they are
+    validated by the tool's input model, and the call runs with them (the original
+    arguments stay in the request's context, the edit in its trail). A critical request
+    needs a comment to be approved.
 
     Runs with the request row locked (SELECT FOR UPDATE, and SQLite's single writer), so
     of two reviewers deciding at once one wins and the other gets ``conflict``. An
@@ -183,6 +230,7 @@ def human_request_respond(
     rejection rejects it. A question is answered by its first answer, which must be one of
     its options when it has options.
     """
+    storable_check({"option": option, "answer": answer, "comment": comment}, what="response")
     request_id = _request_pk(request_id)
     with transaction.atomic():
         request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
@@ -191,17 +239,25 @@ def human_request_respond(
         if request.is_overdue:
             _expire(request)  # committed: the refusal below is raised after this block
         elif request.is_pending:
-            _respond(request, responder, decision, option, answer, comment)
+            _respond(request, responder, decision, option, answer, comment, arguments)
             return request
     raise ApplicationError(
         closed_message(request), "conflict", {"status": request.status, "outcome": request.outcome}
     )
 
 
-def _respond(request, responder, decision, option, answer, comment) -> None:
+def _respond(request, responder, decision, option, answer, comment, arguments=None) -> None:
     """Records a response and settles the request; the caller holds the request's lock."""
     reviewer_check(user=responder, request=request)
     option, answer = _validate_response(request, decision, option, answer)
+    if (
+        decision == Decision.APPROVE
+        and request.risk_level == HumanRequest.Risk.CRITICAL
+        and not comment.strip()
+    ):
+        raise ApplicationError("This request is critical: type a comment to approve it.", "invalid")
+    if arguments is not None and decision == Decision.APPROVE:
+        _edit_arguments(request, responder, arguments)
     try:
         with transaction.atomic():
             HumanResponse.objects.create(
@@ -214,7 +270,51 @@ def _respond(request, responder, decision, option, answer, comment) -> None:
             )
     except IntegrityError as exc:
         raise ApplicationError("You have already responded to this request.", "conflict") from exc
-    _settle(request, decision, answer or option, comment)
+    _settle(request, decision, answer or option, comment, responder)
+
+
+def arguments_diff(before: dict | None, after: dict | None) -> list[dict[str, Any]]:
+    """The fields that differ between two argument objects, as ``{field, before, after}``
+    (a missing field is None)."""
+    before, after = before or {}, after or {}
+    return [
+        {"field": key, "before": before.get(key), "after": after.get(key)}
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
+
+
+def _edit_arguments(request: HumanRequest, responder: User, arguments: Any) -> None:
+    """Validates a reviewer's edited arguments and keeps them on the request, with a trail
+    line holding the diff; the caller holds the request's lock."""
+    if request.invocation_id is None:
+        raise ApplicationError("Only a gated tool call has arguments to edit.", "invalid")
+    spec = get_tool(request.invocation.tool_name)
+    if spec is None:
+        raise ApplicationError(f"Tool '{request.invocation.tool_name}' no longer exists.")
+    edited = spec.parse_arguments(arguments).model_dump(mode="json", exclude_unset=True)
+    current = request.edited_arguments or request.context.get("arguments")
+    if edited == current:
+        return
+    others = request.responses.filter(decision=Decision.APPROVE).exclude(responder=responder)
+    if others.exists():
+        raise ApplicationError(
+            "Other reviewers approved these arguments already: reject the call instead, "
+            "so the agent asks again.",
+            "conflict",
+        )
+    original = request.context.get("arguments")
+    request.edited_arguments = edited
+    request.edited_by = responder
+    request.save(update_fields=["edited_arguments", "edited_by"])
+    _trail(
+        request,
+        Event.EDITED,
+        responder,
+        original=original,
+        edited=edited,
+        diff=arguments_diff(original, edited),
+    )
 
 
 def closed_message(request: HumanRequest) -> str:
@@ -252,7 +352,9 @@ def _validate_response(request: HumanRequest, decision: str, option: str, answer
     return "", answer
 
 
-def _settle(request: HumanRequest, decision: str, answer: str, comment: str) -> None:
+def _settle(
+    request: HumanRequest, decision: str, answer: str, comment: str, responder: User
+) -> None:
     """Decides ``request`` when this response is enough; the caller holds its lock."""
     now = timezone.now()
     if decision == Decision.APPROVE:
@@ -269,12 +371,20 @@ def _settle(request: HumanRequest, decision: str, answer: str, comment: str) -> 
     request.status = Status.RESPONDED
     request.decided_at = now
     request.save(update_fields=["status", "outcome", "answer", "decided_at"])
+    _trail(request, Event.DECIDED, responder, outcome=request.outcome)
     if request.invocation_id is not None:
         if request.outcome == HumanRequest.Outcome.APPROVED:
             from tools.tasks import tool_invocation_run as tool_invocation_run_task
 
             invocation_id = str(request.invocation_id)
-            transaction.on_commit(lambda: tool_invocation_run_task.delay(invocation_id))
+            note = ""
+            if request.edited_arguments is not None:
+                editor = request.edited_by.email if request.edited_by else "a reviewer"
+                note = f"A reviewer ({editor}) changed the arguments before approving."
+                tool_invocation_rebind(
+                    invocation_id=invocation_id, arguments=request.edited_arguments
+                )
+            transaction.on_commit(lambda: tool_invocation_run_task.delay(invocation_id, note=note))
         elif request.outcome == HumanRequest.Outcome.REJECTED:
             reason = f"Rejected by a reviewer: {comment}" if comment else "Rejected by a reviewer."
             tool_invocation_end(
@@ -291,6 +401,7 @@ def _close(request: HumanRequest, status: str, message: str) -> None:
     request.status = status
     request.decided_at = timezone.now()
     request.save(update_fields=["status", "decided_at"])
+    _trail(request, status, None, message=message)
     if request.invocation_id is not None:
         tool_invocation_end(
             invocation_id=request.invocation_id, status=status, message=message, code=status
@@ -374,3 +485,38 @@ def human_request_cancel(*, request_id, reason: str = "") -> HumanRequest:
             reason or "The call was cancelled before a reviewer decided.",
         )
     return request
+
+
+def human_request_extend(*, request_id, by: User, seconds: int) -> HumanRequest:
+    """Gives a pending request ``seconds`` more before it expires (from now, if it is past
+    due); only a reviewer who may decide it may, and never past 30 days from creation."""
+    if not 60 <= seconds <= 7 * 86400:
+        raise ApplicationError("Extend by between one minute and seven days.", "invalid")
+    request_id = _request_pk(request_id)
+    with transaction.atomic():
+        request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
+        if request is None:
+            raise ApplicationError(f"No human request '{request_id}'.", "not_found")
+        if not request.is_pending:
+            raise ApplicationError(closed_message(request), "conflict")
+        reviewer_check(user=by, request=request)
+        now = timezone.now()
+        latest = request.created_at + timedelta(seconds=MAX_LIFETIME_SECONDS)
+        expires_at = min(max(now, request.expires_at) + timedelta(seconds=seconds), latest)
+        if expires_at <= request.expires_at:
+            raise ApplicationError("This request cannot be extended any further.", "conflict")
+        before = request.expires_at
+        request.expires_at = expires_at
+        request.expiry_warned_at = None
+        request.save(update_fields=["expires_at", "expiry_warned_at"])
+        _trail(request, Event.EXTENDED, by, before=before.isoformat(), after=expires_at.isoformat())
+        _announce(request, "extended")
+    return request
+
+
+def human_request_viewed(*, request: HumanRequest, user: User) -> None:
+    """Records that ``user`` opened the request (once per person) for its trail."""
+    if not HumanRequestEvent.objects.filter(
+        request=request, kind=Event.VIEWED, actor=user
+    ).exists():
+        _trail(request, Event.VIEWED, user)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from hitl.models import OPTION_MAX_LENGTH
-from tools.registry import ToolResult, tool
+from tools.registry import Preview, ToolResult, tool
 from tools.schemas import ToolInput
 from tools.selectors import invocation_get
 
@@ -33,6 +33,7 @@ class ApprovalStatusOutput(BaseModel):
     input=ApprovalStatusInput,
     output=ApprovalStatusOutput,
     annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    retry_safe=True,
 )
 def approval_status(args: ApprovalStatusInput, ctx) -> ToolResult:
     from hitl.services import human_requests_expire
@@ -70,6 +71,13 @@ class DeployInput(ToolInput):
     environment: Literal["staging", "production"] = "staging"
 
 
+def preview_deploy(args: DeployInput) -> Preview:
+    return Preview(
+        summary=f"Deploys {args.service} {args.version} to {args.environment}.",
+        facts={"service": args.service, "environment": args.environment, "version": args.version},
+    )
+
+
 class DeployOutput(BaseModel):
     service: str
     version: str
@@ -86,6 +94,8 @@ class DeployOutput(BaseModel):
     output=DeployOutput,
     annotations={"readOnlyHint": False, "destructiveHint": True, "openWorldHint": True},
     requires_approval=True,
+    preview=preview_deploy,
+    risk="high",
 )
 def deploy(args: DeployInput, ctx) -> ToolResult:
     deployment_id = uuid.uuid4().hex[:12]

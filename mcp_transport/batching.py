@@ -1,13 +1,19 @@
-"""The sync work of all waiting MCP requests in one thread hop, their audit rows in one INSERT.
+"""The sync work of waiting MCP requests in few thread hops, their audit rows in few INSERTs.
 
 On a small machine handing a request to a thread costs more than the request's own sync
-work. So :func:`run_batched` hands :data:`DATABASE_THREAD` everything that is waiting at
-once, one job after the other, each in autocommit as if alone. The audit rows that
-read-only tool calls write outside any transaction are collected and written together in
-one multi-row INSERT: on SQLite by the same thread at the end of the batch; on PostgreSQL
-by :data:`AUDIT_WRITER` over an async connection on the event loop, so the next batch
-does not wait for the round trip. A batch's replies go out only once its rows are in;
-a job whose row could not be written gets that error instead of its reply.
+work. So :func:`run_batched` hands a database thread everything that is waiting at once,
+as a :class:`Batch`: one job after the other, each in autocommit as if alone. The audit
+rows that read-only tool calls write outside any transaction are collected and written
+together in one multi-row INSERT: on SQLite by the same thread at the end of the batch; on
+PostgreSQL by :data:`AUDIT_WRITER` over an async connection on the event loop, so the next
+batch does not wait for the round trip. A batch's replies go out only once its rows are
+in. If a grouped INSERT fails, its rows are written call by call: only a call whose own
+row cannot be written gets that error instead of its reply.
+
+No call waits behind another's slow call: while a batch runs, the next one waits for it
+only as long as its current job has run less than :attr:`Batcher.STUCK_AFTER`. Past that,
+the batch's other jobs (done and not yet started) and everything waiting go to another
+thread, up to :attr:`Batcher.MAX_THREADS` threads, each with its own connection.
 """
 
 import asyncio
@@ -15,7 +21,9 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -30,6 +38,7 @@ logger = logging.getLogger(__name__)
 Job = tuple[Callable[..., Any], dict[str, Any], asyncio.Future]
 Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 Rows = dict[tuple[str, type], list[list]]  # (database alias, model) -> rows to insert
+Entry = tuple[Job, Outcome, Rows]  # a job that ran, and the audit rows it left to write
 
 
 class DatabaseThread:
@@ -74,7 +83,7 @@ class DatabaseThread:
 
 
 def _settle(future: asyncio.Future, outcome: Outcome) -> None:
-    if future.done():
+    if future.done() or future.get_loop().is_closed():
         return
     ok, value = outcome
     if ok:
@@ -109,6 +118,28 @@ class AuditWriter:
                 connection = await self._connect(using)
                 await _execute(connection, sql, params)
             self._release(using, connection)
+
+    async def write_each(self, parts: list[Rows]) -> list[Exception | None]:
+        """Writes every part's rows, grouped (see :func:`grouped_write`); per part, None
+        or the error that kept its rows out."""
+        failures: list[Exception | None] = [None] * len(parts)
+        for key, members in _by_model(parts):
+            values = [row for _, rows in members for row in rows]
+            try:
+                await self.write({key: values})
+            except Exception as exc:
+                await self._write_one_by_one(key, members, failures, exc)
+        return failures
+
+    async def _write_one_by_one(self, key, members, failures, exc) -> None:
+        if len(members) == 1:
+            failures[members[0][0]] = exc
+            return
+        for index, rows in members:
+            try:
+                await self.write({key: rows})
+            except Exception as own:
+                failures[index] = own
 
     async def close(self) -> None:
         """Closes every idle connection (tests do, before the test database is dropped)."""
@@ -151,122 +182,259 @@ async def _execute(connection, sql: str, params: list) -> None:
         raise
 
 
-DATABASE_THREAD = DatabaseThread("qmcp-mcp-db")
-AUDIT_WRITER = AuditWriter()
+def grouped_write(parts: list[Rows]) -> list[Exception | None]:
+    """Writes every part's rows in this thread, one INSERT per model for all parts; if one
+    fails, that model's rows again part by part. Per part, None or the error that kept its
+    rows out: one bad row fails only its own part."""
+    failures: list[Exception | None] = [None] * len(parts)
+    for key, members in _by_model(parts):
+        try:
+            insert_deferred({key: [row for _, rows in members for row in rows]})
+        except Exception as exc:
+            if len(members) == 1:
+                failures[members[0][0]] = exc
+                continue
+            for index, rows in members:
+                try:
+                    insert_deferred({key: rows})
+                except Exception as own:
+                    failures[index] = own
+    return failures
 
-_pending: list[Job] = []
-_running = False
-# Processed batches whose rows the writer has still to write: (jobs, outcomes, rows, writers).
-_unwritten: list[tuple[list[Job], list[Outcome], Rows, list[bool]]] = []
-_writing = False
+
+def _by_model(parts: list[Rows]) -> list[tuple[tuple[str, type], list[tuple[int, list]]]]:
+    """Per (alias, model): the parts that have rows for it, as (index, rows)."""
+    grouped: dict[tuple[str, type], list[tuple[int, list]]] = {}
+    for index, part in enumerate(parts):
+        for key, rows in part.items():
+            grouped.setdefault(key, []).append((index, rows))
+    return list(grouped.items())
+
+
+class Batch:
+    """Jobs that one database thread runs in turn.
+
+    The event loop may take over the jobs not started yet and those done (whose rows are
+    not written yet) while the thread is busy with a slow one: the lock keeps every job in
+    exactly one place.
+    """
+
+    def __init__(self, jobs: list[Job], done: list[Entry] | None = None):
+        self.jobs = deque(jobs)
+        self.done: list[Entry] = done or []
+        self.given = [job for job, _, _ in self.done] + list(jobs)
+        self.current_since: float | None = None  # when the running job started
+        self.stuck = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # set when it starts
+        self.thread: DatabaseThread | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.given)
+
+    def next_job(self) -> Job | None:
+        with self._lock:
+            if not self.jobs:
+                self.current_since = None
+                return None
+            self.current_since = time.monotonic()
+            return self.jobs.popleft()
+
+    def job_done(self, entry: Entry) -> None:
+        with self._lock:
+            self.done.append(entry)
+
+    def take_done(self) -> list[Entry]:
+        with self._lock:
+            done, self.done = self.done, []
+        return done
+
+    def take_over(self) -> tuple[list[Job], list[Entry]]:
+        """The jobs not started and the jobs done, which the thread no longer sees."""
+        with self._lock:
+            jobs, done = list(self.jobs), self.done
+            self.jobs.clear()
+            self.done = []
+        return jobs, done
+
+
+def _run_batch(batch: Batch) -> list[Entry]:
+    """Runs the batch's jobs, in the database thread. Returns the entries done, with the
+    rows left for the async writer; rows for SQLite are written here already (an entry
+    whose row failed gets that error as its outcome)."""
+    while (job := batch.next_job()) is not None:
+        func, kwargs, _ = job
+        with deferred_inserts() as own:
+            try:
+                outcome: Outcome = (True, func(**kwargs))
+            except Exception as exc:
+                outcome = (False, exc)
+        batch.job_done((job, outcome, own))
+    entries = batch.take_done()
+    parts = [rows for _, _, rows in entries]
+    if not any(parts) or all(
+        connections[using].vendor == "postgresql" for part in parts for using, _ in part
+    ):
+        return entries
+    return _with_failures(entries, grouped_write(parts), written=True)
+
+
+def _with_failures(entries: list[Entry], failures: list, *, written: bool) -> list[Entry]:
+    """The entries with each failure as its outcome (and, once written, no rows left)."""
+    out = []
+    for (job, outcome, rows), failure in zip(entries, failures, strict=True):
+        if failure is not None:
+            _log_lost(rows, failure)
+            outcome = (False, failure)
+        out.append((job, outcome, {} if written else rows))
+    return out
+
+
+def _log_lost(rows: Rows, exc: Exception) -> None:
+    count = sum(len(values) for values in rows.values())
+    logger.error(
+        "%d audit rows could not be written; their MCP call gets an error", count, exc_info=exc
+    )
+
+
+class Batcher:
+    """Hands waiting jobs to database threads in batches; see the module's docstring."""
+
+    MAX_THREADS = 8
+    STUCK_AFTER = 0.05  # seconds one job may run before the others go elsewhere
+
+    def __init__(self):
+        self._pending: list[Job] = []
+        # The loop that has a dispatch or a write under way: a loop that was closed meanwhile
+        # (a test's) leaves nothing waiting for it.
+        self._scheduled: asyncio.AbstractEventLoop | None = None
+        self._threads: list[DatabaseThread] = []
+        self._idle: list[DatabaseThread] = []  # the most recently used last
+        self._running: dict[Batch, asyncio.TimerHandle] = {}
+        self._unwritten: list[Entry] = []
+        self._writing: asyncio.AbstractEventLoop | None = None
+
+    async def run(self, func: Callable[..., Any], **kwargs) -> Any:
+        """``func(**kwargs)`` in a database thread, together with whatever else waits."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((func, kwargs, future))
+        if self._scheduled is not loop:
+            # Whatever else arrives in this turn of the loop joins the same batch.
+            self._scheduled = loop
+            loop.call_soon(self._dispatch)
+        return await future
+
+    async def close_connections(self) -> None:
+        """Closes the database connections of every idle thread and of the writer."""
+        for thread in list(self._idle):
+            await thread.run(connections.close_all)
+        await AUDIT_WRITER.close()
+
+    def _dispatch(self) -> None:
+        """Starts a batch of the waiting jobs, unless a batch that is not stuck runs: its
+        end starts the next one."""
+        self._scheduled = None
+        for batch in [batch for batch in self._running if batch.loop.is_closed()]:
+            del self._running[batch]
+            self._idle.append(batch.thread)
+        if not self._pending or any(not batch.stuck for batch in self._running):
+            return
+        thread = self._thread()
+        if thread is None:
+            return  # every thread is stuck: the first one free takes them
+        jobs, self._pending = self._pending, []
+        self._start(thread, Batch(jobs))
+
+    def _thread(self) -> DatabaseThread | None:
+        if self._idle:
+            return self._idle.pop()
+        if len(self._threads) >= self.MAX_THREADS:
+            return None
+        thread = DatabaseThread(f"qmcp-mcp-db-{len(self._threads)}")
+        self._threads.append(thread)
+        return thread
+
+    def _start(self, thread: DatabaseThread, batch: Batch) -> None:
+        loop = batch.loop = asyncio.get_running_loop()
+        batch.thread = thread
+        self._running[batch] = loop.call_later(self.STUCK_AFTER, self._check, batch)
+        thread.run(_run_batch, batch).add_done_callback(
+            lambda future: self._ended(thread, batch, future)
+        )
+
+    def _check(self, batch: Batch) -> None:
+        """A batch whose current job runs too long gives its other jobs to another thread."""
+        if batch not in self._running:
+            return
+        loop = asyncio.get_running_loop()
+        since = batch.current_since
+        age = 0.0 if since is None else time.monotonic() - since
+        if since is None or age < self.STUCK_AFTER:
+            self._running[batch] = loop.call_later(self.STUCK_AFTER - age, self._check, batch)
+            return
+        thread = self._thread()
+        if thread is None:  # every thread busy: look again later
+            self._running[batch] = loop.call_later(self.STUCK_AFTER, self._check, batch)
+            return
+        batch.stuck = True  # from now on, what arrives goes to another thread
+        jobs, done = batch.take_over()
+        jobs += self._pending
+        self._pending = []
+        if jobs or done:
+            self._start(thread, Batch(jobs, done))
+        else:
+            self._idle.append(thread)
+
+    def _ended(self, thread: DatabaseThread, batch: Batch, future: asyncio.Future) -> None:
+        if batch not in self._running:
+            return
+        self._running.pop(batch).cancel()
+        self._idle.append(thread)
+        if future.exception() is not None:  # the batch machinery itself failed
+            for job in batch.given:
+                _settle(job[2], (False, future.exception()))
+        else:
+            entries = future.result()
+            ready = [entry for entry in entries if not entry[2]]
+            self._reply(ready)
+            if len(ready) < len(entries):
+                self._unwritten.extend(entry for entry in entries if entry[2])
+                loop = asyncio.get_running_loop()
+                if self._writing is not loop:
+                    self._writing = loop
+                    asyncio.ensure_future(self._write())
+        self._dispatch()
+
+    async def _write(self) -> None:
+        """Group commit: one write at a time, of the rows of every batch done meanwhile."""
+        try:
+            while self._unwritten:
+                entries, self._unwritten = self._unwritten, []
+                parts = [rows for _, _, rows in entries]
+                try:
+                    failures = await AUDIT_WRITER.write_each(parts)
+                except Exception as exc:
+                    failures = [exc] * len(entries)
+                self._reply(_with_failures(entries, failures, written=True))
+        finally:
+            self._writing = None
+
+    @staticmethod
+    def _reply(entries: list[Entry]) -> None:
+        for (_, _, future), outcome, _ in entries:
+            _settle(future, outcome)
+
+
+AUDIT_WRITER = AuditWriter()
+BATCHER = Batcher()
 
 
 async def run_batched(func: Callable[..., Any], **kwargs) -> Any:
-    """``func(**kwargs)`` in the database thread, together with whatever else is waiting."""
-    global _running
-    future = asyncio.get_running_loop().create_future()
-    _pending.append((func, kwargs, future))
-    if not _running:
-        _running = True
-        asyncio.ensure_future(_process())
-    return await future
+    """``func(**kwargs)`` in a database thread, together with whatever else is waiting."""
+    return await BATCHER.run(func, **kwargs)
 
 
 async def close_connections() -> None:
-    """Closes the database connections of the thread and of the writer."""
-    await DATABASE_THREAD.run(connections.close_all)
-    await AUDIT_WRITER.close()
-
-
-async def _process() -> None:
-    global _running, _writing
-    try:
-        while _pending:
-            batch = _pending[:]
-            _pending.clear()
-            try:
-                outcomes, rows, writers = await DATABASE_THREAD.run(_run_batch, batch)
-            except Exception as exc:  # the batch machinery itself failed
-                outcomes, rows, writers = [(False, exc)] * len(batch), {}, []
-            if not rows:
-                _reply(batch, outcomes)
-                continue
-            _unwritten.append((batch, outcomes, rows, writers))
-            if not _writing:
-                _writing = True
-                asyncio.ensure_future(_write())
-    finally:
-        _running = False
-
-
-async def _write() -> None:
-    """Group commit: one write at a time, of the rows of every batch processed meanwhile."""
-    global _writing
-    try:
-        while _unwritten:
-            entries = _unwritten[:]
-            _unwritten.clear()
-            rows = _merged(own for _, _, own, _ in entries)
-            failure = None
-            try:
-                await AUDIT_WRITER.write(rows)
-            except Exception as exc:
-                _log_lost(rows)
-                failure = exc
-            for batch, outcomes, _, writers in entries:
-                if failure is not None:
-                    outcomes = _fail_writers(outcomes, writers, failure)
-                _reply(batch, outcomes)
-    finally:
-        _writing = False
-
-
-def _reply(batch: list[Job], outcomes: list[Outcome]) -> None:
-    for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-        _settle(future, outcome)
-
-
-def _run_batch(batch: list[Job]) -> tuple[list[Outcome], Rows, list[bool]]:
-    """Runs the jobs; returns their outcomes, the rows left for the async writer, and which
-    jobs those rows belong to."""
-    outcomes: list[Outcome] = []
-    owns: list[Rows] = []
-    for func, kwargs, _ in batch:
-        with deferred_inserts() as own:
-            try:
-                outcomes.append((True, func(**kwargs)))
-            except Exception as exc:
-                outcomes.append((False, exc))
-        owns.append(own)
-    writers = [bool(own) for own in owns]
-    rows = _merged(owns)
-    if not rows:
-        return outcomes, {}, writers
-    if all(connections[using].vendor == "postgresql" for using, _ in rows):
-        return outcomes, rows, writers
-    try:
-        insert_deferred(rows)
-    except Exception as exc:
-        _log_lost(rows)
-        outcomes = _fail_writers(outcomes, writers, exc)
-    return outcomes, {}, writers
-
-
-def _merged(parts: Iterable[Rows]) -> Rows:
-    rows: Rows = {}
-    for part in parts:
-        for key, values in part.items():
-            rows.setdefault(key, []).extend(values)
-    return rows
-
-
-def _log_lost(rows: Rows) -> None:
-    count = sum(len(values) for values in rows.values())
-    logger.exception("%d audit rows could not be written; their MCP calls get an error", count)
-
-
-def _fail_writers(outcomes: list[Outcome], writers: list[bool], exc: Exception) -> list[Outcome]:
-    """The outcomes, with ``exc`` for every job whose audit row is missing."""
-    return [
-        (False, exc) if wrote else outcome for outcome, wrote in zip(outcomes, writers, strict=True)
-    ]
+    """Closes the database connections of the database threads and of the writer."""
+    await BATCHER.close_connections()

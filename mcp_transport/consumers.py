@@ -37,6 +37,7 @@ from mcp_transport.protocol import (
     rpc_result,
     tool_call_result,
 )
+from mcp_transport.ratelimit import check_rate_limit
 from mcp_transport.sessions import events_after, events_store
 from qmcp_site.errors import ApplicationError
 from qmcp_site.observability import clean_id
@@ -433,6 +434,7 @@ class McpConsumer(AsyncHttpConsumer):
     async def handle(self, body: bytes):
         headers = self._headers()
         try:
+            await check_rate_limit(self.scope, headers, body)
             self.check_host_and_origin(headers)
             method = self.scope["method"]
             if method == "POST":

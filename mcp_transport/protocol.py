@@ -32,6 +32,7 @@ from mcp_transport.sessions import (
     stream_waits_for,
 )
 from qmcp_site.errors import ApplicationError
+from qmcp_site.storable import storable_check
 from tools.models import ToolInvocation
 from tools.registry import ToolSpec, get_tool
 from tools.selectors import tool_list
@@ -292,6 +293,13 @@ def tool_call_result(invocation: ToolInvocation, version: str) -> dict[str, Any]
     return result
 
 
+def _meta_text(params: dict, key: str) -> str:
+    """A string from the request's ``_meta``, or "" when absent or not a string."""
+    meta = params.get("_meta")
+    value = meta.get(key) if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else ""
+
+
 def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
     name = _require(params, "name", str)
     arguments = params.get("arguments")
@@ -310,6 +318,8 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         "mcp_session_id": ex.session.pk if ex.session else "",
         "request_id": ex.http_request_id,
         "correlation_id": ex.correlation_id,
+        # The agent's reason for a gated call, shown to reviewers (README: Human approval).
+        "reason": _meta_text(params, "qmcp.dev/reason"),
     }
     try:
         invocation, spec, args = tool_invocation_prepare(**call)
@@ -527,6 +537,8 @@ def handle_request(ex: Exchange, method: str, params: Any) -> dict[str, Any] | N
     if isinstance(meta, dict):
         ex.outbound.progress_token = meta.get("progressToken")
     try:
+        if method != "tools/call":  # a call's arguments are checked, and audited, by tools
+            storable_check(params, what="params")
         result = handler(ex, params)
     except RpcError as exc:
         return rpc_error(ex.rpc_id, exc.code, exc.message, exc.data)

@@ -9,7 +9,8 @@ per case, as /v1 answers:
 - 401 ``unauthenticated`` (no credentials, or an invalid, revoked or expired token);
 - 403 ``missing_scope`` (the token lacks the action's scope), ``forbidden`` (not a
   reviewer, a staff account, CSRF);
-- 404 ``not_found``; 405 ``method_not_allowed``; 409 ``conflict`` (already decided);
+- 404 ``not_found``; 405 ``method_not_allowed``; 409 ``conflict`` (already decided),
+  ``precondition_failed`` (a gated call whose preview shows it cannot succeed);
 - 422 ``invalid`` (a request that fails its serializer: DRF's ValidationError) and
   ``invalid_arguments`` (a tool's own argument validation).
 """

@@ -18,9 +18,13 @@ HTTP_STATUS = {
     "unknown_tool": 404,
     "method_not_allowed": 405,
     "conflict": 409,
+    # A gated call whose preview shows it cannot succeed (delete_user of a missing user).
+    "precondition_failed": 409,
     "payload_too_large": 413,
     "invalid_arguments": 422,
+    "unstorable_value": 422,
     "invalid": 422,
+    "rate_limited": 429,
     "tool_failed": 500,
     "internal_error": 500,
 }

@@ -1,7 +1,8 @@
 from django.conf import settings
 from django.http import JsonResponse
 
-from qmcp_site.errors import error_body
+from qmcp_site.errors import ApplicationError, error_body
+from qmcp_site.storable import storable_check
 
 
 class BodySizeLimitMiddleware:
@@ -25,6 +26,23 @@ class BodySizeLimitMiddleware:
                 error_body("payload_too_large", f"Request body exceeds {limit} bytes."),
                 status=413,
             )
+        return self.get_response(request)
+
+
+class StorableQueryMiddleware:
+    """Refuses a query string that holds a value no database can compare (a NUL
+    character: PostgreSQL refuses it in any text parameter) with 400 JSON, before a filter
+    or a search sends it to the database."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.META.get("QUERY_STRING"):
+            try:
+                storable_check(dict(request.GET.lists()), what="query string")
+            except ApplicationError as exc:
+                return JsonResponse(error_body("bad_request", exc.message, exc.details), status=400)
         return self.get_response(request)
 
 

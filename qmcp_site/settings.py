@@ -8,6 +8,7 @@ Celery. ``DATABASE_URL``, ``REDIS_URL`` and ``CELERY_BROKER_URL`` switch to real
 import os
 import secrets
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -58,7 +59,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",  # OpClass in index expressions (users' trigram indexes)
     "django_prometheus",
+    "axes",
     "channels",
     "rest_framework",
     "ninja",
@@ -71,7 +74,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "qmcp_site.observability.RequestIdMiddleware",
+    "qmcp_site.ratelimit.RateLimitMiddleware",
     "qmcp_site.middleware.BodySizeLimitMiddleware",
+    "qmcp_site.middleware.StorableQueryMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -82,6 +87,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "qmcp_site.urls"
@@ -176,6 +183,34 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# --- Rate limits ----------------------------------------------------------------------------
+# Requests allowed per API token and per client address on /mcp, /v1 and /api, and login
+# POSTs per address on /admin/login/, in the `limits` notation ("6000/minute", several joined
+# by ";"); empty turns one off. Over a limit: 429 with Retry-After. Counted in Redis when
+# there is one (shared by every worker), else in each process's memory.
+QMCP_RATELIMIT_TOKEN = os.environ.get("QMCP_RATELIMIT_TOKEN", "6000/minute")
+QMCP_RATELIMIT_ADDRESS = os.environ.get("QMCP_RATELIMIT_ADDRESS", "12000/minute")
+QMCP_RATELIMIT_LOGIN = os.environ.get("QMCP_RATELIMIT_LOGIN", "30/minute")
+QMCP_RATELIMIT_STORAGE = os.environ.get("QMCP_RATELIMIT_STORAGE", REDIS_URL or "memory://")
+
+# --- Login lockout (django-axes) -----------------------------------------------------------
+# After this many failed logins for one username from one address, that pair is locked out
+# of every password login (admin, reviewer pages, /api/auth/) for the cool-off, even with
+# the right password; a success resets the count. `manage.py axes_reset` unlocks everyone,
+# `axes_reset_username NAME` or `axes_reset_ip_username IP NAME` one.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("QMCP_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("QMCP_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The login forms post the email as "username", and Django's failure signal keeps that key.
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_USERNAME_CALLABLE = "qmcp_site.lockout.login_username"
+AXES_LOCKOUT_CALLABLE = "qmcp_site.lockout.login_locked_out"
+
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
@@ -186,6 +221,12 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = TIME_ZONE
+# A worker running an approved call holds a lease on it for this long and renews it every
+# third of it; a run whose lease lapses lost its worker. The recovery pass (beat, every
+# QMCP_RUN_RECOVERY_SECONDS, or `manage.py recover_runs`) then ends it failed, or runs a
+# retry-safe tool's call once more.
+QMCP_RUN_LEASE_SECONDS = float(os.environ.get("QMCP_RUN_LEASE_SECONDS", "60"))
+QMCP_RUN_RECOVERY_SECONDS = float(os.environ.get("QMCP_RUN_RECOVERY_SECONDS", "20"))
 
 # --- Security -------------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
@@ -215,6 +256,12 @@ NINJA_PAGINATION_PER_PAGE = 50
 # Largest request body accepted by the APIs and the MCP endpoint, in bytes.
 QMCP_MAX_BODY_BYTES = int(os.environ.get("QMCP_MAX_BODY_BYTES", str(1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = QMCP_MAX_BODY_BYTES
+# A client that reads none of its reply for this long (between one and two times it) is
+# disconnected, and what was buffered for it freed (see qmcp_site/slow_readers.py).
+QMCP_WRITE_TIMEOUT_SECONDS = float(os.environ.get("QMCP_WRITE_TIMEOUT_SECONDS", "30"))
+# The kernel's send buffer of each connection, in bytes (the kernel doubles it); 0 leaves
+# Linux's autotuning, which lets one connection hold up to 4 MB that no timeout sees.
+QMCP_SEND_BUFFER_BYTES = int(os.environ.get("QMCP_SEND_BUFFER_BYTES", str(256 * 1024)))
 # Seconds a worker keeps a tool policy in memory; other workers see a change within this.
 QMCP_POLICY_CACHE_SECONDS = float(os.environ.get("QMCP_POLICY_CACHE_SECONDS", "1"))
 # On PostgreSQL: whether the audit rows that the MCP endpoint writes in groups (those of
@@ -263,6 +310,10 @@ QMCP_MCP_SSE_RETRY_MS = int(os.environ.get("QMCP_MCP_SSE_RETRY_MS", "500"))
 # --- Human in the loop ----------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE = {
     "expire-human-requests": {"task": "hitl.tasks.human_requests_expire", "schedule": 30.0},
+    "recover-lost-runs": {
+        "task": "tools.tasks.tool_invocations_recover",
+        "schedule": QMCP_RUN_RECOVERY_SECONDS,
+    },
 }
 # A plain tools/call of a gated tool keeps its SSE stream open this long (below the common
 # 60 s client timeout); then the stream closes for a Last-Event-ID resume, or, for clients

@@ -4,6 +4,11 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "tests-only-not-a-secret")
 os.environ.setdefault("LOG_FORMAT", "console")
+# The whole suite comes from one address, and live servers inherit these: tests of the limits
+# set their own.
+os.environ.setdefault("QMCP_RATELIMIT_TOKEN", "1000000/minute")
+os.environ.setdefault("QMCP_RATELIMIT_ADDRESS", "1000000/minute")
+os.environ.setdefault("QMCP_RATELIMIT_LOGIN", "1000000/minute")
 
 from qmcp_site.settings import *  # noqa: E402,F401,F403
 

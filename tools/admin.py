@@ -12,10 +12,11 @@ class ToolPolicyAdmin(admin.ModelAdmin):
         "approvals_required",
         "approver_group",
         "approval_timeout_seconds",
+        "risk_level",
         "updated_at",
     )
     list_editable = ("enabled", "requires_approval")
-    list_filter = ("enabled", "requires_approval")
+    list_filter = ("enabled", "requires_approval", "risk_level")
     search_fields = ("tool_name",)
     readonly_fields = ("tool_name", "updated_at")
 

@@ -1,14 +1,15 @@
 """/v1/tools and /v1/invocations."""
 
-import json
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from ninja import Router, Schema, Status
-from ninja.pagination import PageNumberPagination, paginate
+from ninja.pagination import paginate
 
 from qmcp_site.errors import ApplicationError
+from qmcp_site.pagination import PageNumberPagination
+from qmcp_site.storable import json_parse
 from tools import selectors
 from tools.models import ToolInvocation
 from tools.services import tool_invocation_raise_failure, tool_invoke, tool_invoke_refuse
@@ -111,10 +112,7 @@ def _parse_arguments(body: bytes) -> Any:
     """The JSON body (``{}`` when empty); ``malformed_json`` when it does not parse."""
     if not body.strip():
         return {}
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApplicationError(f"Request body is not valid JSON: {exc}", "malformed_json") from exc
+    return json_parse(body)
 
 
 @tools_router.post(
@@ -129,11 +127,12 @@ def _parse_arguments(body: bytes) -> Any:
         }
     },
 )
-def tools_call(request, name: str):
+def tools_call(request, name: str, reason: str = ""):
     """Calls a tool with the JSON body as its arguments.
 
     200: it ran; 202: it waits for approval (``status: awaiting_approval``); a tool that
-    fails answers with its error's status and the invocation id in ``details``.
+    fails answers with its error's status and the invocation id in ``details``. The query
+    parameter ``reason`` is the caller's reason, shown to the reviewers of a gated call.
     """
     call = {
         "name": name,
@@ -141,6 +140,7 @@ def tools_call(request, name: str):
         "via": ToolInvocation.Via.REST,
         "request_id": request.request_id,
         "correlation_id": request.correlation_id,
+        "reason": reason,
     }
     try:
         arguments = _parse_arguments(request.body)

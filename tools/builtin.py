@@ -23,6 +23,7 @@ class EchoOutput(BaseModel):
     input=EchoInput,
     output=EchoOutput,
     annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    retry_safe=True,
 )
 def echo(args: EchoInput, ctx) -> ToolResult:
     return ToolResult.text(args.message, structured={"message": args.message})
@@ -65,6 +66,7 @@ def plan_steps(goal: str, max_steps: int) -> list[str]:
     input=PlannerInput,
     output=PlannerOutput,
     annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    retry_safe=True,
 )
 def planner(args: PlannerInput, ctx) -> ToolResult:
     steps = plan_steps(args.goal, args.max_steps)

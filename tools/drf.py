@@ -53,12 +53,16 @@ class InvocationSerializer(serializers.ModelSerializer):
 
 
 def body_arguments(request) -> Any:
-    """The request body as tool arguments; a parse error answers 400 ``malformed_json``.
+    """The request body as tool arguments; ParseError (400 ``malformed_json``) when it
+    does not parse, nesting too deep for the parser included.
 
     An HTML form from the browsable API arrives as a QueryDict: its blank fields are left
     out, so the tool sees only what was filled in.
     """
-    data = request.data
+    try:
+        data = request.data
+    except RecursionError as exc:  # DRF's parser catches ValueError only
+        raise ParseError("nested too deep.") from exc
     if isinstance(data, QueryDict):
         return {k: v for k, v in data.dict().items() if v != "" and k != "csrfmiddlewaretoken"}
     return data
@@ -67,7 +71,9 @@ def body_arguments(request) -> Any:
 def invoke(request, name: str, arguments: Any) -> ToolInvocation:
     """Calls a tool through ``tool_invoke`` as the request's principal, via ``api``.
 
-    A tool that fails raises its error (with the invocation id in ``details``), as /v1.
+    ``arguments`` may be a callable that parses the body: a body that does not parse is
+    then recorded as a refused call. A tool that fails raises its error (with the
+    invocation id in ``details``), as /v1.
     """
     call = {
         "name": name,

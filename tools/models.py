@@ -14,6 +14,12 @@ APPROVAL_TIMEOUT_MAX = 30 * 86400
 class ToolPolicy(models.Model):
     """Per-tool rules, created from the registry's defaults and edited in the admin."""
 
+    class Risk(models.TextChoices):
+        LOW = "low", "Low"
+        MEDIUM = "medium", "Medium"
+        HIGH = "high", "High"
+        CRITICAL = "critical", "Critical"
+
     tool_name = models.CharField(max_length=100, unique=True)
     enabled = models.BooleanField(default=True)
     requires_approval = models.BooleanField(default=False)
@@ -35,11 +41,23 @@ class ToolPolicy(models.Model):
         ],
         help_text="Between 10 seconds and 30 days.",
     )
+    risk_level = models.CharField(
+        max_length=8,
+        choices=Risk.choices,
+        default=Risk.MEDIUM,
+        help_text="Shown to reviewers as a badge; a critical call needs a comment to approve.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["tool_name"]
         verbose_name_plural = "tool policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(risk_level__in=["low", "medium", "high", "critical"]),
+                name="tools_policy_risk_level_valid",
+            )
+        ]
 
     def __str__(self):
         return self.tool_name
@@ -104,6 +122,13 @@ class ToolInvocation(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.FloatField(null=True, blank=True)
+    # An approved call runs on a Celery worker that holds a lease on it and renews it while
+    # the tool runs; a run whose lease lapsed lost its worker (see tool_invocations_recover).
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="How many times an approved call's run was started."
+    )
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -8,6 +8,7 @@ caller should read.
 
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,45 @@ import pydantic
 
 from qmcp_site.errors import ApplicationError
 
+logger = logging.getLogger(__name__)
+
 ANNOTATION_KEYS = {"title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"}
+RISK_LEVELS = ("low", "medium", "high", "critical")
+
+
+@dataclass
+class Preview:
+    """What a gated call would do, for the reviewer: a read-only look at its target.
+
+    ``summary`` is one sentence; ``facts`` are label/value pairs about the target and
+    ``changes`` a field-by-field before/after list, both compared when the request is opened
+    again to flag a target that changed; ``stats`` are figures that move on their own (how
+    many calls touched the target), shown but not compared; ``refusal``, when set, says why
+    the call cannot succeed, and the call is refused at once instead of waking a reviewer.
+    """
+
+    summary: str
+    facts: dict[str, Any] = field(default_factory=dict)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    refusal: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "facts": self.facts,
+            "changes": self.changes,
+            "stats": self.stats,
+            "refusal": self.refusal,
+        }
+
+
+def preview_changed(stored: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    """Whether the target a stored preview described is no longer as it was."""
+    if not stored or not current:
+        return False
+    keys = ("facts", "changes", "refusal")
+    return any(stored.get(k) != current.get(k) for k in keys)
 
 
 @dataclass
@@ -145,6 +184,14 @@ class ToolSpec:
     requires_approval: bool = False
     # A JSON schema used as inputSchema as it is, for tools whose schema pydantic cannot say.
     raw_input_schema: dict[str, Any] | None = None
+    # The tool declares (for the server, unlike the client's idempotentHint) that running it
+    # again after a run that died part way is harmless: an approved call whose worker was
+    # lost then runs once more instead of failing.
+    retry_safe: bool = False
+    # ``preview(args) -> Preview``: read-only, shown to reviewers of a gated call.
+    preview: Callable[[Any], Preview] | None = None
+    # The default risk level of the tool's policy (one of RISK_LEVELS).
+    risk: str = "medium"
 
     @property
     def is_async(self) -> bool:
@@ -185,6 +232,17 @@ class ToolSpec:
                 {"errors": errors},
             ) from exc
 
+    def make_preview(self, args: pydantic.BaseModel) -> Preview | None:
+        """The tool's preview of validated ``args``; None without one. A preview that fails
+        says so instead of blocking the call: reviewers then decide without it."""
+        if self.preview is None:
+            return None
+        try:
+            return self.preview(args)
+        except Exception:
+            logger.warning("the preview of tool %s failed", self.name, exc_info=True)
+            return Preview(summary="The preview could not be computed.")
+
     def to_result(self, value: Any) -> ToolResult:
         """Normalises what the tool function returned into a ToolResult."""
         if isinstance(value, ToolResult):
@@ -210,8 +268,18 @@ def tool(
     annotations: dict[str, Any] | None = None,
     requires_approval: bool = False,
     raw_input_schema: dict[str, Any] | None = None,
+    retry_safe: bool = False,
+    preview: Callable[[Any], Preview] | None = None,
+    risk: str = "medium",
 ):
-    """Registers the decorated function as a tool; names are unique."""
+    """Registers the decorated function as a tool; names are unique.
+
+    ``retry_safe=True`` says a run cut short may be run again (see ToolSpec.retry_safe):
+    true of tools whose only effects are QMCP's own database writes, which commit with the
+    audit row or not at all.
+    """
+    if risk not in RISK_LEVELS:
+        raise ValueError(f"Unknown risk level {risk!r}; one of {RISK_LEVELS}.")
     annotations = dict(annotations or {})
     unknown = set(annotations) - ANNOTATION_KEYS
     if unknown:
@@ -230,6 +298,9 @@ def tool(
             annotations=annotations,
             requires_approval=requires_approval,
             raw_input_schema=raw_input_schema,
+            retry_safe=retry_safe,
+            preview=preview,
+            risk=risk,
         )
         return func
 

@@ -83,3 +83,9 @@ def invocation_get(*, principal: Principal, invocation_id: uuid.UUID | str) -> T
             f"No invocation with id '{invocation_id}'.", "not_found", {"id": str(invocation_id)}
         )
     return invocation
+
+
+def invocation_count_with_argument(*, key: str, value) -> int:
+    """How many recorded calls, of any tool, had ``arguments[key] == value`` (for previews:
+    "how many calls touched this user")."""
+    return ToolInvocation.objects.filter(**{f"arguments__{key}": value}).count()

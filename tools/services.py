@@ -1,15 +1,22 @@
 import logging
+import os
+import secrets
+import socket
+import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
 from qmcp_site.rawjoin import columns, fetch_one, insert_one
+from qmcp_site.storable import storable_check, storable_copy, storable_text
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import (
     AsyncToolContext,
@@ -22,6 +29,7 @@ from tools.registry import (
 from tools.signals import invocation_finished, invocation_gated
 from users.models import ApiToken
 from users.principals import Principal
+from users.services import api_token_check
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +37,7 @@ Status = ToolInvocation.Status
 
 
 def tool_policy_defaults(spec: ToolSpec) -> dict[str, Any]:
-    return {"requires_approval": spec.requires_approval}
+    return {"requires_approval": spec.requires_approval, "risk_level": spec.risk}
 
 
 _POLICY_CACHE: dict[str, tuple[float, ToolPolicy]] = {}
@@ -92,16 +100,20 @@ def tool_invoke(
     mcp_session_id: str = "",
     request_id: str = "",
     correlation_id: str = "",
+    reason: str = "",
     notify: Callable[[str, dict], None] | None = None,
 ) -> ToolInvocation:
     """Records one tool call and runs it, or leaves it waiting for approval.
 
-    Exactly one ToolInvocation row is written per call. A refusal (unknown tool, missing
-    scope, disabled tool, invalid arguments) is recorded as ``refused`` and then raised as
-    ApplicationError. Otherwise the returned invocation is ``succeeded``, ``failed`` (the
-    tool raised; its error is in ``error`` and an ``isError`` result) or
-    ``awaiting_approval`` (the ``invocation_gated`` signal has been sent in the same
-    transaction).
+    ``reason`` is the agent's stated reason for the call, shown to the reviewers of a
+    gated call.
+
+    Exactly one ToolInvocation row is written per call. A refusal (arguments no database
+    can store, unknown tool, missing scope, disabled tool, invalid arguments) is recorded as
+    ``refused``, with a storable copy of the arguments, and then raised as ApplicationError.
+    Otherwise the returned invocation is ``succeeded``, ``failed`` (the tool raised; its
+    error is in ``error`` and an ``isError`` result) or ``awaiting_approval`` (the
+    ``invocation_gated`` signal has been sent in the same transaction).
     """
     invocation, spec, args = tool_invocation_prepare(
         name=name,
@@ -111,6 +123,7 @@ def tool_invoke(
         mcp_session_id=mcp_session_id,
         request_id=request_id,
         correlation_id=correlation_id,
+        reason=reason,
     )
     if invocation.status != Status.RUNNING:
         return invocation
@@ -119,28 +132,29 @@ def tool_invoke(
     )
 
 
-def tool_invocation_prepare(**call) -> tuple[ToolInvocation, ToolSpec, Any]:
+def tool_invocation_prepare(*, reason: str = "", **call) -> tuple[ToolInvocation, ToolSpec, Any]:
     """Checks a call; see :func:`tool_invoke`. Returns the invocation, the tool and its
     validated arguments.
 
-    Refusals are recorded and raised. A gated call is saved ``awaiting_approval``. A call
-    that may run comes back ``running`` but not yet saved: a sync tool's run and its audit
-    row then commit together (:func:`tool_invocation_execute`), and an async tool's caller
-    saves it first with :func:`tool_invocation_start`.
+    Refusals are recorded and raised. A gated call is saved ``awaiting_approval`` with the
+    tool's preview, unless the preview says the call cannot succeed: it is then refused
+    (``precondition_failed``) and no reviewer is asked. A call that may run comes back
+    ``running`` but not yet saved: a sync tool's run and its audit row then commit together
+    (:func:`tool_invocation_execute`), and an async tool's caller saves it first with
+    :func:`tool_invocation_start`.
     """
     record = _invocation_record(**call)
-    name, principal = call["name"], call["principal"]
-    spec = get_tool(name)
     try:
-        if spec is None:
-            raise ApplicationError(f"Unknown tool '{name}'.", "unknown_tool", {"tool": name})
-        principal.require_scope(ApiToken.Scope.TOOLS_CALL)
-        policy = tool_policy_get(spec=spec)
-        if not policy.enabled:
-            raise ApplicationError(
-                f"Tool '{name}' is disabled by its policy.", "tool_disabled", {"tool": name}
-            )
+        storable_check(record["arguments"])
+        spec, policy = tool_call_check(name=call["name"], principal=call["principal"])
         args = spec.parse_arguments(call["arguments"])
+        preview = spec.make_preview(args) if policy.requires_approval else None
+        if preview is not None and preview.refusal:
+            raise ApplicationError(
+                preview.refusal,
+                "precondition_failed",
+                {"tool": spec.name, "preview": preview.as_dict()},
+            )
     except ApplicationError as exc:
         _record_refusal(record, exc)
         raise
@@ -148,11 +162,37 @@ def tool_invocation_prepare(**call) -> tuple[ToolInvocation, ToolSpec, Any]:
     if policy.requires_approval:
         with transaction.atomic():
             invocation = ToolInvocation.objects.create(**record, status=Status.AWAITING_APPROVAL)
-            invocation_gated.send(sender=ToolInvocation, invocation=invocation, policy=policy)
+            invocation_gated.send(
+                sender=ToolInvocation,
+                invocation=invocation,
+                policy=policy,
+                preview=preview.as_dict() if preview is not None else None,
+                reason=str(reason or "")[:2000],
+            )
         return invocation, spec, args
 
     invocation = ToolInvocation(**record, status=Status.RUNNING, started_at=timezone.now())
     return invocation, spec, args
+
+
+def tool_call_check(
+    *, name: str, principal: Principal, fresh: bool = False
+) -> tuple[ToolSpec, ToolPolicy]:
+    """The gate every call passes when it is made, and an approved call again when it runs.
+
+    Raises ``unknown_tool``, ``missing_scope`` (the principal lacks ``tools:call``) or
+    ``tool_disabled``. ``fresh`` reads the policy from the database instead of the cache.
+    """
+    spec = get_tool(name)
+    if spec is None:
+        raise ApplicationError(f"Unknown tool '{name}'.", "unknown_tool", {"tool": name})
+    principal.require_scope(ApiToken.Scope.TOOLS_CALL)
+    policy = _tool_policy_load(spec) if fresh else tool_policy_get(spec=spec)
+    if not policy.enabled:
+        raise ApplicationError(
+            f"Tool '{name}' is disabled by its policy.", "tool_disabled", {"tool": name}
+        )
+    return spec, policy
 
 
 def tool_invocation_start(*, invocation: ToolInvocation) -> ToolInvocation:
@@ -164,6 +204,7 @@ def tool_invocation_start(*, invocation: ToolInvocation) -> ToolInvocation:
 def tool_invoke_refuse(*, error: ApplicationError, **call) -> None:
     """Records a call refused before it could be parsed (say, a malformed body), then raises
     ``error``. Takes the same keyword arguments as :func:`tool_invoke`."""
+    call.pop("reason", None)
     _record_refusal(_invocation_record(**call), error)
     raise error
 
@@ -187,7 +228,10 @@ def invocation_record_read(
 
 def _record_refusal(record: dict[str, Any], error: ApplicationError) -> None:
     ToolInvocation.objects.create(
-        **record, status=Status.REFUSED, error=error.as_dict(), finished_at=timezone.now()
+        **{**record, "arguments": storable_copy(record["arguments"])},
+        status=Status.REFUSED,
+        error=storable_copy(error.as_dict()),
+        finished_at=timezone.now(),
     )
 
 
@@ -202,7 +246,7 @@ def _invocation_record(
     correlation_id: str = "",
 ) -> dict[str, Any]:
     return {
-        "tool_name": str(name)[:100],
+        "tool_name": storable_text(str(name))[:100],
         "arguments": arguments,
         "principal": principal.user,
         "principal_label": principal.label[:255],
@@ -221,8 +265,10 @@ def tool_invocation_execute(
     args: Any,
     principal: Principal | None,
     notify: Callable[[str, dict], None] | None = None,
+    note: str = "",
 ) -> ToolInvocation:
-    """Runs a ``running`` invocation's tool and records the outcome.
+    """Runs a ``running`` invocation's tool and records the outcome (with ``note`` added to
+    the result's text content when given).
 
     The tool's writes and the audit row commit in one transaction: a process that dies
     mid-run leaves neither. The tool runs in a savepoint, so one that fails half way leaves
@@ -233,7 +279,7 @@ def tool_invocation_execute(
     if spec.annotations.get("readOnlyHint") is True:
         # A read-only tool writes nothing to roll back: its audit row needs no transaction.
         try:
-            result = _call(spec, args, principal, invocation, notify)
+            result = _call(spec, args, principal, invocation, notify, note)
         except Exception as exc:
             result = tool_error_result(spec, exc)
         return tool_invocation_finish(
@@ -242,7 +288,7 @@ def tool_invocation_execute(
     with transaction.atomic():
         try:
             with transaction.atomic():
-                result = _call(spec, args, principal, invocation, notify)
+                result = _call(spec, args, principal, invocation, notify, note)
         except Exception as exc:
             result = tool_error_result(spec, exc)
         return tool_invocation_finish(
@@ -250,12 +296,16 @@ def tool_invocation_execute(
         )
 
 
-def _call(spec: ToolSpec, args, principal, invocation, notify) -> ToolResult:
+def _call(spec: ToolSpec, args, principal, invocation, notify, note="") -> ToolResult:
     if spec.is_async:
         context = AsyncToolContext(principal=principal, invocation=invocation)
-        return spec.to_result(async_to_sync(spec.func)(args, context))
-    context = ToolContext(principal=principal, invocation=invocation, notify=notify)
-    return spec.to_result(spec.func(args, context))
+        result = spec.to_result(async_to_sync(spec.func)(args, context))
+    else:
+        context = ToolContext(principal=principal, invocation=invocation, notify=notify)
+        result = spec.to_result(spec.func(args, context))
+    if note:
+        result.content = [*result.content, {"type": "text", "text": note}]
+    return result
 
 
 def tool_error_result(spec: ToolSpec, exc: Exception) -> ToolResult:
@@ -275,21 +325,58 @@ def tool_error_result(spec: ToolSpec, exc: Exception) -> ToolResult:
 def tool_invocation_finish(
     *, invocation: ToolInvocation, result: ToolResult, duration: float
 ) -> ToolInvocation:
-    """Records the outcome of a run: ``failed`` for an ``isError`` result, else ``succeeded``."""
+    """Records the outcome of a run: ``failed`` for an ``isError`` result, else ``succeeded``.
+
+    A result no database can store (a tool that returned NaN, say) is recorded, and
+    answered, as the tool's failure (``tool_failed``), so the audit row is written.
+    """
+    data = result.as_dict()
+    try:
+        storable_check(data, what="tool's result")
+    except ApplicationError as exc:
+        logger.error("tool %s returned a result no database can store", invocation.tool_name)
+        result = ToolResult.text(exc.message)
+        result.is_error = True
+        result.error = {"code": "tool_failed", "message": exc.message, "details": exc.details}
+        data = result.as_dict()
     error = result.error
     if result.is_error and error is None:
         message = _first_text(result) or "The tool reported an error."
         error = {"code": "tool_failed", "message": message}
     invocation.status = Status.FAILED if result.is_error else Status.SUCCEEDED
-    invocation.result = result.as_dict()
+    invocation.result = data
     invocation.error = error
     invocation.finished_at = timezone.now()
     invocation.duration_ms = round(duration * 1000, 3)
     if invocation._state.adding:
         insert_one(invocation)  # the audit row of every call: SQL built once
+    elif invocation.lease_owner:
+        _finish_leased(invocation)
     else:
         invocation.save(update_fields=["status", "result", "error", "finished_at", "duration_ms"])
     return invocation
+
+
+class LeaseLost(Exception):
+    """A run's lease was taken (its worker was thought lost) or the call ended meanwhile
+    (cancelled): the run records nothing, and its transaction, if any, is rolled back."""
+
+
+def _finish_leased(invocation: ToolInvocation) -> None:
+    """Records a leased run's outcome only while the run still holds the lease."""
+    updated = ToolInvocation.objects.filter(
+        pk=invocation.pk, status=Status.RUNNING, lease_owner=invocation.lease_owner
+    ).update(
+        status=invocation.status,
+        result=invocation.result,
+        error=invocation.error,
+        finished_at=invocation.finished_at,
+        duration_ms=invocation.duration_ms,
+        lease_expires_at=None,
+    )
+    if not updated:
+        raise LeaseLost(invocation.pk)
+    invocation.lease_expires_at = None
 
 
 def tool_invocation_cancel(*, invocation: ToolInvocation, reason: str = "") -> bool:
@@ -319,48 +406,202 @@ def _announce_finished(invocation_id) -> None:
     )
 
 
-def tool_invocation_claim(*, invocation_id) -> bool:
-    """Moves an approved call from ``awaiting_approval`` to ``running``, exactly once.
+# An approved call whose worker was lost runs once more at most, and only a retry-safe tool's.
+MAX_RUN_ATTEMPTS = 2
+WORKER_LOST = "The call did not finish: the worker running it was lost."
 
-    A conditional UPDATE: of two workers or reviewers racing, one wins and the other
-    gets False.
+
+def _lease_owner() -> str:
+    """A name for one run, unique across hosts, processes and runs."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _lease_until():
+    return timezone.now() + timedelta(seconds=settings.QMCP_RUN_LEASE_SECONDS)
+
+
+def tool_invocation_claim(*, invocation_id, owner: str, lease: str = "") -> bool:
+    """Gives ``owner`` the run of an approved call, exactly once per attempt.
+
+    Without ``lease``, moves the call from ``awaiting_approval`` to ``running``; with it,
+    takes over the lease a recovery pass gave a retry. A conditional UPDATE: of two workers
+    or reviewers racing, one wins and the other gets False. The winner holds a lease until
+    ``QMCP_RUN_LEASE_SECONDS`` from now and the call's ``attempts`` counts one more run.
     """
+    if lease:
+        claimable = ToolInvocation.objects.filter(
+            pk=invocation_id, status=Status.RUNNING, lease_owner=lease
+        )
+    else:
+        claimable = ToolInvocation.objects.filter(pk=invocation_id, status=Status.AWAITING_APPROVAL)
+    return bool(
+        claimable.update(
+            status=Status.RUNNING,
+            started_at=timezone.now(),
+            attempts=F("attempts") + 1,
+            lease_owner=owner,
+            lease_expires_at=_lease_until(),
+        )
+    )
+
+
+def tool_invocation_rebind(*, invocation_id, arguments: dict[str, Any]) -> bool:
+    """Replaces a waiting call's arguments with those a reviewer approved (already validated
+    by the tool's input model); False if the call was no longer waiting."""
     return bool(
         ToolInvocation.objects.filter(pk=invocation_id, status=Status.AWAITING_APPROVAL).update(
-            status=Status.RUNNING, started_at=timezone.now()
+            arguments=arguments
         )
     )
 
 
-def tool_invocation_run_approved(*, invocation_id) -> ToolInvocation | None:
-    """Claims and runs an approved call as its caller; None if another run claimed it."""
-    if not tool_invocation_claim(invocation_id=invocation_id):
+class _LeaseKeeper:
+    """Renews a run's lease every third of its length, from its own thread and database
+    connection, while the tool runs; stops once the lease is no longer the run's."""
+
+    def __init__(self, invocation_id, owner: str):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew, args=(invocation_id, owner), daemon=True, name="run-lease"
+        )
+
+    def __enter__(self) -> "_LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        # Not joined: on SQLite a renewal may be waiting for the run's own write lock.
+        self._stop.set()
+
+    def _renew(self, invocation_id, owner: str) -> None:
+        try:
+            while not self._stop.wait(settings.QMCP_RUN_LEASE_SECONDS / 3):
+                try:
+                    renewed = ToolInvocation.objects.filter(
+                        pk=invocation_id, status=Status.RUNNING, lease_owner=owner
+                    ).update(lease_expires_at=_lease_until())
+                except Exception:  # say, SQLite busy with the run's own write: try again
+                    logger.warning("could not renew the lease of %s", invocation_id, exc_info=True)
+                    continue
+                if not renewed:
+                    return
+        finally:
+            connection.close()
+
+
+def _approved_caller(invocation: ToolInvocation) -> Principal:
+    """The caller of an approved call as they are now; ``unauthenticated`` if they may no
+    longer call (user deleted or inactive, token revoked, expired or deleted)."""
+    user = invocation.principal
+    if user is None:
+        raise ApplicationError("The caller's account no longer exists.", "unauthenticated")
+    if invocation.token_id is None:
+        if not user.is_active:
+            raise ApplicationError("The caller's account is inactive.", "unauthenticated")
+        return Principal.for_user(user)
+    if invocation.token is None:
+        raise ApplicationError("The caller's API token no longer exists.", "unauthenticated")
+    api_token_check(token=invocation.token)
+    return Principal.for_token(invocation.token)
+
+
+def tool_invocation_run_approved(
+    *, invocation_id, lease: str = "", note: str = ""
+) -> ToolInvocation | None:
+    """Runs an approved call as its caller: once per attempt, never twice at once.
+
+    The run holds a lease on the call (see :func:`tool_invocation_claim`), renewed while the
+    tool runs, and records its outcome only while it still holds it: a run whose lease was
+    taken records nothing and its writes are rolled back. The caller and the tool are
+    checked again first (:func:`tool_call_check`, the token and the user): a call that may
+    no longer run ends ``failed`` with the reason, unrun. ``note`` (say, that a reviewer
+    changed the arguments) is added to the result's text, so the agent reads it. Returns
+    None when this delivery had nothing to run (another run holds the call, or it has ended).
+    """
+    owner = _lease_owner()
+    if not tool_invocation_claim(invocation_id=invocation_id, owner=owner, lease=lease):
+        # Perhaps a message redelivered after its worker died: a lapsed run is recovered now.
+        tool_invocations_recover(invocation_id=invocation_id)
         return None
-    invocation = ToolInvocation.objects.select_related("principal", "token").get(pk=invocation_id)
-    spec = get_tool(invocation.tool_name)
-    principal = None
-    if invocation.principal is not None:
-        principal = (
-            Principal.for_token(invocation.token)
-            if invocation.token is not None
-            else Principal.for_user(invocation.principal)
-        )
-    try:
-        if spec is None:
-            raise ApplicationError(f"Tool '{invocation.tool_name}' no longer exists.")
-        args = spec.parse_arguments(invocation.arguments)
-    except ApplicationError as exc:
-        result = ToolResult.text(exc.message)
-        result.is_error, result.error = True, exc.as_dict()
-        with transaction.atomic():
-            finished = tool_invocation_finish(invocation=invocation, result=result, duration=0)
-            _announce_finished(invocation.pk)
-        return finished
-    finished = tool_invocation_execute(
-        invocation=invocation, spec=spec, args=args, principal=principal
+    invocation = ToolInvocation.objects.select_related("principal", "token__user").get(
+        pk=invocation_id
     )
+    try:
+        try:
+            principal = _approved_caller(invocation)
+            spec, _ = tool_call_check(name=invocation.tool_name, principal=principal, fresh=True)
+            args = spec.parse_arguments(invocation.arguments)
+        except ApplicationError as exc:
+            result = ToolResult.text(f"The approved call was not run: {exc.message}")
+            result.is_error = True
+            result.error = {**exc.as_dict(), "message": result.content[0]["text"]}
+            with transaction.atomic():
+                finished = tool_invocation_finish(invocation=invocation, result=result, duration=0)
+        else:
+            with _LeaseKeeper(invocation.pk, owner):
+                finished = tool_invocation_execute(
+                    invocation=invocation, spec=spec, args=args, principal=principal, note=note
+                )
+    except LeaseLost:
+        logger.warning("invocation %s: the run lost its lease; nothing recorded", invocation_id)
+        return None
     _announce_finished(invocation.pk)  # committed already: sent at once
     return finished
+
+
+def tool_invocations_recover(*, invocation_id=None) -> dict[str, int]:
+    """Settles every approved call whose run lost its worker (its lease lapsed).
+
+    A retry-safe tool's call that has run fewer than MAX_RUN_ATTEMPTS times gets a new
+    lease and a queued run (:func:`tool_invocation_run_approved` with that lease), so it
+    runs exactly once more; any other ends ``failed`` (``worker_lost``, "the worker running
+    it was lost") and whoever waits for it is told. Each call is taken with a conditional
+    UPDATE on the lapsed lease, so of two passes (beat, ``manage.py recover_runs``, a
+    redelivered task) one acts. Returns how many were retried and how many failed.
+    """
+    now = timezone.now()
+    lapsed = ToolInvocation.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now)
+    if invocation_id is not None:
+        lapsed = lapsed.filter(pk=invocation_id)
+    counts = {"retried": 0, "failed": 0}
+    rows = lapsed.values_list("pk", "tool_name", "lease_owner", "attempts")
+    for pk, tool_name, owner, attempts in rows:
+        taken = ToolInvocation.objects.filter(
+            pk=pk, status=Status.RUNNING, lease_owner=owner, lease_expires_at__lt=now
+        )
+        spec = get_tool(tool_name)
+        if spec is not None and spec.retry_safe and attempts < MAX_RUN_ATTEMPTS:
+            lease = _lease_owner()
+            if taken.update(lease_owner=lease, lease_expires_at=_lease_until()):
+                logger.warning("invocation %s lost its worker; running it again", pk)
+                _queue_run(pk, lease)
+                counts["retried"] += 1
+            continue
+        result = ToolResult.text(WORKER_LOST)
+        result.is_error = True
+        ended = taken.update(
+            status=Status.FAILED,
+            result=result.as_dict(),
+            error={
+                "code": "worker_lost",
+                "message": WORKER_LOST,
+                "details": {"attempts": attempts},
+            },
+            finished_at=now,
+            lease_expires_at=None,
+        )
+        if ended:
+            logger.warning("invocation %s lost its worker; ended failed", pk)
+            _announce_finished(pk)
+            counts["failed"] += 1
+    return counts
+
+
+def _queue_run(invocation_id, lease: str) -> None:
+    from tools.tasks import tool_invocation_run as tool_invocation_run_task
+
+    invocation_id = str(invocation_id)
+    transaction.on_commit(lambda: tool_invocation_run_task.delay(invocation_id, lease=lease))
 
 
 def tool_invocation_end(*, invocation_id, status: str, message: str, code: str) -> bool:

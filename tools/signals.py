@@ -1,7 +1,8 @@
 from django.dispatch import Signal
 
-# Sent inside the transaction that records a call needing approval, with ``invocation`` and
-# ``policy``. The hitl app receives it and creates the HumanRequest; tools knows nothing of hitl.
+# Sent inside the transaction that records a call needing approval, with ``invocation``,
+# ``policy``, the tool's ``preview`` (a dict, or None) and the agent's ``reason``. The hitl
+# app receives it and creates the HumanRequest; tools knows nothing of hitl.
 invocation_gated = Signal()
 
 # Sent after the commit that ends an invocation (succeeded, failed, rejected, expired or

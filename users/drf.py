@@ -102,9 +102,11 @@ class UserViewSet(viewsets.GenericViewSet):
 
     def update(self, request, pk=None, partial=False):
         user = self.get_object()
-        arguments = body_arguments(request)
-        if isinstance(arguments, dict):
-            arguments = {**arguments, "user_id": user.pk}
+
+        def arguments():
+            found = body_arguments(request)  # parsed inside invoke: a bad body is audited
+            return {**found, "user_id": user.pk} if isinstance(found, dict) else found
+
         invocation = invoke(request, "update_user", arguments)
         if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL:
             return invocation_response(invocation)

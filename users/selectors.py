@@ -33,6 +33,21 @@ def user_list(*, query: str = "") -> QuerySet[User]:
     return managed_user_queryset().filter(condition).order_by("id")
 
 
+# Up to this many matches are found in any order, then sorted (see user_search).
+SEARCH_MATCHES_SORTED = 200
+
+
 def user_search(*, query: str, limit: int = 20) -> list[User]:
-    """Managed users whose name, surname or email contains ``query`` (case-insensitive)."""
-    return list(user_list(query=query)[:limit])
+    """The first ``limit`` managed users, by id, whose name, surname or email contains every
+    word of ``query`` (case-insensitive); fast on PostgreSQL for rare and common words.
+
+    Asked for the first rows by id, PostgreSQL walks the primary key and filters: quick
+    when many users match, a scan of every user when few or none do. So the matches are
+    first looked up in any order, which the trigram indexes serve; only when there are
+    more than ``SEARCH_MATCHES_SORTED`` (common words) is the walk by id used.
+    """
+    matches = user_list(query=query)
+    ids = list(matches.order_by().values_list("id", flat=True)[: SEARCH_MATCHES_SORTED + 1])
+    if len(ids) > SEARCH_MATCHES_SORTED:
+        return list(matches[:limit])
+    return list(User.objects.filter(pk__in=sorted(ids)[:limit]).order_by("id"))

@@ -142,17 +142,23 @@ def api_token_authenticate(*, secret: str) -> Principal:
     return api_token_principal(token=token)
 
 
-def api_token_principal(*, token: ApiToken) -> Principal:
-    """The principal of a token found by its hash; ``unauthenticated`` if it is not usable.
-
-    Records the use at most once per ``LAST_USED_RESOLUTION``.
-    """
+def api_token_check(*, token: ApiToken) -> None:
+    """Raises ``unauthenticated`` unless ``token`` is usable now: not revoked, not expired,
+    and its user active. Records nothing."""
     if token.is_revoked:
         raise ApplicationError("This API token has been revoked.", "unauthenticated")
     if token.is_expired:
         raise ApplicationError("This API token has expired.", "unauthenticated")
     if not token.user.is_active:
         raise ApplicationError("The token's user is inactive.", "unauthenticated")
+
+
+def api_token_principal(*, token: ApiToken) -> Principal:
+    """The principal of a token found by its hash; ``unauthenticated`` if it is not usable.
+
+    Records the use at most once per ``LAST_USED_RESOLUTION``.
+    """
+    api_token_check(token=token)
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)

@@ -6,8 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tools.registry import ToolResult, tool
+from qmcp_site.errors import ApplicationError
+from tools.registry import Preview, ToolResult, tool
 from tools.schemas import ToolInput
+from tools.selectors import invocation_count_with_argument
 from users import selectors, services
 from users.models import User
 
@@ -93,6 +95,7 @@ class AddUserInput(ProfileFields):
     input=AddUserInput,
     output=UserOut,
     annotations={"readOnlyHint": False, "destructiveHint": False, "openWorldHint": False},
+    retry_safe=True,
 )
 def add_user(args: AddUserInput, ctx) -> ToolResult:
     user = services.user_create(**_profile(args.model_dump()))
@@ -112,6 +115,7 @@ class UserIdInput(ToolInput):
     input=UserIdInput,
     output=UserOut,
     annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    retry_safe=True,
 )
 def get_user_by_id(args: UserIdInput, ctx) -> ToolResult:
     user = selectors.user_get_managed(user_id=args.user_id)
@@ -139,6 +143,7 @@ class SearchUsersOutput(BaseModel):
     input=SearchUsersInput,
     output=SearchUsersOutput,
     annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    retry_safe=True,
 )
 def search_users(args: SearchUsersInput, ctx) -> ToolResult:
     users = selectors.user_search(query=args.query, limit=args.limit)
@@ -159,6 +164,59 @@ class UpdateUserInput(ProfileFields):
     email: str | None = Field(default=None, min_length=3, max_length=254)
 
 
+def _update_changes(args: UpdateUserInput) -> dict:
+    """The profile fields an update_user call sets: the given ones, where None clears only
+    the fields that may be empty."""
+    changes = _profile(args.model_dump(exclude_unset=True, exclude={"user_id"}))
+    return {k: v for k, v in changes.items() if v is not None or k in {"date_of_birth", "salary"}}
+
+
+def _shown(value) -> str:
+    return "—" if value in ("", None) else str(value)
+
+
+def _target(user_id: int, verb: str) -> tuple[User | None, str]:
+    """The managed user a gated call would touch, or None and why the call cannot succeed."""
+    try:
+        return selectors.user_get_managed(user_id=user_id), ""
+    except ApplicationError as exc:
+        return None, f"{exc.message} Nothing to {verb}; the call was refused."
+
+
+def user_facts(user: User) -> dict:
+    """What a reviewer should know about the user a call touches."""
+    return {
+        "id": user.pk,
+        "name": user.get_full_name() or "(no name)",
+        "email": user.email,
+        "company": _shown(user.company),
+        "created": user.date_joined.strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def user_stats(user: User) -> dict:
+    return {
+        "calls that touched this user": invocation_count_with_argument(key="user_id", value=user.pk)
+    }
+
+
+def preview_update_user(args: UpdateUserInput) -> Preview:
+    user, refusal = _target(args.user_id, "update")
+    if user is None:
+        return Preview(summary=refusal, refusal=refusal)
+    changes = [
+        {"field": name, "before": _shown(getattr(user, name)), "after": _shown(value)}
+        for name, value in _update_changes(args).items()
+    ]
+    changed = [c for c in changes if c["before"] != c["after"]]
+    summary = (
+        f"Changes {len(changed)} field(s) of {user.get_full_name() or user.email} <{user.email}>."
+        if changed
+        else f"Changes nothing: {user.email} already has these values."
+    )
+    return Preview(summary=summary, facts=user_facts(user), changes=changes, stats=user_stats(user))
+
+
 @tool(
     name="update_user",
     title="Update user",
@@ -166,14 +224,12 @@ class UpdateUserInput(ProfileFields):
     input=UpdateUserInput,
     output=UserOut,
     annotations={"readOnlyHint": False, "destructiveHint": False, "idempotentHint": True},
+    retry_safe=True,
+    preview=preview_update_user,
 )
 def update_user(args: UpdateUserInput, ctx) -> ToolResult:
     user = selectors.user_get_managed(user_id=args.user_id)
-    changes = _profile(args.model_dump(exclude_unset=True, exclude={"user_id"}))
-    changes = {
-        k: v for k, v in changes.items() if v is not None or k in {"date_of_birth", "salary"}
-    }
-    user = services.user_update(user=user, **changes)
+    user = services.user_update(user=user, **_update_changes(args))
     return ToolResult.text(
         f"Updated {describe(user)}", structured=UserOut.of(user).model_dump(mode="json")
     )
@@ -185,6 +241,18 @@ class DeleteUserOutput(BaseModel):
     email: str
 
 
+def preview_delete_user(args: UserIdInput) -> Preview:
+    user, refusal = _target(args.user_id, "delete")
+    if user is None:
+        return Preview(summary=refusal, refusal=refusal)
+    return Preview(
+        summary=f"Deletes {user.get_full_name() or '(no name)'} <{user.email}>"
+        f"{f' of {user.company}' if user.company else ''}.",
+        facts=user_facts(user),
+        stats=user_stats(user),
+    )
+
+
 @tool(
     name="delete_user",
     title="Delete user",
@@ -193,6 +261,9 @@ class DeleteUserOutput(BaseModel):
     output=DeleteUserOutput,
     annotations={"readOnlyHint": False, "destructiveHint": True, "idempotentHint": True},
     requires_approval=True,
+    retry_safe=True,
+    preview=preview_delete_user,
+    risk="high",
 )
 def delete_user(args: UserIdInput, ctx) -> ToolResult:
     user = selectors.user_get_managed(user_id=args.user_id)

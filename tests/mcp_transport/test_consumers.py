@@ -12,7 +12,7 @@ from django.db import connections
 from pydantic import Field
 
 from mcp_transport import batching
-from mcp_transport.batching import AUDIT_WRITER, DATABASE_THREAD, close_connections
+from mcp_transport.batching import AUDIT_WRITER, DatabaseThread, close_connections
 from mcp_transport.models import McpEvent, McpSession
 from qmcp_site.asgi import application
 from tests.factories import UserFactory, make_token
@@ -453,9 +453,10 @@ async def test_a_call_whose_audit_row_cannot_be_written_fails_and_others_are_unh
 
 
 async def test_the_database_thread_returns_results_and_raises_errors():
-    assert await DATABASE_THREAD.run(lambda a, b: a + b, 2, 3) == 5
+    thread = DatabaseThread("test")
+    assert await thread.run(lambda a, b: a + b, 2, 3) == 5
     with pytest.raises(ZeroDivisionError):
-        await DATABASE_THREAD.run(lambda: 1 / 0)
+        await thread.run(lambda: 1 / 0)
 
 
 async def test_async_to_sync_in_the_database_thread_runs_on_the_callers_loop():
@@ -464,7 +465,8 @@ async def test_async_to_sync_in_the_database_thread_runs_on_the_callers_loop():
     async def running_loop():
         return asyncio.get_running_loop()
 
-    assert await DATABASE_THREAD.run(async_to_sync(running_loop)) is asyncio.get_running_loop()
+    thread = DatabaseThread("test")
+    assert await thread.run(async_to_sync(running_loop)) is asyncio.get_running_loop()
 
 
 @pytest.mark.skipif(

@@ -46,11 +46,13 @@ def test_policies_are_editable_in_the_admin(superuser_client):
             "approver_group": "",
             "approvals_required": "2",
             "approval_timeout_seconds": "600",
+            "risk_level": "high",
         },
     )
     assert response.status_code == 302
     policy.refresh_from_db()
     assert (policy.enabled, policy.requires_approval, policy.approvals_required) == (False, True, 2)
+    assert policy.risk_level == "high"
 
 
 def test_token_created_in_admin_shows_its_secret_once(superuser_client):

@@ -1,0 +1,209 @@
+"""Request rate limits per API token and per client address, for MCP and the REST APIs.
+
+Counting is the ``limits`` library's sliding window counter (a smooth limit in O(1) memory
+per key), in Redis when ``QMCP_RATELIMIT_STORAGE`` (by default ``REDIS_URL``) names one, so
+every worker shares the counts; otherwise in each process's memory. The sync API serves
+Django (:class:`RateLimitMiddleware`), the async one the MCP consumer; both count in the
+same keys, so a token has one budget across MCP, ``/v1`` and ``/api``.
+
+A token is keyed by the digest of the presented secret, before any database lookup: made-up
+tokens cost nothing to refuse, and the per-address limit catches a caller who rotates them.
+Behind a reverse proxy, run the ASGI server with ``--proxy-headers`` so that the address is
+the client's, not the proxy's.
+
+If the storage fails (Redis down), requests are let through and the failure is logged: the
+limiter protects the service and must not become the reason it is down.
+"""
+
+import asyncio
+import logging
+import math
+import time
+import weakref
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.http import HttpResponse, JsonResponse
+from limits import RateLimitItem, parse_many
+from limits import strategies as sync_strategies
+from limits.aio import strategies as async_strategies
+from limits.storage import storage_from_string
+
+from qmcp_site.errors import error_body
+from users.models import hash_token
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "qmcp:ratelimit"
+# Paths of the REST APIs; MCP calls the limiter itself, and the admin only for its login.
+LIMITED_PREFIXES = ("/v1/", "/api/")
+LOGIN_PATH = "/admin/login/"
+# Bounded waits on Redis: a slow store must not hold requests for long.
+REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request over a limit: which one, and the whole seconds until it may be retried."""
+
+    scope: str
+    retry_after: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Rate limit exceeded for this {self.scope}; retry in {self.retry_after} s."
+            if self.scope != "login"
+            else f"Too many login attempts from this address; retry in {self.retry_after} s."
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+def bearer_secret(authorization: str) -> str:
+    """The secret of an ``Authorization: Bearer`` header value; empty for anything else."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
+class RateLimiter:
+    """The configured limits over one storage; :meth:`check` and :meth:`acheck` count a
+    request and say whether it is over a limit."""
+
+    def __init__(self, *, storage_uri: str, token: str, address: str, login: str):
+        self.rules: dict[str, list[RateLimitItem]] = {
+            "token": parse_many(token) if token else [],
+            "address": parse_many(address) if address else [],
+            "login": parse_many(login) if login else [],
+        }
+        self.storage_uri = storage_uri or "memory://"
+        self.is_redis = self.storage_uri.startswith(("redis", "rediss"))
+        options = REDIS_OPTIONS if self.is_redis else {}
+        storage = storage_from_string(self.storage_uri, key_prefix=KEY_PREFIX, **options)
+        self.sync = sync_strategies.SlidingWindowCounterRateLimiter(storage)
+        # Redis clients belong to one event loop; memory storage is shared by both APIs,
+        # so MCP and Django count together in one process.
+        self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _checks(self, *, address: str, authorization: str, login: bool):
+        if login:
+            yield from ((item, "login", address) for item in self.rules["login"])
+            return
+        secret = bearer_secret(authorization)
+        if secret:
+            digest = hash_token(secret)[:32]
+            yield from ((item, "token", digest) for item in self.rules["token"])
+        yield from ((item, "address", address) for item in self.rules["address"])
+
+    def check(self, *, address: str, authorization: str = "", login=False) -> Refusal | None:
+        """Counts one request; a :class:`Refusal` when it is over a limit."""
+        try:
+            for item, scope, key in self._checks(
+                address=address, authorization=authorization, login=login
+            ):
+                if not self.sync.hit(item, scope, key):
+                    reset = self.sync.get_window_stats(item, scope, key).reset_time
+                    return _refusal(scope, reset)
+        except Exception:
+            logger.warning("Rate limit storage failed; request let through", exc_info=True)
+        return None
+
+    async def acheck(self, *, address: str, authorization: str = "", login=False) -> Refusal | None:
+        """See check()."""
+        if not self.is_redis:
+            return self.check(address=address, authorization=authorization, login=login)
+        limiter = self._async_limiter()
+        try:
+            for item, scope, key in self._checks(
+                address=address, authorization=authorization, login=login
+            ):
+                if not await limiter.hit(item, scope, key):
+                    reset = (await limiter.get_window_stats(item, scope, key)).reset_time
+                    return _refusal(scope, reset)
+        except Exception:
+            logger.warning("Rate limit storage failed; request let through", exc_info=True)
+        return None
+
+    def _async_limiter(self) -> async_strategies.SlidingWindowCounterRateLimiter:
+        loop = asyncio.get_running_loop()
+        limiter = self._async.get(loop)
+        if limiter is None:
+            storage = storage_from_string(
+                f"async+{self.storage_uri}",
+                key_prefix=KEY_PREFIX,
+                implementation="redispy",
+                **REDIS_OPTIONS,
+            )
+            limiter = async_strategies.SlidingWindowCounterRateLimiter(storage)
+            self._async[loop] = limiter
+        return limiter
+
+
+def _refusal(scope: str, reset_time: float) -> Refusal:
+    return Refusal(scope=scope, retry_after=max(1, math.ceil(reset_time - time.time())))
+
+
+_limiter: RateLimiter | None = None
+
+
+def limiter() -> RateLimiter:
+    """The process's limiter, built from the settings on first use."""
+    global _limiter
+    if _limiter is None:
+        _limiter = RateLimiter(
+            storage_uri=settings.QMCP_RATELIMIT_STORAGE,
+            token=settings.QMCP_RATELIMIT_TOKEN,
+            address=settings.QMCP_RATELIMIT_ADDRESS,
+            login=settings.QMCP_RATELIMIT_LOGIN,
+        )
+    return _limiter
+
+
+@receiver(setting_changed)
+def _settings_changed(*, setting, **kwargs):
+    global _limiter
+    if setting.startswith("QMCP_RATELIMIT_"):
+        _limiter = None
+
+
+def client_address(scope_or_meta) -> str:
+    """The peer address of an ASGI scope or a Django ``request.META``."""
+    if "REMOTE_ADDR" in scope_or_meta:
+        return scope_or_meta["REMOTE_ADDR"] or "unknown"
+    client = scope_or_meta.get("client")
+    return client[0] if client else "unknown"
+
+
+class RateLimitMiddleware:
+    """Counts ``/v1`` and ``/api`` requests per token and address, and admin login POSTs
+    per address; over a limit, 429 with ``Retry-After`` before any view runs (the APIs'
+    ``rate_limited`` error body, plain text on the login page)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        path = request.path
+        login = path == LOGIN_PATH and request.method == "POST"
+        if not (login or path.startswith(LIMITED_PREFIXES)):
+            return self.get_response(request)
+        refusal = limiter().check(
+            address=client_address(request.META),
+            authorization=request.headers.get("Authorization", ""),
+            login=login,
+        )
+        if refusal is None:
+            return self.get_response(request)
+        if login:
+            return HttpResponse(
+                refusal.message, status=429, content_type="text/plain", headers=refusal.headers
+            )
+        return JsonResponse(
+            error_body("rate_limited", refusal.message, {"retry_after": refusal.retry_after}),
+            status=429,
+            headers=refusal.headers,
+        )

@@ -1,0 +1,178 @@
+"""The database threads of MCP: one bad audit row fails only its own call, and no call
+waits behind another session's slow call."""
+
+import asyncio
+import json
+import threading
+import uuid
+
+import psycopg
+import pytest
+import pytest_asyncio
+from channels.db import database_sync_to_async
+from django.db import IntegrityError, connections
+from django.utils import timezone
+
+from mcp_transport.batching import BATCHER, close_connections, run_batched
+from qmcp_site.rawjoin import insert_one
+from tests.factories import UserFactory, make_token
+from tests.mcp_transport.test_consumers import echo_call, open_session, rpc, send
+from tools.models import ToolInvocation
+from tools.registry import tool, unregister
+from tools.schemas import ToolInput
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def close_thread_connections():
+    """The database threads keep their connections; closed, the test DB can be dropped."""
+    yield
+    await database_sync_to_async(connections.close_all)()
+    await close_connections()
+
+
+@pytest.fixture
+def secrets(transactional_db):
+    """Two agents: each its own user and token."""
+    return [make_token(user=UserFactory())[1] for _ in range(2)]
+
+
+def audit_row(pk=None, arguments=None) -> uuid.UUID:
+    """Writes an audit row as a read-only tool call does (deferred, grouped); its id."""
+    invocation = ToolInvocation(
+        id=pk or uuid.uuid4(),
+        tool_name="echo",
+        arguments={} if arguments is None else arguments,
+        via=ToolInvocation.Via.MCP,
+        status=ToolInvocation.Status.SUCCEEDED,
+        finished_at=timezone.now(),
+    )
+    insert_one(invocation)
+    return invocation.pk
+
+
+@database_sync_to_async
+def stored_ids() -> set[uuid.UUID]:
+    return set(ToolInvocation.objects.values_list("id", flat=True))
+
+
+async def test_a_grouped_audit_write_that_fails_is_retried_row_by_row():
+    """A row that collides with a stored one fails its own job; the others' rows are in."""
+    taken = await run_batched(audit_row)
+    results = await asyncio.gather(
+        run_batched(audit_row),
+        run_batched(audit_row, pk=taken),
+        run_batched(audit_row),
+        return_exceptions=True,
+    )
+    # Django's on SQLite (the thread writes), psycopg's on PostgreSQL (the async writer).
+    assert isinstance(results[1], IntegrityError | psycopg.IntegrityError)
+    assert await stored_ids() == {taken, results[0], results[2]}
+
+
+@pytest.mark.skipif(
+    connections["default"].vendor != "postgresql", reason="SQLite stores NUL characters"
+)
+async def test_a_row_postgresql_refuses_fails_only_its_own_call():
+    results = await asyncio.gather(
+        run_batched(audit_row),
+        run_batched(audit_row, arguments={"message": "\x00"}),
+        run_batched(audit_row),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Exception)
+    assert await stored_ids() == {results[0], results[2]}
+
+
+async def test_an_agent_sending_nul_bytes_never_fails_another_agents_calls(secrets):
+    """The issue's scenario in small: two agents with calls in flight at once."""
+    good, bad = secrets
+    good_session, bad_session = await open_session(good), await open_session(bad)
+    calls = []
+    for i in range(20):
+        calls.append(send(payload=echo_call(f"ok {i}", i), secret=good, session_id=good_session))
+        calls.append(send(payload=echo_call(f"\x00{i}", i), secret=bad, session_id=bad_session))
+    responses = await asyncio.gather(*calls)
+    for i in range(20):
+        ok, refused = (json.loads(r["body"]) for r in responses[2 * i : 2 * i + 2])
+        assert ok["result"]["structuredContent"] == {"message": f"ok {i}"}
+        assert refused["result"]["isError"] is True
+        assert "cannot be stored" in refused["result"]["content"][0]["text"]
+
+    @database_sync_to_async
+    def rows(session_id):
+        rows = ToolInvocation.objects.filter(mcp_session_id=session_id)
+        return sorted((row.status, row.arguments["message"]) for row in rows)
+
+    assert await rows(good_session) == sorted(("succeeded", f"ok {i}") for i in range(20))
+    assert await rows(bad_session) == sorted(("refused", f"\ufffd{i}") for i in range(20))
+
+
+class Gate(ToolInput):
+    pass
+
+
+@pytest.fixture
+def slow_tool():
+    """A read-only tool that runs until the test releases it (at most 10 s)."""
+    started, release = threading.Event(), threading.Event()
+
+    @tool(
+        name="test_slow",
+        description="Waits.",
+        input=Gate,
+        annotations={"readOnlyHint": True},
+    )
+    def slow(args, ctx):
+        started.set()
+        release.wait(10)
+        return "slow done"
+
+    yield started, release
+    release.set()
+    unregister("test_slow")
+
+
+@pytest.mark.parametrize(
+    "order", ["echo after", "same batch, echo first", "same batch, slow first"]
+)
+async def test_a_slow_call_does_not_hold_up_another_sessions_echo(secrets, slow_tool, order):
+    started, release = slow_tool
+    slow_secret, echo_secret = secrets
+    slow_session, echo_session = await open_session(slow_secret), await open_session(echo_secret)
+    await send(payload=echo_call("warm", 0), secret=echo_secret, session_id=echo_session)
+
+    def slow_call():
+        payload = rpc("tools/call", {"name": "test_slow", "arguments": {}}, 1)
+        return asyncio.ensure_future(
+            send(payload=payload, secret=slow_secret, session_id=slow_session, timeout=15)
+        )
+
+    def echo():
+        return asyncio.ensure_future(
+            send(payload=echo_call("fast", 2), secret=echo_secret, session_id=echo_session)
+        )
+
+    if order == "echo after":
+        slow = slow_call()
+        assert await asyncio.to_thread(started.wait, 5)
+        fast = echo()
+    elif order == "same batch, echo first":
+        fast, slow = echo(), slow_call()
+    else:
+        slow, fast = slow_call(), echo()
+    # The slow tool is still running (it waits for release) while the echo is answered.
+    response = await asyncio.wait_for(fast, 1)
+    assert json.loads(response["body"])["result"]["structuredContent"] == {"message": "fast"}
+    assert not slow.done()
+
+    @database_sync_to_async
+    def echo_rows():
+        return list(ToolInvocation.objects.filter(mcp_session_id=echo_session))
+
+    assert len(await echo_rows()) == 2
+    release.set()
+    slow_reply = json.loads((await slow)["body"])
+    assert slow_reply["result"]["content"][0]["text"] == "slow done"
+    assert len(BATCHER._threads) >= 2
