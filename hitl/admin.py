@@ -8,6 +8,7 @@ call; the admin only shows its message.
 """
 
 import json
+import uuid
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -25,6 +26,7 @@ from hitl.services import (
     human_request_reads_all,
     human_request_respond,
     human_requests_expire,
+    human_requests_expire_soon,
 )
 from qmcp_site.errors import ApplicationError
 
@@ -196,12 +198,15 @@ class HumanRequestAdmin(admin.ModelAdmin):
         )
 
     def changelist_view(self, request, extra_context=None):
-        # Expiry on read: the queue never shows an overdue request as pending.
-        human_requests_expire()
+        # Overdue requests are expired in bulk right after this read (a task), not by it.
+        human_requests_expire_soon()
         return super().changelist_view(request, extra_context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        human_requests_expire()
+        try:  # this request, if overdue, is expired before it is shown
+            human_requests_expire(request_id=uuid.UUID(unquote(object_id)))
+        except ValueError:
+            pass  # not a request's id: the admin answers it as unknown
         extra_context = {
             **(extra_context or {}),
             "can_respond": self.has_respond_permission(request),

@@ -1,29 +1,43 @@
 import uuid
 
-from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
+from django.core.paginator import Page, Paginator
+from django.db.models import Case, Count, F, IntegerField, Q, QuerySet, Value, When
+from django.utils import timezone
 
 from hitl.models import HumanRequest, HumanResponse
-from hitl.services import human_request_reads_all, human_requests_expire
+from hitl.services import (
+    human_request_reads_all,
+    human_requests_expire,
+    human_requests_expire_soon,
+)
 from qmcp_site.errors import ApplicationError
 from users.principals import Principal
 
 
 def human_request_list(*, status: str | None = None) -> QuerySet[HumanRequest]:
-    """Requests, pending first and oldest first; overdue ones are expired first."""
+    """Requests, open ones first and oldest first.
+
+    An overdue request is never listed as open: the filters and the order read
+    ``expires_at``, and the overdue ones are expired in bulk after this read
+    (:func:`~hitl.services.human_requests_expire_soon`), not by it.
+    """
     if status is not None and status not in HumanRequest.Status.values:
         raise ApplicationError(
             f"Unknown status '{status}'.", "bad_request", {"allowed": HumanRequest.Status.values}
         )
-    human_requests_expire()
+    human_requests_expire_soon()
+    now = timezone.now()
+    open_ = Q(status=HumanRequest.Status.PENDING, expires_at__gt=now)
+    overdue = Q(status=HumanRequest.Status.PENDING, expires_at__lte=now)
     qs = HumanRequest.objects.select_related("invocation", "created_by", "approver_group")
-    if status:
+    if status == HumanRequest.Status.PENDING:
+        qs = qs.filter(open_)
+    elif status == HumanRequest.Status.EXPIRED:
+        qs = qs.filter(Q(status=status) | overdue)
+    elif status:
         qs = qs.filter(status=status)
-    pending_first = Case(
-        When(status=HumanRequest.Status.PENDING, then=Value(0)),
-        default=Value(1),
-        output_field=IntegerField(),
-    )
-    return qs.order_by(pending_first, "created_at")
+    open_first = Case(When(open_, then=Value(0)), default=Value(1), output_field=IntegerField())
+    return qs.order_by(open_first, "created_at")
 
 
 def human_request_get(*, request_id, expire: bool = True) -> HumanRequest:
@@ -36,7 +50,7 @@ def human_request_get(*, request_id, expire: bool = True) -> HumanRequest:
         pk = uuid.UUID(str(request_id))
     except ValueError:
         pk = None
-    if expire:
+    if expire and pk is not None:
         human_requests_expire(request_id=pk)
     request = (
         HumanRequest.objects.select_related("invocation", "created_by", "approver_group")
@@ -79,6 +93,8 @@ def human_request_visible_get(*, principal: Principal, request_id) -> HumanReque
     return request
 
 
+# Rows per page of the reviewer queue (/hitl/).
+QUEUE_PAGE_SIZE = 50
 # The queue's status filter: a request's status, or for a decided one its outcome.
 QUEUE_STATES = ("pending", "approved", "rejected", "answered", "expired", "cancelled")
 
@@ -129,6 +145,22 @@ def human_request_search(
             "responses", filter=Q(responses__decision=HumanResponse.Decision.APPROVE)
         )
     )
+
+
+def human_request_queue_page(*, page=1, per_page: int = QUEUE_PAGE_SIZE, **filters) -> Page:
+    """One page of the reviewer queue, narrowed by :func:`human_request_search`'s
+    ``filters``: open requests oldest first, then the settled ones, most recently decided
+    first. A page number that is not one (or past the end) gives the first (or the last)
+    page."""
+    open_ = Q(status=HumanRequest.Status.PENDING, expires_at__gt=timezone.now())
+    qs = human_request_search(**filters).order_by(
+        Case(When(open_, then=Value(0)), default=Value(1), output_field=IntegerField()),
+        Case(When(open_, then=F("created_at"))).asc(),
+        F("decided_at").desc(nulls_last=True),
+        "-created_at",
+        "pk",
+    )
+    return Paginator(qs, per_page).get_page(page)
 
 
 def human_request_pending_count() -> int:

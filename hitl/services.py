@@ -25,7 +25,12 @@ from tools.models import (
     ToolInvocation,
 )
 from tools.registry import get_tool
-from tools.services import tool_invocation_end, tool_invocation_rebind
+from tools.services import (
+    in_one_event_loop,
+    tool_invocation_end,
+    tool_invocation_rebind,
+    tool_invocations_end,
+)
 from users.models import User
 
 Status = HumanRequest.Status
@@ -48,6 +53,16 @@ def _announce(request: HumanRequest, event: str) -> None:
     transaction.on_commit(
         lambda: human_request_changed.send(sender=HumanRequest, request_id=request_id, event=event)
     )
+
+
+def _announce_many(request_ids: list, event: str) -> None:
+    """:func:`_announce` for many requests, with one callback after the commit."""
+
+    def send():
+        for request_id in request_ids:
+            human_request_changed.send(sender=HumanRequest, request_id=request_id, event=event)
+
+    transaction.on_commit(lambda: in_one_event_loop(send))
 
 
 def human_request_create(
@@ -394,23 +409,65 @@ def _close(request: HumanRequest, status: str, message: str) -> None:
     _announce(request, status)
 
 
+EXPIRED_MESSAGE = "No reviewer decided in time; the call was not run."
+
+
 def _expire(request: HumanRequest) -> None:
-    _close(request, Status.EXPIRED, "No reviewer decided in time; the call was not run.")
+    _close(request, Status.EXPIRED, EXPIRED_MESSAGE)
+
+
+# Overdue requests are expired this many per transaction (and per IN list).
+EXPIRE_BATCH = 500
 
 
 def human_requests_expire(*, request_id=None) -> int:
-    """Expires every pending request past its time (or just ``request_id``); returns how many."""
+    """Expires every pending request past its time (or only ``request_id``); returns how
+    many. A batch costs one locking SELECT, one UPDATE of the requests and one of the calls
+    they gate, and is announced after its commit; none overdue costs one indexed SELECT and
+    no write.
+
+    The overdue rows are locked (SELECT FOR UPDATE; SQLite's single writer) before the
+    UPDATE, so a reviewer deciding one at the same moment either decides first, and it is
+    no longer overdue-and-pending here, or finds it expired.
+    """
     count = 0
-    overdue = HumanRequest.objects.filter(status=Status.PENDING, expires_at__lte=timezone.now())
-    if request_id is not None:
-        overdue = overdue.filter(pk=request_id)
-    for request_id in overdue.values_list("pk", flat=True):
+    while True:
+        now = timezone.now()
+        overdue = HumanRequest.objects.filter(status=Status.PENDING, expires_at__lte=now)
+        if request_id is not None:
+            overdue = overdue.filter(pk=request_id)
+        if not overdue.exists():
+            return count
         with transaction.atomic():
-            request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
-            if request is not None and request.is_overdue:
-                _expire(request)
-                count += 1
-    return count
+            found = dict(
+                overdue.select_for_update()
+                .order_by("pk")
+                .values_list("pk", "invocation_id")[:EXPIRE_BATCH]
+            )
+            HumanRequest.objects.filter(pk__in=list(found)).update(
+                status=Status.EXPIRED, decided_at=now
+            )
+            tool_invocations_end(
+                invocation_ids=[pk for pk in found.values() if pk is not None],
+                status=Status.EXPIRED,
+                message=EXPIRED_MESSAGE,
+                code=Status.EXPIRED,
+            )
+            _announce_many(list(found), Status.EXPIRED)
+        count += len(found)
+
+
+def human_requests_expire_soon() -> bool:
+    """Has the overdue requests expired by a Celery task after the current commit (by the
+    worker when a broker is set, inline when Celery is eager), so a reader does not pay
+    for them; True if some were overdue. Costs one indexed SELECT when none are."""
+    overdue = HumanRequest.objects.filter(status=Status.PENDING, expires_at__lte=timezone.now())
+    if not overdue.exists():
+        return False
+    from hitl.tasks import human_requests_expire as human_requests_expire_task
+
+    transaction.on_commit(human_requests_expire_task.delay)
+    return True
 
 
 def human_request_cancel(*, request_id, reason: str = "") -> HumanRequest:

@@ -38,9 +38,13 @@ class ApprovalStatusOutput(BaseModel):
 def approval_status(args: ApprovalStatusInput, ctx) -> ToolResult:
     from hitl.services import human_requests_expire
 
-    human_requests_expire()
     invocation = invocation_get(principal=ctx.principal, invocation_id=args.invocation_id)
     request = getattr(invocation, "human_request", None)
+    if request is not None and request.is_overdue:
+        # Only this call's request, so the answer is exact without a sweep of the queue.
+        human_requests_expire(request_id=request.pk)
+        invocation = invocation_get(principal=ctx.principal, invocation_id=args.invocation_id)
+        request = invocation.human_request
     data = ApprovalStatusOutput(
         invocation_id=str(invocation.pk),
         tool=invocation.tool_name,

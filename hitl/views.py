@@ -14,7 +14,6 @@ from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -33,7 +32,7 @@ from hitl.selectors import (
     QUEUE_STATES,
     human_request_get,
     human_request_pending_count,
-    human_request_search,
+    human_request_queue_page,
     human_request_tool_names,
 )
 from hitl.services import (
@@ -49,7 +48,6 @@ from tools.models import ToolInvocation
 from tools.registry import get_tool, preview_changed
 
 Decision = HumanResponse.Decision
-PAGE_SIZE = 50
 FILTERS = ("tool", "requester", "risk", "state", "q")
 
 
@@ -82,11 +80,13 @@ def _filters(request) -> dict[str, str]:
 
 
 def _queue_page(request):
-    """The page of the queue the filters and ``page`` ask for: pending first, oldest first,
-    then the settled ones."""
+    """The page of the queue the filters and ``page`` ask for (see
+    :func:`~hitl.selectors.human_request_queue_page`)."""
     filters = _filters(request)
+    page = request.GET.get("page")
     try:
-        requests = human_request_search(
+        return human_request_queue_page(
+            page=page,
             tool=filters["tool"],
             requester=filters["requester"],
             risk=filters["risk"],
@@ -95,8 +95,7 @@ def _queue_page(request):
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)
-        requests = human_request_search()
-    return Paginator(requests, PAGE_SIZE).get_page(request.GET.get("page"))
+        return human_request_queue_page(page=page)
 
 
 @require_GET
@@ -124,7 +123,7 @@ def queue(request):
 def queue_rows(request):
     """The queue's table body alone, for the same filters and page; the queue page fetches
     it when the websocket says something changed. ``X-Pending-Count`` feeds the tab title."""
-    response = render(request, "hitl/_queue_rows.html", {"rows": _queue_page(request)})
+    response = render(request, "hitl/_queue_rows.html", {"rows": _queue_page(request).object_list})
     response["X-Pending-Count"] = str(human_request_pending_count())
     return response
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
@@ -624,6 +624,40 @@ def tool_invocation_end(*, invocation_id, status: str, message: str, code: str) 
     if updated:
         _announce_finished(invocation_id)
     return bool(updated)
+
+
+def tool_invocations_end(*, invocation_ids: list, status: str, message: str, code: str) -> int:
+    """:func:`tool_invocation_end` for many calls at once: one SELECT and one UPDATE of
+    those still waiting, each announced after commit. Returns how many ended; the caller
+    holds their requests' locks, so none of them is approved meanwhile."""
+    if not invocation_ids:
+        return 0
+    waiting = ToolInvocation.objects.filter(pk__in=invocation_ids, status=Status.AWAITING_APPROVAL)
+    ended = list(waiting.values_list("pk", flat=True))
+    result = ToolResult.text(message)
+    result.is_error = True
+    ToolInvocation.objects.filter(pk__in=ended, status=Status.AWAITING_APPROVAL).update(
+        status=status,
+        result=result.as_dict(),
+        error={"code": code, "message": message},
+        finished_at=timezone.now(),
+    )
+
+    def announce():
+        for pk in ended:
+            invocation_finished.send(sender=ToolInvocation, invocation_id=pk)
+
+    if ended:
+        transaction.on_commit(lambda: in_one_event_loop(announce))
+    return len(ended)
+
+
+def in_one_event_loop(function: Callable[[], None]) -> None:
+    """Calls ``function`` (in this thread) while one event loop runs beside it, so the
+    Channels pushes its signal receivers make with ``async_to_sync`` hop to that loop
+    instead of each starting an event loop of its own: the many pushes of a bulk expiry
+    then cost a fraction as much."""
+    async_to_sync(sync_to_async(function))()
 
 
 def tool_invocation_raise_failure(invocation: ToolInvocation) -> ToolInvocation:

@@ -116,7 +116,7 @@ def test_the_queue_lists_pending_requests_first_and_oldest_first(client):
     assert "<h1>Reviewer queue</h1>" in html and 'class="breadcrumbs"' in html
     assert "delete_user" in html and "caller@example.com" in html and "0 of 1" in html
     assert page_url(older) in html and "Answered" in html
-    assert "/ws/hitl/queue/" in html and 'data-rows-url="/hitl/rows/"' in html
+    assert "/ws/hitl/queue/" in html and 'data-rows-url="/hitl/rows/?page=1"' in html
 
 
 def test_the_rows_fragment_is_the_table_body_alone(client):
