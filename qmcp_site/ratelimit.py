@@ -18,6 +18,7 @@ limiter protects the service and must not become the reason it is down.
 import asyncio
 import logging
 import math
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -148,18 +149,23 @@ def _refusal(scope: str, reset_time: float) -> Refusal:
 
 
 _limiter: RateLimiter | None = None
+# Django serves requests on many threads, and the limits library's first import of its
+# Redis client is not safe to race (it then reports redis as missing).
+_building = threading.Lock()
 
 
 def limiter() -> RateLimiter:
     """The process's limiter, built from the settings on first use."""
     global _limiter
     if _limiter is None:
-        _limiter = RateLimiter(
-            storage_uri=settings.QMCP_RATELIMIT_STORAGE,
-            token=settings.QMCP_RATELIMIT_TOKEN,
-            address=settings.QMCP_RATELIMIT_ADDRESS,
-            login=settings.QMCP_RATELIMIT_LOGIN,
-        )
+        with _building:
+            if _limiter is None:
+                _limiter = RateLimiter(
+                    storage_uri=settings.QMCP_RATELIMIT_STORAGE,
+                    token=settings.QMCP_RATELIMIT_TOKEN,
+                    address=settings.QMCP_RATELIMIT_ADDRESS,
+                    login=settings.QMCP_RATELIMIT_LOGIN,
+                )
     return _limiter
 
 
@@ -185,6 +191,7 @@ class RateLimitMiddleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
+        limiter()  # built once at start-up, not by the first requests at once
 
     def __call__(self, request):
         path = request.path
