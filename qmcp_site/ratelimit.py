@@ -8,8 +8,8 @@ same keys, so a token has one budget across MCP, ``/v1`` and ``/api``.
 
 A token is keyed by the digest of the presented secret, before any database lookup: made-up
 tokens cost nothing to refuse, and the per-address limit catches a caller who rotates them.
-Behind a reverse proxy, run the ASGI server with ``--proxy-headers`` so that the address is
-the client's, not the proxy's.
+Behind a reverse proxy, the ASGI server must put the client's address in the scope (uvicorn's
+``FORWARDED_ALLOW_IPS``, daphne's ``--proxy-headers``), not the proxy's.
 
 If the storage fails (Redis down), requests are let through and the failure is logged: the
 limiter protects the service and must not become the reason it is down.
