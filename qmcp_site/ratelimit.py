@@ -8,8 +8,8 @@ same keys, so a token has one budget across MCP, ``/v1`` and ``/api``.
 
 A token is keyed by the digest of the presented secret, before any database lookup: made-up
 tokens cost nothing to refuse, and the per-address limit catches a caller who rotates them.
-Behind a reverse proxy, run the ASGI server with ``--proxy-headers`` so that the address is
-the client's, not the proxy's.
+Behind a reverse proxy, the ASGI server must put the client's address in the scope (uvicorn's
+``FORWARDED_ALLOW_IPS``, daphne's ``--proxy-headers``), not the proxy's.
 
 If the storage fails (Redis down), requests are let through and the failure is logged: the
 limiter protects the service and must not become the reason it is down.
@@ -18,6 +18,7 @@ limiter protects the service and must not become the reason it is down.
 import asyncio
 import logging
 import math
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ KEY_PREFIX = "qmcp:ratelimit"
 # Paths of the REST APIs; MCP calls the limiter itself, and the admin only for its login.
 LIMITED_PREFIXES = ("/v1/", "/api/")
 LOGIN_PATH = "/admin/login/"
+# See Credits.
+CREDIT_BATCH = 10
+CREDIT_SECONDS = 1.0
 # Bounded waits on Redis: a slow store must not hold requests for long.
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
@@ -85,6 +89,7 @@ class RateLimiter:
         options = REDIS_OPTIONS if self.is_redis else {}
         storage = storage_from_string(self.storage_uri, key_prefix=KEY_PREFIX, **options)
         self.sync = sync_strategies.SlidingWindowCounterRateLimiter(storage)
+        self.credits = Credits(enabled=self.is_redis)
         # Redis clients belong to one event loop; memory storage is shared by both APIs,
         # so MCP and Django count together in one process.
         self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -105,7 +110,12 @@ class RateLimiter:
             for item, scope, key in self._checks(
                 address=address, authorization=authorization, login=login
             ):
-                if not self.sync.hit(item, scope, key):
+                if self.credits.take(item, scope, key):
+                    continue
+                batch = self.credits.batch(item, scope, key)
+                if batch > 1 and self.sync.hit(item, scope, key, cost=batch):
+                    self.credits.store(item, scope, key, batch - 1)
+                elif not self.sync.hit(item, scope, key):
                     reset = self.sync.get_window_stats(item, scope, key).reset_time
                     return _refusal(scope, reset)
         except Exception:
@@ -121,7 +131,12 @@ class RateLimiter:
             for item, scope, key in self._checks(
                 address=address, authorization=authorization, login=login
             ):
-                if not await limiter.hit(item, scope, key):
+                if self.credits.take(item, scope, key):
+                    continue
+                batch = self.credits.batch(item, scope, key)
+                if batch > 1 and await limiter.hit(item, scope, key, cost=batch):
+                    self.credits.store(item, scope, key, batch - 1)
+                elif not await limiter.hit(item, scope, key):
                     reset = (await limiter.get_window_stats(item, scope, key)).reset_time
                     return _refusal(scope, reset)
         except Exception:
@@ -143,23 +158,68 @@ class RateLimiter:
         return limiter
 
 
+class Credits:
+    """Hits of a busy key taken from Redis a few at a time, so that one round trip serves
+    several requests of this process (a round trip costs more CPU than a whole MCP call).
+
+    A key is busy when it was counted less than ``CREDIT_SECONDS`` ago; only then are up to
+    ``CREDIT_BATCH`` hits taken at once (at most a hundredth of the limit, so small limits
+    stay exact), and unused ones lapse after ``CREDIT_SECONDS``. A process thus counts at
+    most ``CREDIT_BATCH - 1`` hits per key and second that were never made; near the limit,
+    hits are taken one by one. Memory storage is exact and needs none of this.
+    """
+
+    def __init__(self, *, enabled: bool):
+        self.enabled = enabled
+        self._keys: dict[tuple, tuple[int, float]] = {}  # key -> (credits left, taken at)
+
+    def take(self, item: RateLimitItem, scope: str, key: str) -> bool:
+        """Uses a credit of the key, if it has one."""
+        entry = self._keys.get((item, scope, key))
+        if entry is None or entry[0] <= 0 or time.monotonic() - entry[1] > CREDIT_SECONDS:
+            return False
+        self._keys[(item, scope, key)] = (entry[0] - 1, entry[1])
+        return True
+
+    def batch(self, item: RateLimitItem, scope: str, key: str) -> int:
+        """How many hits to take now: several for a busy key, else one."""
+        entry = self._keys.get((item, scope, key))
+        busy = entry is not None and time.monotonic() - entry[1] <= CREDIT_SECONDS
+        if not (self.enabled and busy):
+            if self.enabled:
+                self.store(item, scope, key, 0)
+            return 1
+        return max(1, min(CREDIT_BATCH, item.amount // 100))
+
+    def store(self, item: RateLimitItem, scope: str, key: str, left: int) -> None:
+        if len(self._keys) > 10_000:
+            now = time.monotonic()
+            self._keys = {k: v for k, v in self._keys.items() if now - v[1] <= CREDIT_SECONDS}
+        self._keys[(item, scope, key)] = (left, time.monotonic())
+
+
 def _refusal(scope: str, reset_time: float) -> Refusal:
     return Refusal(scope=scope, retry_after=max(1, math.ceil(reset_time - time.time())))
 
 
 _limiter: RateLimiter | None = None
+# Django serves requests on many threads, and the limits library's first import of its
+# Redis client is not safe to race (it then reports redis as missing).
+_building = threading.Lock()
 
 
 def limiter() -> RateLimiter:
     """The process's limiter, built from the settings on first use."""
     global _limiter
     if _limiter is None:
-        _limiter = RateLimiter(
-            storage_uri=settings.QMCP_RATELIMIT_STORAGE,
-            token=settings.QMCP_RATELIMIT_TOKEN,
-            address=settings.QMCP_RATELIMIT_ADDRESS,
-            login=settings.QMCP_RATELIMIT_LOGIN,
-        )
+        with _building:
+            if _limiter is None:
+                _limiter = RateLimiter(
+                    storage_uri=settings.QMCP_RATELIMIT_STORAGE,
+                    token=settings.QMCP_RATELIMIT_TOKEN,
+                    address=settings.QMCP_RATELIMIT_ADDRESS,
+                    login=settings.QMCP_RATELIMIT_LOGIN,
+                )
     return _limiter
 
 
@@ -185,6 +245,7 @@ class RateLimitMiddleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
+        limiter()  # built once at start-up, not by the first requests at once
 
     def __call__(self, request):
         path = request.path

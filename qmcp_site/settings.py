@@ -135,6 +135,17 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = env_bool(
         "DB_SERVER_SIDE_BINDING", True
     )
+    if env_bool("DB_POOL", True):
+        # Under ASGI, Django runs each REST request and page in a thread of its own, so a
+        # persistent connection per thread means a new connection per request (5-10 ms, and
+        # an idle backend left behind until the thread's objects are collected). A pool
+        # lends each thread a connection and takes it back when the request ends.
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": int(os.environ.get("DB_POOL_MIN_SIZE", "2")),
+            "max_size": int(os.environ.get("DB_POOL_MAX_SIZE", "20")),
+            "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "10")),
+        }
 if os.environ.get("QMCP_TEST_DB_NAME"):
     # Lets two test runs share a machine without sharing a test database.
     DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ["QMCP_TEST_DB_NAME"]

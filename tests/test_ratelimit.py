@@ -2,6 +2,7 @@
 
 import gc
 import json
+import os
 import secrets
 
 import pytest
@@ -214,3 +215,23 @@ def test_two_server_processes_share_a_tokens_limit_through_redis():
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="counts shared through Redis")
+def test_two_limiters_sharing_redis_take_busy_hits_in_batches_and_keep_the_limit():
+    from qmcp_site.ratelimit import CREDIT_BATCH, RateLimiter
+
+    workers = [
+        RateLimiter(storage_uri=os.environ["REDIS_URL"], token="1000/minute", address="", login="")
+        for _ in range(2)
+    ]
+    authorization = f"Bearer {secrets.token_urlsafe()}"
+    allowed = 0
+    for index in range(1100):
+        worker = workers[index % 2]
+        allowed += worker.check(address=random_address(), authorization=authorization) is None
+    # Unused credits (at most a batch less one per worker) are the only hits lost.
+    assert 1000 - 2 * (CREDIT_BATCH - 1) <= allowed <= 1000
+    for worker in workers:
+        refusal = worker.check(address=random_address(), authorization=authorization)
+        assert refusal is not None and refusal.scope == "token"
