@@ -127,7 +127,7 @@ def human_request_for_invocation(
         approvals_required=policy.approvals_required,
         approver_group=policy.approver_group,
         invocation=invocation,
-        risk_level=getattr(policy, "risk_level", HumanRequest.Risk.MEDIUM),
+        risk_level=policy.risk_level,
         reason=reason,
         preview=preview,
     )
