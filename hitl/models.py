@@ -5,6 +5,9 @@ from django.contrib.auth.models import Group
 from django.db import models
 from django.utils import timezone
 
+from tools.models import ToolPolicy
+from tools.registry import RISK_LEVELS
+
 
 class HumanRequest(models.Model):
     """Something only a person can settle: approve or reject a tool call, or answer a question."""
@@ -24,11 +27,8 @@ class HumanRequest(models.Model):
         REJECTED = "rejected", "Rejected"
         ANSWERED = "answered", "Answered"
 
-    class Risk(models.TextChoices):
-        LOW = "low", "Low"
-        MEDIUM = "medium", "Medium"
-        HIGH = "high", "High"
-        CRITICAL = "critical", "Critical"
+    # The risk levels are the policy's: one list, in tools.
+    Risk = ToolPolicy.Risk
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.APPROVAL)
@@ -90,7 +90,7 @@ class HumanRequest(models.Model):
                 condition=models.Q(approvals_required__gte=1), name="hitl_request_approvals_min"
             ),
             models.CheckConstraint(
-                condition=models.Q(risk_level__in=["low", "medium", "high", "critical"]),
+                condition=models.Q(risk_level__in=RISK_LEVELS),
                 name="hitl_request_risk_level_valid",
             ),
         ]
