@@ -25,8 +25,6 @@ from qmcp_site.errors import ApplicationError
 
 Decision = HumanResponse.Decision
 
-# The reviewer pages' badge colours (templates/hitl/base.html), white text at >= 6:1.
-RISK_COLOURS = {"low": "#1f5fa8", "medium": "#8a5300", "high": "#b03a00", "critical": "#6a1b9a"}
 # The admin index starts with a link to the reviewer queue and its pending count.
 admin.site.index_template = "hitl/admin/index.html"
 
@@ -107,6 +105,10 @@ class HumanRequestAdmin(admin.ModelAdmin):
     """The approval queue: pending first, oldest first; read-only apart from decisions."""
 
     change_form_template = "hitl/admin/change_form.html"
+
+    class Media:
+        css = {"all": ["hitl/badges.css"]}
+
     confirmation_template = "hitl/approval_confirm.html"
     list_display = (
         "title",
@@ -236,10 +238,8 @@ class HumanRequestAdmin(admin.ModelAdmin):
         if obj.kind != HumanRequest.Kind.APPROVAL:
             return None
         return format_html(
-            '<span class="badge badge-risk-{}" style="color: #fff; background: {}; '
-            'padding: 1px 6px; border-radius: 8px">{}</span>',
+            '<span class="badge badge-risk-{}">{}</span>',
             obj.risk_level,
-            RISK_COLOURS.get(obj.risk_level, "#505050"),
             obj.get_risk_level_display(),
         )
 
