@@ -20,8 +20,12 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
 from hitl.models import HumanRequest, HumanResponse, ReviewerSettings
-from hitl.services import RESPOND_PERMISSION, human_request_respond, human_requests_expire
-from qmcp_site.errors import ApplicationError
+from hitl.services import (
+    RESPOND_PERMISSION,
+    human_requests_expire,
+    human_requests_respond,
+    requests_phrase,
+)
 
 Decision = HumanResponse.Decision
 
@@ -370,36 +374,22 @@ class HumanRequestAdmin(admin.ModelAdmin):
 
     def _decide(self, request, requests, decision):
         """Responds to each request through the service; reports successes and refusals."""
-        comment = request.POST.get("comment", "").strip()
-        decided = waiting = 0
-        for obj in requests:
-            try:
-                result = human_request_respond(
-                    request_id=obj.pk, responder=request.user, decision=decision, comment=comment
-                )
-            except ApplicationError as exc:
-                self.message_user(request, f"“{obj}”: {exc.message}", messages.ERROR)
-                continue
-            if result.is_pending:
-                waiting += 1
-            else:
-                decided += 1
-        verb = "Approved" if decision == Decision.APPROVE else "Rejected"
-        if decided:
-            self.message_user(request, f"{verb} {_requests(decided)}.", messages.SUCCESS)
-        if waiting:
-            self.message_user(
-                request,
-                f"Recorded your approval on {_requests(waiting)}; more approvals are needed.",
-                messages.SUCCESS,
-            )
+        outcome = human_requests_respond(
+            request_ids=[obj.pk for obj in requests],
+            responder=request.user,
+            decision=decision,
+            comment=request.POST.get("comment", "").strip(),
+        )
+        levels = {"success": messages.SUCCESS, "error": messages.ERROR}
+        for level, text in outcome.messages(decision):
+            self.message_user(request, text, levels[level])
 
     def _confirmation(self, request, requests, decision, action=""):
         verb = "Approve" if decision == Decision.APPROVE else "Reject"
         single = None if action else requests[0]
         context = {
             **self.admin_site.each_context(request),
-            "title": f"{verb} {_requests(len(requests))}" if action else f"{verb} “{single}”",
+            "title": f"{verb} {requests_phrase(len(requests))}" if action else f"{verb} “{single}”",
             "subtitle": None,
             "opts": self.opts,
             "media": self.media,
@@ -423,10 +413,6 @@ class HumanRequestAdmin(admin.ModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.confirmation_template, context)
-
-
-def _requests(count: int) -> str:
-    return f"{count} request" if count == 1 else f"{count} requests"
 
 
 @admin.register(ReviewerSettings)

@@ -220,3 +220,11 @@ def test_the_page_names_the_mcp_client_and_lists_the_sessions_earlier_calls(clie
     assert [c.tool_name for c in page.context["earlier_calls"]] == ["echo"]
     html = page.content.decode()
     assert f"?mcp_session_id={mcp.session_id}" in html
+
+
+def test_reviewer_settings_are_listed_in_the_admin(client):
+    reviewer = make_reviewer()
+    ReviewerSettings.objects.create(user=reviewer, notify_via="none")
+    client.force_login(StaffFactory(is_superuser=True))
+    response = client.get("/admin/hitl/reviewersettings/")
+    assert response.status_code == 200 and str(reviewer) in response.content.decode()
