@@ -24,16 +24,14 @@ from hitl.models import HumanRequest, HumanResponse, ReviewerSettings
 from hitl.services import (
     RESPOND_PERMISSION,
     human_request_reads_all,
-    human_request_respond,
     human_requests_expire,
     human_requests_expire_soon,
+    human_requests_respond,
+    requests_phrase,
 )
-from qmcp_site.errors import ApplicationError
 
 Decision = HumanResponse.Decision
 
-# The reviewer pages' badge colours (templates/hitl/base.html), white text at >= 6:1.
-RISK_COLOURS = {"low": "#1f5fa8", "medium": "#8a5300", "high": "#b03a00", "critical": "#6a1b9a"}
 # The admin index starts with a link to the reviewer queue and its pending count.
 admin.site.index_template = "hitl/admin/index.html"
 
@@ -105,6 +103,10 @@ class HumanRequestAdmin(admin.ModelAdmin):
     """The approval queue: pending first, oldest first; read-only apart from decisions."""
 
     change_form_template = "hitl/admin/change_form.html"
+
+    class Media:
+        css = {"all": ["hitl/badges.css"]}
+
     confirmation_template = "hitl/approval_confirm.html"
     list_display = (
         "title",
@@ -237,10 +239,8 @@ class HumanRequestAdmin(admin.ModelAdmin):
         if obj.kind != HumanRequest.Kind.APPROVAL:
             return None
         return format_html(
-            '<span class="badge badge-risk-{}" style="color: #fff; background: {}; '
-            'padding: 1px 6px; border-radius: 8px">{}</span>',
+            '<span class="badge badge-risk-{}">{}</span>',
             obj.risk_level,
-            RISK_COLOURS.get(obj.risk_level, "#505050"),
             obj.get_risk_level_display(),
         )
 
@@ -371,36 +371,22 @@ class HumanRequestAdmin(admin.ModelAdmin):
 
     def _decide(self, request, requests, decision):
         """Responds to each request through the service; reports successes and refusals."""
-        comment = request.POST.get("comment", "").strip()
-        decided = waiting = 0
-        for obj in requests:
-            try:
-                result = human_request_respond(
-                    request_id=obj.pk, responder=request.user, decision=decision, comment=comment
-                )
-            except ApplicationError as exc:
-                self.message_user(request, f"“{obj}”: {exc.message}", messages.ERROR)
-                continue
-            if result.is_pending:
-                waiting += 1
-            else:
-                decided += 1
-        verb = "Approved" if decision == Decision.APPROVE else "Rejected"
-        if decided:
-            self.message_user(request, f"{verb} {_requests(decided)}.", messages.SUCCESS)
-        if waiting:
-            self.message_user(
-                request,
-                f"Recorded your approval on {_requests(waiting)}; more approvals are needed.",
-                messages.SUCCESS,
-            )
+        outcome = human_requests_respond(
+            request_ids=[obj.pk for obj in requests],
+            responder=request.user,
+            decision=decision,
+            comment=request.POST.get("comment", "").strip(),
+        )
+        levels = {"success": messages.SUCCESS, "error": messages.ERROR}
+        for level, text in outcome.messages(decision):
+            self.message_user(request, text, levels[level])
 
     def _confirmation(self, request, requests, decision, action=""):
         verb = "Approve" if decision == Decision.APPROVE else "Reject"
         single = None if action else requests[0]
         context = {
             **self.admin_site.each_context(request),
-            "title": f"{verb} {_requests(len(requests))}" if action else f"{verb} “{single}”",
+            "title": f"{verb} {requests_phrase(len(requests))}" if action else f"{verb} “{single}”",
             "subtitle": None,
             "opts": self.opts,
             "media": self.media,
@@ -424,10 +410,6 @@ class HumanRequestAdmin(admin.ModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.confirmation_template, context)
-
-
-def _requests(count: int) -> str:
-    return f"{count} request" if count == 1 else f"{count} requests"
 
 
 @admin.register(ReviewerSettings)

@@ -7,7 +7,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from tools.models import APPROVALS_MAX
+from tools.models import APPROVALS_MAX, ToolPolicy
+from tools.registry import RISK_LEVELS
 
 # A chosen option is stored in HumanResponse.option (a varchar), so no option may be longer.
 OPTION_MAX_LENGTH = 200
@@ -50,11 +51,8 @@ class HumanRequest(models.Model):
         REJECTED = "rejected", "Rejected"
         ANSWERED = "answered", "Answered"
 
-    class Risk(models.TextChoices):
-        LOW = "low", "Low"
-        MEDIUM = "medium", "Medium"
-        HIGH = "high", "High"
-        CRITICAL = "critical", "Critical"
+    # The risk levels are the policy's: one list, in tools.
+    Risk = ToolPolicy.Risk
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.APPROVAL)
@@ -120,7 +118,7 @@ class HumanRequest(models.Model):
                 condition=models.Q(approvals_required__gte=1), name="hitl_request_approvals_min"
             ),
             models.CheckConstraint(
-                condition=models.Q(risk_level__in=["low", "medium", "high", "critical"]),
+                condition=models.Q(risk_level__in=RISK_LEVELS),
                 name="hitl_request_risk_level_valid",
             ),
             models.CheckConstraint(

@@ -6,6 +6,7 @@ the run (a Celery task, after commit), rejection and expiry end the call with th
 
 import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -172,7 +173,7 @@ def human_request_for_invocation(
         approvals_required=policy.approvals_required,
         approver_group=policy.approver_group,
         invocation=invocation,
-        risk_level=getattr(policy, "risk_level", HumanRequest.Risk.MEDIUM),
+        risk_level=policy.risk_level,
         reason=reason,
         preview=preview,
     )
@@ -485,6 +486,68 @@ def human_request_cancel(*, request_id, reason: str = "") -> HumanRequest:
             reason or "The call was cancelled before a reviewer decided.",
         )
     return request
+
+
+@dataclass
+class BulkOutcome:
+    """What one decision did to each of several requests."""
+
+    decided: int = 0
+    waiting: int = 0  # approvals recorded on requests that need more
+    refused: list[tuple[HumanRequest | None, str]] = field(default_factory=list)
+
+    def messages(self, decision: str) -> list[tuple[str, str]]:
+        """``(level, text)`` lines for a reviewer: one per outcome, one per refusal."""
+        verb = "Approved" if decision == Decision.APPROVE else "Rejected"
+        lines = []
+        if self.decided:
+            lines.append(("success", f"{verb} {requests_phrase(self.decided)}."))
+        if self.waiting:
+            lines.append(
+                (
+                    "success",
+                    f"Recorded your approval on {requests_phrase(self.waiting)}; "
+                    "more approvals are needed.",
+                )
+            )
+        for request, message in self.refused:
+            lines.append(("error", f"“{request or 'Unknown request'}”: {message}"))
+        return lines
+
+
+def requests_phrase(count: int) -> str:
+    """'1 request', '3 requests'."""
+    return f"{count} request" if count == 1 else f"{count} requests"
+
+
+def human_requests_respond(
+    *, request_ids, responder: User, decision: str, comment: str = ""
+) -> BulkOutcome:
+    """One reviewer's decision and comment on several requests, each through
+    :func:`human_request_respond` in its own transaction: every request is checked by the
+    rules on its own, and one refused leaves the others decided."""
+    outcome = BulkOutcome()
+    for request_id in request_ids:
+        try:
+            result = human_request_respond(
+                request_id=request_id, responder=responder, decision=decision, comment=comment
+            )
+        except ApplicationError as exc:
+            found = HumanRequest.objects.filter(pk=_request_pk_or_none(request_id)).first()
+            outcome.refused.append((found, exc.message))
+            continue
+        if result.is_pending:
+            outcome.waiting += 1
+        else:
+            outcome.decided += 1
+    return outcome
+
+
+def _request_pk_or_none(request_id):
+    try:
+        return uuid.UUID(str(request_id))
+    except ValueError:
+        return None
 
 
 def human_request_extend(*, request_id, by: User, seconds: int) -> HumanRequest:

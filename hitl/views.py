@@ -41,6 +41,7 @@ from hitl.services import (
     human_request_reads_all,
     human_request_respond,
     human_request_viewed,
+    human_requests_respond,
     reviewer_check,
 )
 from qmcp_site.errors import ApplicationError
@@ -139,43 +140,19 @@ def queue_bulk(request):
     if decision not in (Decision.APPROVE, Decision.REJECT) or not ids:
         messages.error(request, "Select requests, then approve or reject them.")
         return redirect(back)
-    comment = request.POST.get("comment", "").strip()
-    done, waiting, refused = 0, 0, []
-    for request_id in ids:
-        try:
-            result = human_request_respond(
-                request_id=request_id, responder=request.user, decision=decision, comment=comment
-            )
-        except ApplicationError as exc:
-            refused.append(f"{_title(request_id)}: {exc.message}")
-            continue
-        if result.is_pending:
-            waiting += 1
-        else:
-            done += 1
-    verb = "Approved" if decision == Decision.APPROVE else "Rejected"
-    if done:
-        messages.success(request, f"{verb} {_count(done)}.")
-    if waiting:
-        messages.success(
-            request, f"Recorded your approval on {_count(waiting)}; more approvals are needed."
-        )
-    for line in refused:
-        messages.error(request, f"Not decided: {line}")
+    outcome = human_requests_respond(
+        request_ids=ids,
+        responder=request.user,
+        decision=decision,
+        comment=request.POST.get("comment", "").strip(),
+    )
+    for level, text in outcome.messages(decision):
+        (messages.success if level == "success" else messages.error)(request, text)
     return redirect(back)
 
 
 def _safe_query(query: str) -> str:
     return "?" + query if query and "/" not in query and "\\" not in query else ""
-
-
-def _title(request_id) -> str:
-    found = HumanRequest.objects.filter(pk=request_id).values_list("title", flat=True).first()
-    return f"“{found}”" if found else f"request {request_id}"
-
-
-def _count(n: int) -> str:
-    return f"{n} request" if n == 1 else f"{n} requests"
 
 
 def _pretty_json(value) -> str:

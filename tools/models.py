@@ -5,6 +5,8 @@ from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from tools.registry import RISK_LEVELS
+
 # The bounds of a policy's approval rules, which every approval request it creates obeys.
 APPROVALS_MAX = 10
 APPROVAL_TIMEOUT_MIN = 10
@@ -14,6 +16,7 @@ APPROVAL_TIMEOUT_MAX = 30 * 86400
 class ToolPolicy(models.Model):
     """Per-tool rules, created from the registry's defaults and edited in the admin."""
 
+    # The values are tools.registry.RISK_LEVELS, which a tool's ``risk`` default names.
     class Risk(models.TextChoices):
         LOW = "low", "Low"
         MEDIUM = "medium", "Medium"
@@ -54,7 +57,7 @@ class ToolPolicy(models.Model):
         verbose_name_plural = "tool policies"
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(risk_level__in=["low", "medium", "high", "critical"]),
+                condition=models.Q(risk_level__in=RISK_LEVELS),
                 name="tools_policy_risk_level_valid",
             )
         ]

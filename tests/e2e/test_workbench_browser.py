@@ -21,6 +21,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from hitl.models import HumanRequest
 from qmcp_site.errors import ApplicationError
 from tests.e2e.conftest import CHROMEDRIVER, CHROMIUM, CHROMIUM_ARGS, PASSWORD, wait
+from tests.e2e.test_reviewer_browser import call_delete_user
 from tests.factories import StaffFactory, UserFactory, gated_delete, make_reviewer
 from tools.models import ToolInvocation, ToolPolicy
 from tools.services import tool_invoke, tool_policies_sync
@@ -60,7 +61,17 @@ def reviewer_browser(qmcp_server, chromium):
 
 def open_page(browser, server, path):
     browser.get(server.url + path)
+    if path == "/hitl/":
+        wait_live(browser)
     return browser
+
+
+def wait_live(browser):
+    """The queue's socket is open and its first refresh has been answered."""
+    wait(browser).until(
+        lambda d: d.find_element(By.ID, "hitl-live").get_attribute("data-state") == "live"
+    )
+    wait(browser).until(lambda d: d.execute_script("return window.qmcpQueueIdle === true;"))
 
 
 def messages(browser) -> list[tuple[str, str]]:
@@ -205,8 +216,12 @@ def test_keyboard_triage_moves_asks_and_decides(qmcp_server, reviewer_browser):
     first, first_target = gated_delete()
     second, second_target = gated_delete()
     open_page(browser, qmcp_server, "/hitl/")
+    assert browser.title.startswith("(2) Reviewer queue")
+    # A call made through the server while the page is open: the tab title counts it.
+    third = call_delete_user(qmcp_server, UserFactory().pk)
+    wait(browser).until(lambda d: d.title.startswith("(3) Reviewer queue"))
     wait(browser).until(
-        lambda d: d.find_element(By.ID, "hitl-live").get_attribute("data-state") == "live"
+        EC.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-request-id="{third}"]'))
     )
     keys = ActionChains(browser)
     keys.send_keys("j").send_keys("j").send_keys("k").perform()
@@ -226,6 +241,7 @@ def test_keyboard_triage_moves_asks_and_decides(qmcp_server, reviewer_browser):
     browser.find_element(By.ID, "hitl-confirm-ok").click()
     wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
     assert browser.current_url.startswith(f"{qmcp_server.url}/hitl/")
+    wait_live(browser)
     rejected = HumanRequest.objects.get(pk=first.human_request.pk)
     assert rejected.outcome == "rejected" and rejected.responses.get().comment == "Not this one."
 
@@ -236,6 +252,7 @@ def test_keyboard_triage_moves_asks_and_decides(qmcp_server, reviewer_browser):
     browser.find_element(By.ID, "hitl-confirm-ok").click()
     wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
     assert HumanRequest.objects.get(pk=second.human_request.pk).outcome == "approved"
+    assert browser.title.startswith("(1) Reviewer queue")
     assert User.objects.filter(pk=first_target.pk).exists()
     assert not User.objects.filter(pk=second_target.pk).exists()
 

@@ -227,3 +227,14 @@ def test_the_rest_api_shows_risk_reason_and_preview(api_for):
     assert (item["risk_level"], item["reason"]) == ("high", "Duplicate.")
     assert item["preview"]["facts"]["email"] == target.email
     assert item["edited_arguments"] is None
+
+
+def test_the_policy_and_the_registry_name_the_same_risk_levels():
+    from tools.registry import RISK_LEVELS
+
+    assert tuple(ToolPolicy.Risk.values) == RISK_LEVELS
+    assert HumanRequest.Risk is ToolPolicy.Risk
+    with pytest.raises(ValueError, match="Unknown risk level"):
+        from tools.registry import tool
+
+        tool(name="risky", description="", input=object, risk="extreme")

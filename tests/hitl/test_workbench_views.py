@@ -97,8 +97,20 @@ def test_the_edit_form_is_built_from_the_schema_and_runs_the_edited_call(
     invocation.refresh_from_db()
     assert invocation.status == ToolInvocation.Status.SUCCEEDED
     assert invocation.arguments == {"user_id": target.pk, "company": "Globex"}
-    page = client.get(f"/hitl/{request.pk}/").content.decode()
-    assert "Initech" in page and "Globex" in page and 'id="hitl-edit-diff"' in page
+    page = client.get(f"/hitl/{request.pk}/")
+    html = page.content.decode()
+    assert "Initech" in html and "Globex" in html and 'id="hitl-edit-diff"' in html
+    trail = [line["what"] for line in page.context["trail"]]
+    assert f"Notified {reviewer.email} by email" in trail  # of the decision
+    assert [line for line in trail if not line.startswith("Notified")] == [
+        "Created",
+        "Viewed",
+        "Arguments edited",
+        "Approve",
+        "Decided: approved",
+        "Ran",
+        "Result: Succeeded",
+    ]
 
 
 def test_bad_edits_are_refused_with_the_schemas_message(client, reviewer):
@@ -188,3 +200,31 @@ def test_the_admin_confirmation_shows_risk_reason_and_preview(client):
     ).content.decode()
     assert "badge-risk-critical" in html and "(approving needs a comment)" in html
     assert "“Asked to leave.”" in html and "Preview: Deletes " in html
+
+
+def test_the_page_names_the_mcp_client_and_lists_the_sessions_earlier_calls(client, reviewer):
+    from tests.factories import make_token
+    from tests.mcp_transport.test_protocol import Mcp, rpc
+
+    tool_policies_sync()
+    target = UserFactory()
+    mcp = Mcp(make_token(user=StaffFactory(), scopes=["tools:call"], name="ci-agent")[1])
+    mcp.initialize()
+    mcp.post(rpc("tools/call", {"name": "echo", "arguments": {"message": "hello"}}))
+    mcp.post(rpc("tools/call", {"name": "delete_user", "arguments": {"user_id": target.pk}}))
+    request = HumanRequest.objects.get()
+    page = client.get(f"/hitl/{request.pk}/")
+    caller = page.context["caller"]
+    assert caller["token"] == "ci-agent" and caller["session"] == mcp.session_id
+    assert caller["client"] == "pytest-client 1.0"
+    assert [c.tool_name for c in page.context["earlier_calls"]] == ["echo"]
+    html = page.content.decode()
+    assert f"?mcp_session_id={mcp.session_id}" in html
+
+
+def test_reviewer_settings_are_listed_in_the_admin(client):
+    reviewer = make_reviewer()
+    ReviewerSettings.objects.create(user=reviewer, notify_via="none")
+    client.force_login(StaffFactory(is_superuser=True))
+    response = client.get("/admin/hitl/reviewersettings/")
+    assert response.status_code == 200 and str(reviewer) in response.content.decode()
