@@ -246,6 +246,7 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
         request=request,
         close_stream=stream.detach,
         ask=rounds.ask if rounds is not None else None,
+        wait=wait_for,
     )
     spec = continuation.spec
     started = time.perf_counter()

@@ -107,6 +107,7 @@ class AsyncToolContext:
         request: Callable[[str, dict], Awaitable[dict]] | None = None,
         close_stream: Callable[[], Awaitable[None]] | None = None,
         ask: Callable[[dict], Awaitable[dict]] | None = None,
+        wait: Callable[..., Awaitable[Any]] | None = None,
     ):
         self.principal = principal
         self.invocation = invocation
@@ -116,6 +117,17 @@ class AsyncToolContext:
         self._request = request
         self._close_stream = close_stream
         self._ask = ask
+        self._wait = wait
+
+    async def wait(self, **how) -> Any:
+        """Waits, holding no thread, with the interface's one wait helper (for MCP,
+        ``mcp_transport.streams.wait_for``: ``groups``, ``check``, ``recheck``,
+        ``limit_seconds``, ``on_wait``); only where ``can_wait``."""
+        if self._wait is None:
+            raise ApplicationError(
+                "Only a caller that keeps its stream open can wait.", "bad_request"
+            )
+        return await self._wait(**how)
 
     async def ask(self, requests: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         """Asks the client for several inputs at once: ``{key: (method, params)}`` in,
