@@ -487,6 +487,32 @@ register(
 )
 register(
     Prompt(
+        name="test_input_required_result_prompt",
+        description="A prompt that asks the user for context first (SEP-2322)",
+        arguments=[],
+        asks={
+            "user_context": (
+                "elicitation/create",
+                {
+                    "message": "What context should the prompt use?",
+                    "requestedSchema": {
+                        "type": "object",
+                        "properties": {"context": {"type": "string"}},
+                        "required": ["context"],
+                    },
+                },
+            )
+        },
+        render=lambda principal, answers: [
+            text_message(
+                "Use this context: "
+                + str(((answers.get("user_context") or {}).get("content") or {}).get("context", ""))
+            )
+        ],
+    )
+)
+register(
+    Prompt(
         name="test_prompt_with_image",
         description="A prompt that includes image content",
         arguments=[],

@@ -418,13 +418,21 @@ async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
             await stream.detach()
         return None
 
+    sent = -1
+
     async def progress(elapsed: float) -> None:
-        await _notify(
-            stream,
-            wait,
-            "notifications/progress",
-            {"progress": round(elapsed), "message": "Waiting for approval"},
-        )
+        nonlocal sent
+        if round(elapsed) > sent:  # non-decreasing, and not twice the same second
+            sent = round(elapsed)
+            await _notify(
+                stream,
+                wait,
+                "notifications/progress",
+                {"progress": sent, "message": "Waiting for approval"},
+            )
+
+    # The first progress goes out with the waiting message, before any decision can land.
+    await progress(0)
 
     def next_check() -> float:
         if not stream.attached:

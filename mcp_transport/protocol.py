@@ -551,8 +551,18 @@ def handle_prompts_get(ex: Exchange, params: dict) -> dict:
     arguments = _require(params, "arguments", dict, optional=True) or {}
     if not all(isinstance(v, str) for v in arguments.values()):
         raise RpcError(INVALID_PARAMS, "Invalid params: prompt arguments must be strings.")
+    # A 2026 request may carry answers to the prompt's questions (multi round-trip).
+    answers = request_inputs(name=f"prompt:{name}", params=params) if ex.session is None else None
     try:
-        return features.prompt_get(principal=ex.principal, name=name, arguments=arguments)
+        return features.prompt_get(
+            principal=ex.principal, name=name, arguments=arguments, answers=answers
+        )
+    except features.PromptInputRequired as needed:
+        return {
+            "resultType": "input_required",
+            "inputRequests": needed.requests,
+            "requestState": request_state(name=f"prompt:{name}", responses=answers),
+        }
     except ApplicationError as exc:
         raise RpcError(INVALID_PARAMS, exc.message) from exc
 

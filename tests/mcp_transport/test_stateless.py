@@ -290,3 +290,43 @@ async def test_a_question_the_client_cannot_answer_is_400_with_32021(secret, ask
     error = body(response)["error"]
     assert error["code"] == -32021
     assert error["data"] == {"requiredCapabilities": {"elicitation": {}}}
+
+
+@pytest.fixture
+def asking_prompt():
+    from mcp_transport import features
+
+    features.register(
+        features.Prompt(
+            name="test_asking_prompt",
+            description="Asks for a topic first.",
+            arguments=[],
+            asks={"topic": ("elicitation/create", {"message": "Topic?", "requestedSchema": {}})},
+            render=lambda principal, answers: [
+                features.text_message(f"Write about {answers['topic']['content']['topic']}.")
+            ],
+        )
+    )
+    yield "test_asking_prompt"
+    features.PROMPTS.pop("test_asking_prompt")
+
+
+async def test_a_prompt_can_ask_first_and_renders_with_the_answer(secret, asking_prompt):
+    first = body(await post(secret, "prompts/get", {"name": asking_prompt}, meta=ELICITING))
+    asked = first["result"]
+    assert asked["resultType"] == "input_required" and list(asked["inputRequests"]) == ["topic"]
+    answer = {"topic": {"action": "accept", "content": {"topic": "otters"}}}
+    second = body(
+        await post(
+            secret,
+            "prompts/get",
+            {
+                "name": asking_prompt,
+                "inputResponses": answer,
+                "requestState": asked["requestState"],
+            },
+            meta=ELICITING,
+        )
+    )["result"]
+    assert second["resultType"] == "complete"
+    assert second["messages"][0]["content"]["text"] == "Write about otters."
