@@ -64,6 +64,7 @@ from mcp_transport.sessions import (
     stream_waits_for,
     streams_open,
     tasks_owned,
+    token_authenticate,
 )
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
@@ -77,7 +78,6 @@ from tools.services import (
 )
 from users.models import ApiToken, User
 from users.principals import Principal
-from users.services import api_token_authenticate
 
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 LATEST_VERSION = SUPPORTED_VERSIONS[0]
@@ -701,7 +701,7 @@ def authenticate(authorization: str) -> Principal:
     secret = _bearer({"authorization": authorization or ""})
     if secret:
         try:
-            return api_token_authenticate(secret=secret)
+            return token_authenticate(secret=secret)
         except ApplicationError as exc:
             raise _unauthorized(exc.message) from exc
     anonymous = settings.QMCP_MCP_ANONYMOUS_USER

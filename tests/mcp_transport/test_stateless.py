@@ -330,3 +330,12 @@ async def test_a_prompt_can_ask_first_and_renders_with_the_answer(secret, asking
     )["result"]
     assert second["resultType"] == "complete"
     assert second["messages"][0]["content"]["text"] == "Write about otters."
+
+
+async def test_a_revoked_token_is_refused_at_once_although_its_principal_is_cached():
+    from users.services import api_token_revoke
+
+    token, secret = await database_sync_to_async(make_token)()
+    assert (await post(secret, "tools/list"))["status"] == 200
+    await database_sync_to_async(api_token_revoke)(token=token)
+    assert (await post(secret, "tools/list"))["status"] == 401
