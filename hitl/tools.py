@@ -155,7 +155,7 @@ async def ask_human(args: AskHumanInput, ctx) -> ToolResult:
         return _answer_result(request.pk, "pending", None)
     await ctx.log("info", f"Asked the reviewers (request {request.pk}); waiting for an answer.")
     try:
-        return await _wait_for_answer(request.pk, ctx)
+        return await _wait_for_answer(request.pk, ctx, args.timeout_seconds)
     except asyncio.CancelledError:
         # The caller cancelled the call: withdraw the question, so nobody answers in vain.
         await asyncio.shield(sync_to_async(_withdraw)(request.pk))
@@ -174,40 +174,42 @@ def _withdraw(request_id) -> None:
         pass
 
 
-async def _wait_for_answer(request_id, ctx) -> ToolResult:
-    """Waits, holding no thread, until the request is answered, expires or is cancelled."""
-    import asyncio
-    import time
+async def _wait_for_answer(request_id, ctx, timeout_seconds: int) -> ToolResult:
+    """Waits, holding no thread, until the request is answered, expires or is cancelled.
 
+    The interface's wait helper listens for the request's changes and re-reads it every
+    10 s in case a push was lost.
+    """
     from asgiref.sync import sync_to_async
-    from channels.layers import get_channel_layer
 
     from hitl.notifications import request_group
     from hitl.selectors import human_request_get
     from qmcp_site.errors import ApplicationError
 
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(request_group(request_id), channel)
-    started = time.monotonic()
-    try:
-        while True:
-            request = await sync_to_async(human_request_get)(request_id=request_id)
-            if request.status == request.Status.RESPONDED:
-                return _answer_result(request.pk, request.status, request.answer)
-            if not request.is_pending:
-                raise ApplicationError(
-                    f"The question got no answer: it {request.get_status_display().lower()}."
-                )
-            await ctx.report_progress(
-                round(time.monotonic() - started), None, "Waiting for an answer"
+    async def check(message) -> ToolResult | None:
+        request = await sync_to_async(human_request_get)(request_id=request_id)
+        if request.status == request.Status.RESPONDED:
+            return _answer_result(request.pk, request.status, request.answer)
+        if not request.is_pending:
+            raise ApplicationError(
+                f"The question got no answer: it {request.get_status_display().lower()}."
             )
-            try:
-                await asyncio.wait_for(layer.receive(channel), 10)
-            except TimeoutError:
-                pass
-    finally:
-        await layer.group_discard(request_group(request_id), channel)
+        return None
+
+    async def progress(elapsed: float) -> None:
+        await ctx.report_progress(round(elapsed), None, "Waiting for an answer")
+
+    answered = await ctx.wait(
+        groups=[request_group(request_id)],
+        check=check,
+        recheck=10,
+        # Past its timeout the request expires, which check() sees; this is a last bound.
+        limit_seconds=timeout_seconds + 60,
+        on_wait=progress,
+    )
+    if answered is None:
+        raise ApplicationError("The question got no answer in time.")
+    return answered
 
 
 def _answer_result(request_id, status: str, answer: str | None) -> ToolResult:

@@ -265,6 +265,127 @@ def json_schema_tool(args, ctx):
     return ToolResult.text(f"Received: {json.dumps(args.model_dump())}")
 
 
+# --- Multi round-trip requests (2026-07-28, SEP-2322) -----------------------------------------
+
+
+def _elicitation(message: str, properties: dict, required: list[str]) -> tuple[str, dict]:
+    schema = {"type": "object", "properties": properties, "required": required}
+    return "elicitation/create", {"message": message, "requestedSchema": schema}
+
+
+def _sampling(text: str, max_tokens: int) -> tuple[str, dict]:
+    messages = [{"role": "user", "content": {"type": "text", "text": text}}]
+    return "sampling/createMessage", {"messages": messages, "maxTokens": max_tokens}
+
+
+def _content(answer: dict | None) -> dict:
+    content = (answer or {}).get("content")
+    return content if isinstance(content, dict) else {}
+
+
+NAME_QUESTION = _elicitation("What is your name?", {"name": {"type": "string"}}, ["name"])
+
+
+@fixture("test_input_required_result_elicitation", "Asks the user's name, then greets them.")
+async def input_required_elicitation(args, ctx):
+    answers = await ctx.ask({"user_name": NAME_QUESTION})
+    return ToolResult.text(f"Hello, {_content(answers['user_name']).get('name', 'stranger')}!")
+
+
+@fixture("test_input_required_result_sampling", "Asks the client's LLM a question.")
+async def input_required_sampling(args, ctx):
+    answers = await ctx.ask({"capital_question": _sampling("What is the capital of France?", 100)})
+    return ToolResult.text(f"LLM response: {_content(answers['capital_question']).get('text', '')}")
+
+
+@fixture("test_input_required_result_list_roots", "Asks for the client's roots.")
+async def input_required_roots(args, ctx):
+    answers = await ctx.ask({"client_roots": ("roots/list", {})})
+    roots = (answers["client_roots"] or {}).get("roots") or []
+    uris = ", ".join(r.get("uri", "") for r in roots if isinstance(r, dict))
+    return ToolResult.text(f"Client roots: {uris}")
+
+
+CONFIRM = _elicitation("Please confirm", {"ok": {"type": "boolean"}}, ["ok"])
+
+
+@fixture("test_input_required_result_request_state", "Asks for a confirmation, keeping state.")
+async def input_required_state(args, ctx):
+    answers = await ctx.ask({"confirm": CONFIRM})
+    # Reaching here on the second round means the signed requestState checked out.
+    return ToolResult.text(f"state-ok: confirmed={_content(answers['confirm']).get('ok')}")
+
+
+@fixture("test_input_required_result_tampered_state", "Asks for a confirmation (signed state).")
+async def input_required_tampered(args, ctx):
+    await ctx.ask({"confirm": CONFIRM})
+    return ToolResult.text("state-ok")
+
+
+@fixture("test_input_required_result_multiple_inputs", "Asks three things at once.")
+async def input_required_multiple(args, ctx):
+    answers = await ctx.ask(
+        {
+            "user_name": NAME_QUESTION,
+            "greeting": _sampling("Generate a greeting", 50),
+            "client_roots": ("roots/list", {}),
+        }
+    )
+    name = _content(answers["user_name"]).get("name", "")
+    greeting = _content(answers["greeting"]).get("text", "")
+    return ToolResult.text(f"{greeting} {name}: all inputs received".strip())
+
+
+@fixture("test_input_required_result_multi_round", "Asks two things, one round each.")
+async def input_required_multi_round(args, ctx):
+    first = await ctx.ask(
+        {
+            "step1": _elicitation(
+                "Step 1: What is your name?", {"name": {"type": "string"}}, ["name"]
+            )
+        }
+    )
+    second = await ctx.ask(
+        {
+            "step2": _elicitation(
+                "Step 2: What is your favorite color?", {"color": {"type": "string"}}, ["color"]
+            )
+        }
+    )
+    name = _content(first["step1"]).get("name", "")
+    color = _content(second["step2"]).get("color", "")
+    return ToolResult.text(f"{name} likes {color}.")
+
+
+@fixture("test_input_required_result_capabilities", "Asks only what the client can answer.")
+async def input_required_capabilities(args, ctx):
+    answers = await ctx.ask(
+        {"user_name": NAME_QUESTION, "greeting": _sampling("Generate a greeting", 50)}
+    )
+    got = sorted(key for key, value in answers.items() if value is not None)
+    return ToolResult.text(f"Received: {', '.join(got)}")
+
+
+@fixture("test_missing_capability", "Needs sampling, which the client must have declared.")
+async def missing_capability(args, ctx):
+    await ctx.ask({"sample": _sampling("Say hello", 20)})
+    return ToolResult.text("sampled")
+
+
+@fixture("test_streaming_elicitation", "Asks the user something while it runs.")
+async def streaming_elicitation(args, ctx):
+    await ctx.report_progress(0, 1, "starting")
+    answers = await ctx.ask({"user_name": NAME_QUESTION})
+    return ToolResult.text(f"Hello, {_content(answers['user_name']).get('name', 'stranger')}!")
+
+
+@fixture("test_logging_tool", "Logs three messages while it runs.")
+async def logging_tool(args, ctx):
+    for text in ("Tool execution started", "Tool processing data", "Tool execution completed"):
+        await ctx.log("info", text)
+    return ToolResult.text("Logged three messages.")
+
+
 @fixture("test_reconnection", "Closes its stream mid-call; the client resumes it.")
 async def reconnection(args, ctx):
     await asyncio.sleep(0.05)
@@ -361,6 +482,32 @@ register(
                 },
             },
             text_message("Please process the embedded resource above."),
+        ],
+    )
+)
+register(
+    Prompt(
+        name="test_input_required_result_prompt",
+        description="A prompt that asks the user for context first (SEP-2322)",
+        arguments=[],
+        asks={
+            "user_context": (
+                "elicitation/create",
+                {
+                    "message": "What context should the prompt use?",
+                    "requestedSchema": {
+                        "type": "object",
+                        "properties": {"context": {"type": "string"}},
+                        "required": ["context"],
+                    },
+                },
+            )
+        },
+        render=lambda principal, answers: [
+            text_message(
+                "Use this context: "
+                + str(((answers.get("user_context") or {}).get("content") or {}).get("context", ""))
+            )
         ],
     )
 )

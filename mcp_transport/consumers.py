@@ -25,6 +25,7 @@ from django.http.request import split_domain_port, validate_host
 
 from mcp_transport import protocol
 from mcp_transport.batching import run_batched
+from mcp_transport.http import MISSING_CLIENT_CAPABILITY
 from mcp_transport.protocol import (
     INTERNAL_ERROR,
     PARSE_ERROR,
@@ -49,7 +50,7 @@ from mcp_transport.streams import (
 )
 from qmcp_site.errors import ApplicationError
 from qmcp_site.observability import clean_id
-from tools.registry import AsyncToolContext
+from tools.registry import AsyncToolContext, InputRequired, ToolResult
 from tools.services import tool_error_result, tool_invocation_cancel, tool_invocation_finish
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ class Stream:
         self.pending = pending
         self.attached = True
         self.layer = get_channel_layer()
+        # A 2026 response whose stream has sent nothing yet: its status is still open, so a
+        # refusal can still answer 400 (see send).
+        self.headers: dict[str, str] | None = None
 
     async def send(self, message: dict[str, Any], *, response: bool = False) -> None:
         """Stores and sends ``message``; the last pending response completes the stream."""
@@ -113,6 +117,14 @@ class Stream:
         seq, data = self.next_seq, json.dumps(message)
         self.next_seq += 1
         if not self.session_id:  # a 2026 request: nothing to resume, so nothing stored
+            if self.headers is not None and self.attached and not self.consumer.client_gone:
+                headers, self.headers = self.headers, None
+                code = (message.get("error") or {}).get("code")
+                if final and code in HTTP_400_CODES:
+                    self.attached = False
+                    await self.consumer.send_json(400, message, headers)
+                    return
+                await self.consumer.start_sse(headers)
             if self.attached and not self.consumer.client_gone:
                 await self.consumer.send_body(sse_frame(None, data), more_body=not final)
             if final:
@@ -151,6 +163,9 @@ class Stream:
         if self.attached:
             self.attached = False
             if not self.consumer.client_gone:
+                if self.headers is not None:  # nothing was sent yet
+                    headers, self.headers = self.headers, None
+                    await self.consumer.start_sse(headers)
                 await self.consumer.send_body(b"", more_body=False)
 
     async def abandon(self) -> None:
@@ -218,7 +233,11 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
         if message is not None:
             await stream.send(message)
 
+    rounds = InputRounds(continuation) if continuation.inputs is not None else None
+
     async def request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if rounds is not None:
+            return await rounds.request(method, params)
         return await channel.request(stream, method, params)
 
     context = AsyncToolContext(
@@ -227,6 +246,8 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
         notify=notify,
         request=request,
         close_stream=stream.detach,
+        ask=rounds.ask if rounds is not None else None,
+        wait=wait_for,
     )
     spec = continuation.spec
     started = time.perf_counter()
@@ -234,6 +255,17 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
     listener = asyncio.ensure_future(channel.listen(task))
     try:
         result = spec.to_result(await task)
+    except (InputRequired, MissingClientCapability) as needed:
+        # The call ends here; the client answers and calls again (SEP-2322).
+        listener.cancel()
+        await channel.close()
+        await database_sync_to_async(tool_invocation_finish)(
+            invocation=continuation.invocation,
+            result=ToolResult.text(f"Asked the client for input: {needed}."),
+            duration=time.perf_counter() - started,
+        )
+        await stream.send(rounds.reply(needed), response=True)
+        return
     except asyncio.CancelledError:
         if not channel.cancelled:
             raise
@@ -253,6 +285,89 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
     if version == protocol.STATELESS_VERSION:
         result = protocol.stateless_result("tools/call", result)
     await stream.send(rpc_result(continuation.rpc_id, result), response=True)
+
+
+class MissingClientCapability(Exception):
+    """A 2026 call needs input of a kind the client did not declare it can give."""
+
+    def __init__(self, capabilities: list[str]):
+        super().__init__(", ".join(capabilities))
+        self.capabilities = capabilities
+
+
+# JSON-RPC errors a 2026 call answers with HTTP 400 when nothing was streamed before them.
+HTTP_400_CODES = (MISSING_CLIENT_CAPABILITY,)
+# The client capability each kind of input request needs.
+INPUT_CAPABILITIES = {
+    "elicitation/create": "elicitation",
+    "sampling/createMessage": "sampling",
+    "roots/list": "roots",
+}
+
+
+class InputRounds:
+    """A 2026-07-28 tool's questions to its client, as multi round-trip requests.
+
+    An ``ask`` whose keys all have answers (this round's ``inputResponses`` or earlier
+    rounds' in the signed ``requestState``) returns them; otherwise the call ends with an
+    ``InputRequiredResult`` naming what is still missing, and the tool runs again from the
+    start when the client calls back with the answers. Requests the client declared no
+    capability for are never sent; a call that needs only those fails with -32021.
+    """
+
+    def __init__(self, continuation: Continuation):
+        self.continuation = continuation
+        self.inputs = continuation.inputs or {}
+        self.used: dict[str, Any] = {}
+        self.count = 0
+
+    async def ask(self, requests: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        declared = self.continuation.client_capabilities
+        undeclared = {
+            key
+            for key, (method, _) in requests.items()
+            if INPUT_CAPABILITIES.get(method) not in declared
+        }
+        unanswered = [key for key in requests if key not in self.inputs]
+        if unanswered and undeclared == set(requests):
+            raise MissingClientCapability(
+                sorted({INPUT_CAPABILITIES.get(m, m) for m, _ in requests.values()})
+            )
+        missing = {
+            key: {"method": requests[key][0], "params": requests[key][1]}
+            for key in unanswered
+            if key not in undeclared
+        }
+        if missing:
+            raise InputRequired(missing)
+        # What the client cannot answer is None: the tool goes on without it.
+        answers = {key: self.inputs.get(key) for key in requests}
+        self.used.update({k: v for k, v in answers.items() if v is not None})
+        return answers
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One question, keyed by its place among the tool's questions."""
+        self.count += 1
+        key = f"request-{self.count}"
+        return (await self.ask({key: (method, params)}))[key]
+
+    def reply(self, needed: Exception) -> dict[str, Any]:
+        rpc_id = self.continuation.rpc_id
+        if isinstance(needed, MissingClientCapability):
+            return rpc_error(
+                rpc_id,
+                MISSING_CLIENT_CAPABILITY,
+                f"This call needs the client capabilities: {needed}.",
+                {"requiredCapabilities": {name: {} for name in needed.capabilities}},
+            )
+        result = {
+            "resultType": "input_required",
+            "inputRequests": needed.requests,
+            "requestState": protocol.request_state(
+                name=self.continuation.spec.name, responses=self.used
+            ),
+        }
+        return rpc_result(rpc_id, result)
 
 
 async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
@@ -304,13 +419,21 @@ async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
             await stream.detach()
         return None
 
+    sent = -1
+
     async def progress(elapsed: float) -> None:
-        await _notify(
-            stream,
-            wait,
-            "notifications/progress",
-            {"progress": round(elapsed), "message": "Waiting for approval"},
-        )
+        nonlocal sent
+        if round(elapsed) > sent:  # non-decreasing, and not twice the same second
+            sent = round(elapsed)
+            await _notify(
+                stream,
+                wait,
+                "notifications/progress",
+                {"progress": sent, "message": "Waiting for approval"},
+            )
+
+    # The first progress goes out with the waiting message, before any decision can land.
+    await progress(0)
 
     def next_check() -> float:
         if not stream.attached:
@@ -507,6 +630,12 @@ class McpConsumer(AsyncHttpConsumer):
             return
 
         self.protocol_version = reply.protocol_version
+        if not reply.session_id and not reply.events:
+            # A 2026 call that has sent nothing yet: the stream starts with its first message.
+            stream = Stream(self, "", reply.stream_id, reply.next_seq, reply.pending)
+            stream.headers = reply.headers
+            self.spawn(self.run_calls(stream, reply.continuations), keep_running=True)
+            return
         await self.start_sse(reply.headers)
         for index, (event_id, data) in enumerate(reply.events):
             retry = settings.QMCP_MCP_SSE_RETRY_MS if index == 0 and not data else None

@@ -65,6 +65,9 @@ class Prompt:
     render: Callable[..., list[dict[str, Any]]]  # (principal, **arguments) -> messages
     complete: dict[str, Callable[..., list[str]]] = field(default_factory=dict)
     title: str | None = None
+    # What the prompt asks the client before it renders ({key: (method, params)}), over MCP
+    # 2026-07-28's multi round-trip requests; render then gets the answers as ``answers``.
+    asks: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         data = {"name": self.name, "description": self.description, "arguments": self.arguments}
@@ -98,7 +101,20 @@ def resource_read(*, principal, uri: str) -> list[dict[str, Any]]:
     raise ApplicationError(f"Resource not found: {uri}", "not_found", {"uri": uri})
 
 
-def prompt_get(*, principal, name: str, arguments: dict[str, str]) -> dict[str, Any]:
+class PromptInputRequired(Exception):
+    """The prompt needs the client's answers to ``requests`` before it can render."""
+
+    def __init__(self, requests: dict[str, dict[str, Any]]):
+        super().__init__(", ".join(requests))
+        self.requests = requests
+
+
+def prompt_get(
+    *, principal, name: str, arguments: dict[str, str], answers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The rendered prompt. A prompt that ``asks`` raises PromptInputRequired with what is
+    not in ``answers`` yet; ``answers=None`` (a client that cannot be asked) renders it
+    without them."""
     prompt = PROMPTS.get(name)
     if prompt is None:
         raise ApplicationError(f"Unknown prompt '{name}'.", "not_found", {"name": name})
@@ -112,6 +128,17 @@ def prompt_get(*, principal, name: str, arguments: dict[str, str]) -> dict[str, 
             f"Prompt '{name}': missing {missing or 'nothing'}, unknown {unknown or 'nothing'}.",
             "invalid_arguments",
         )
+    if prompt.asks and answers is not None:
+        missing = {
+            key: {"method": method, "params": params}
+            for key, (method, params) in prompt.asks.items()
+            if key not in answers
+        }
+        if missing:
+            raise PromptInputRequired(missing)
+        arguments = {**arguments, "answers": {key: answers[key] for key in prompt.asks}}
+    elif prompt.asks:
+        arguments = {**arguments, "answers": {}}
     return {"description": prompt.description, "messages": prompt.render(principal, **arguments)}
 
 

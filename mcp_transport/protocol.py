@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.core import signing
 from django.db import IntegrityError, transaction
 
 from hitl.models import HumanRequest
@@ -19,6 +20,7 @@ from hitl.services import human_request_cancel
 from mcp_transport import features
 from mcp_transport.http import (  # noqa: F401  (HttpFailure is part of this module's API)
     ALL_VERSIONS,
+    META_CAPABILITIES,
     META_CLIENT_INFO,
     META_LOG_LEVEL,
     META_SERVER_INFO,
@@ -62,6 +64,7 @@ from mcp_transport.sessions import (
     stream_waits_for,
     streams_open,
     tasks_owned,
+    token_authenticate,
 )
 from qmcp_site.errors import ApplicationError
 from qmcp_site.storable import storable_check
@@ -76,7 +79,6 @@ from tools.services import (
 )
 from users.models import ApiToken, User
 from users.principals import Principal
-from users.services import api_token_authenticate
 
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 LATEST_VERSION = SUPPORTED_VERSIONS[0]
@@ -108,6 +110,9 @@ class Continuation:
     args: Any
     principal: Principal
     outbound: "Outbound"
+    # 2026-07-28 only: the client's answers so far (see request_inputs) and capabilities.
+    inputs: dict[str, Any] | None = None
+    client_capabilities: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,6 +160,7 @@ class Exchange:
     http_request_id: str = ""
     correlation_id: str = ""
     outbound: Outbound = field(default_factory=Outbound)
+    client_capabilities: dict[str, Any] = field(default_factory=dict)  # a 2026 request's
     notifications: list[dict[str, Any]] = field(default_factory=list)
     continuation: Continuation | ApprovalWait | None = None
 
@@ -328,6 +334,8 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         spec = get_tool(name)
         if spec is not None and spec.is_async:
             raise RpcError(INVALID_PARAMS, f"Tool '{name}' cannot run as a task.")
+    # A 2026 request carries the client's answers itself (multi round-trip requests).
+    inputs = request_inputs(name=name, params=params) if ex.session is None else None
     call = {
         "name": name,
         "arguments": {} if arguments is None else arguments,
@@ -350,7 +358,14 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         if spec.is_async:
             tool_invocation_start(invocation=invocation)
             ex.continuation = Continuation(
-                ex.rpc_id, invocation, spec, args, ex.principal, ex.outbound
+                ex.rpc_id,
+                invocation,
+                spec,
+                args,
+                ex.principal,
+                ex.outbound,
+                inputs=inputs,
+                client_capabilities=ex.client_capabilities,
             )
             return None
         invocation = tool_invocation_execute(
@@ -366,6 +381,45 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         )
         return None
     return tool_call_result(invocation, ex.protocol_version)
+
+
+# Multi round-trip requests (SEP-2322): what the client answered in earlier rounds travels
+# in requestState, signed, bound to the tool, and short-lived.
+REQUEST_STATE_SALT = "qmcp.mcp.request-state"
+REQUEST_STATE_MAX_AGE = 3600
+
+
+def request_inputs(*, name: str, params: dict) -> dict[str, Any]:
+    """The client's answers to a call's questions: this round's ``inputResponses`` over the
+    earlier rounds' kept in ``requestState``. -32602 for a malformed answer or a state
+    that is not one QMCP signed for this tool."""
+    responses = params.get("inputResponses")
+    if responses is None:
+        responses = {}
+    if not isinstance(responses, dict) or not all(isinstance(v, dict) for v in responses.values()):
+        raise RpcError(INVALID_PARAMS, "Invalid params: inputResponses must map keys to objects.")
+    state = params.get("requestState")
+    earlier: dict[str, Any] = {}
+    if state is not None:
+        if not isinstance(state, str):
+            raise RpcError(INVALID_PARAMS, "Invalid params: requestState must be a string.")
+        try:
+            data = signing.loads(state, salt=REQUEST_STATE_SALT, max_age=REQUEST_STATE_MAX_AGE)
+        except signing.BadSignature as exc:  # tampered, forged or expired
+            raise RpcError(
+                INVALID_PARAMS, "Invalid params: requestState failed its integrity check."
+            ) from exc
+        if not isinstance(data, dict) or data.get("tool") != name:
+            raise RpcError(INVALID_PARAMS, "Invalid params: requestState is for another call.")
+        earlier = data.get("responses") or {}
+    return {**earlier, **responses}
+
+
+def request_state(*, name: str, responses: dict[str, Any]) -> str:
+    """The signed requestState that carries ``responses`` into the next round."""
+    return signing.dumps(
+        {"tool": name, "responses": responses}, salt=REQUEST_STATE_SALT, compress=True
+    )
 
 
 TASK_STATUS = {
@@ -507,8 +561,18 @@ def handle_prompts_get(ex: Exchange, params: dict) -> dict:
     arguments = _require(params, "arguments", dict, optional=True) or {}
     if not all(isinstance(v, str) for v in arguments.values()):
         raise RpcError(INVALID_PARAMS, "Invalid params: prompt arguments must be strings.")
+    # A 2026 request may carry answers to the prompt's questions (multi round-trip).
+    answers = request_inputs(name=f"prompt:{name}", params=params) if ex.session is None else None
     try:
-        return features.prompt_get(principal=ex.principal, name=name, arguments=arguments)
+        return features.prompt_get(
+            principal=ex.principal, name=name, arguments=arguments, answers=answers
+        )
+    except features.PromptInputRequired as needed:
+        return {
+            "resultType": "input_required",
+            "inputRequests": needed.requests,
+            "requestState": request_state(name=f"prompt:{name}", responses=answers),
+        }
     except ApplicationError as exc:
         raise RpcError(INVALID_PARAMS, exc.message) from exc
 
@@ -649,7 +713,7 @@ def authenticate(authorization: str) -> Principal:
     secret = _bearer({"authorization": authorization or ""})
     if secret:
         try:
-            return api_token_authenticate(secret=secret)
+            return token_authenticate(secret=secret)
         except ApplicationError as exc:
             raise _unauthorized(exc.message) from exc
     anonymous = settings.QMCP_MCP_ANONYMOUS_USER
@@ -878,6 +942,7 @@ def handle_stateless_post(
         http_request_id=request_id,
         correlation_id=correlation_id,
         outbound=Outbound(log_level=level if level in LOG_LEVELS else None),
+        client_capabilities=meta.get(META_CAPABILITIES) or {},
     )
     response = handle_request(ex, message.method, payload.get("params"), STATELESS_METHODS)
     reply = PostReply(protocol_version=STATELESS_VERSION)

@@ -97,7 +97,7 @@ def session_get(*, session_id: str, principal: Principal) -> McpSession:
 
 
 # (session id, token hash) -> (when cached, session, principal); see session_authenticate.
-_AUTH_CACHE: dict[tuple[str, str], tuple[float, McpSession, Principal]] = {}
+_AUTH_CACHE: dict[tuple[str, str], tuple[float, McpSession | None, Principal]] = {}
 _AUTH_CACHE_MAX = 10_000
 
 
@@ -138,6 +138,30 @@ def session_authenticate(*, session_id: str, secret: str) -> tuple[McpSession, P
             _AUTH_CACHE.clear()
         _AUTH_CACHE[key] = (time.monotonic(), session, principal)
     return session, principal
+
+
+def token_authenticate(*, secret: str) -> Principal:
+    """The principal of a bearer secret, as ``users.services.api_token_authenticate``, kept
+    in memory like :func:`session_authenticate` (the sessionless 2026 requests' fast path).
+
+    Saving a token or a user in this process forgets it at once; another worker checks
+    again within ``QMCP_AUTH_CACHE_SECONDS``. The token's expiry is checked every time.
+    """
+    from users.services import api_token_authenticate
+
+    key = ("", hash_token(secret))
+    ttl = settings.QMCP_AUTH_CACHE_SECONDS
+    cached = _AUTH_CACHE.get(key)
+    if cached is not None and time.monotonic() - cached[0] < ttl:
+        principal = cached[2]
+        if not principal.token.is_expired:
+            return principal
+    principal = api_token_authenticate(secret=secret)
+    if ttl > 0:
+        if len(_AUTH_CACHE) >= _AUTH_CACHE_MAX:
+            _AUTH_CACHE.clear()
+        _AUTH_CACHE[key] = (time.monotonic(), None, principal)
+    return principal
 
 
 # What an MCP request needs of its session, token and user; the rest stays deferred.

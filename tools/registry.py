@@ -120,6 +120,15 @@ class ToolContext:
             self._notify(method, params)
 
 
+class InputRequired(Exception):
+    """Raised by an interface's ``ask`` when the client must answer ``requests`` first
+    (``{key: {"method", "params"}}``); the interface answers the call with them."""
+
+    def __init__(self, requests: dict[str, dict[str, Any]]):
+        super().__init__(", ".join(requests))
+        self.requests = requests
+
+
 class AsyncToolContext:
     """The context of an ``async def`` tool: it can also ask the client something.
 
@@ -136,6 +145,8 @@ class AsyncToolContext:
         notify: Callable[[str, dict], Awaitable[None]] | None = None,
         request: Callable[[str, dict], Awaitable[dict]] | None = None,
         close_stream: Callable[[], Awaitable[None]] | None = None,
+        ask: Callable[[dict], Awaitable[dict]] | None = None,
+        wait: Callable[..., Awaitable[Any]] | None = None,
     ):
         self.principal = principal
         self.invocation = invocation
@@ -144,6 +155,33 @@ class AsyncToolContext:
         self._notify = notify
         self._request = request
         self._close_stream = close_stream
+        self._ask = ask
+        self._wait = wait
+
+    async def wait(self, **how) -> Any:
+        """Waits, holding no thread, with the interface's one wait helper (for MCP,
+        ``mcp_transport.streams.wait_for``: ``groups``, ``check``, ``recheck``,
+        ``limit_seconds``, ``on_wait``); only where ``can_wait``."""
+        if self._wait is None:
+            raise ApplicationError(
+                "Only a caller that keeps its stream open can wait.", "bad_request"
+            )
+        return await self._wait(**how)
+
+    async def ask(self, requests: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """Asks the client for several inputs at once: ``{key: (method, params)}`` in,
+        ``{key: result}`` out.
+
+        Over MCP 2025 each is a request to the client, in turn. Over MCP 2026-07-28 the
+        interface may raise :class:`InputRequired` instead: the call then ends with the
+        requests for the client to answer, and is made again with the answers (the tool runs
+        again from the start, so everything before its questions must be safe to repeat).
+        """
+        if self._ask is not None:
+            return await self._ask(requests)
+        return {
+            key: await self.request(method, params) for key, (method, params) in requests.items()
+        }
 
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None

@@ -185,3 +185,157 @@ async def test_past_the_bounded_wait_a_gated_call_answers_pending_approval(secre
     assert final[0]["result"]["content"][0]["text"].startswith("Pending approval")
     invocation = await database_sync_to_async(ToolInvocation.objects.get)(tool_name="delete_user")
     assert invocation.status == "awaiting_approval"
+
+
+# --- multi round-trip requests (SEP-2322) ---------------------------------------------------
+
+
+@pytest.fixture
+def asking_tool():
+    """An async tool that asks the client a name, then a colour, one round each."""
+    from tools.registry import ToolResult, tool, unregister
+    from tools.schemas import ToolInput
+
+    def question(text, field):
+        schema = {"type": "object", "properties": {field: {"type": "string"}}}
+        return "elicitation/create", {"message": text, "requestedSchema": schema}
+
+    @tool(name="test_asking", description="Asks two things.", input=ToolInput)
+    async def asking(args, ctx):
+        first = await ctx.ask({"name": question("Your name?", "name")})
+        second = await ctx.ask({"colour": question("Your colour?", "colour")})
+        return ToolResult.text(
+            f"{first['name']['content']['name']} likes {second['colour']['content']['colour']}"
+        )
+
+    yield "test_asking"
+    unregister("test_asking")
+
+
+ELICITING = {**META, "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+
+
+def final_message(response, rpc_id):
+    if response["headers"] and b"json" in dict(response["headers"]).get(b"content-type", b""):
+        return body(response)
+    return [m for m in sse_messages(response["body"]) if m.get("id") == rpc_id][-1]
+
+
+async def call_round(secret, tool_name, rpc_id, **extra):
+    return final_message(
+        await post(
+            secret,
+            "tools/call",
+            {"name": tool_name, "arguments": {}, **extra},
+            rpc_id=rpc_id,
+            meta=ELICITING,
+        ),
+        rpc_id,
+    )
+
+
+async def test_a_tool_asks_its_client_round_by_round_with_a_signed_state(secret, asking_tool):
+    first = (await call_round(secret, asking_tool, 1))["result"]
+    assert first["resultType"] == "input_required"
+    assert list(first["inputRequests"]) == ["name"]
+    assert first["inputRequests"]["name"]["method"] == "elicitation/create"
+
+    answer_name = {"name": {"action": "accept", "content": {"name": "Ada"}}}
+    second = (
+        await call_round(
+            secret, asking_tool, 2, inputResponses=answer_name, requestState=first["requestState"]
+        )
+    )["result"]
+    assert second["resultType"] == "input_required" and list(second["inputRequests"]) == ["colour"]
+
+    # The name comes back from the signed state only: this round answers the colour.
+    answer_colour = {"colour": {"action": "accept", "content": {"colour": "teal"}}}
+    third = (
+        await call_round(
+            secret,
+            asking_tool,
+            3,
+            inputResponses=answer_colour,
+            requestState=second["requestState"],
+        )
+    )["result"]
+    assert third["resultType"] == "complete"
+    assert third["content"][0]["text"] == "Ada likes teal"
+    statuses = await database_sync_to_async(
+        lambda: list(ToolInvocation.objects.values_list("status", flat=True))
+    )()
+    assert statuses == ["succeeded"] * 3  # each round is audited
+
+
+async def test_a_tampered_request_state_is_refused_and_the_tool_does_not_run(secret, asking_tool):
+    first = (await call_round(secret, asking_tool, 1))["result"]
+    state = first["requestState"]
+    tampered = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
+    refused = await call_round(secret, asking_tool, 2, requestState=tampered)
+    assert refused["error"]["code"] == -32602 and "integrity" in refused["error"]["message"]
+    assert await database_sync_to_async(ToolInvocation.objects.count)() == 1
+
+
+@pytest.mark.parametrize("responses", ["nope", {"name": "not an object"}])
+async def test_malformed_input_responses_are_32602(secret, asking_tool, responses):
+    refused = await call_round(secret, asking_tool, 1, inputResponses=responses)
+    assert refused["error"]["code"] == -32602
+
+
+async def test_a_question_the_client_cannot_answer_is_400_with_32021(secret, asking_tool):
+    response = await post(
+        secret, "tools/call", {"name": asking_tool, "arguments": {}}, rpc_id=8, meta=META
+    )
+    assert response["status"] == 400
+    error = body(response)["error"]
+    assert error["code"] == -32021
+    assert error["data"] == {"requiredCapabilities": {"elicitation": {}}}
+
+
+@pytest.fixture
+def asking_prompt():
+    from mcp_transport import features
+
+    features.register(
+        features.Prompt(
+            name="test_asking_prompt",
+            description="Asks for a topic first.",
+            arguments=[],
+            asks={"topic": ("elicitation/create", {"message": "Topic?", "requestedSchema": {}})},
+            render=lambda principal, answers: [
+                features.text_message(f"Write about {answers['topic']['content']['topic']}.")
+            ],
+        )
+    )
+    yield "test_asking_prompt"
+    features.PROMPTS.pop("test_asking_prompt")
+
+
+async def test_a_prompt_can_ask_first_and_renders_with_the_answer(secret, asking_prompt):
+    first = body(await post(secret, "prompts/get", {"name": asking_prompt}, meta=ELICITING))
+    asked = first["result"]
+    assert asked["resultType"] == "input_required" and list(asked["inputRequests"]) == ["topic"]
+    answer = {"topic": {"action": "accept", "content": {"topic": "otters"}}}
+    second = body(
+        await post(
+            secret,
+            "prompts/get",
+            {
+                "name": asking_prompt,
+                "inputResponses": answer,
+                "requestState": asked["requestState"],
+            },
+            meta=ELICITING,
+        )
+    )["result"]
+    assert second["resultType"] == "complete"
+    assert second["messages"][0]["content"]["text"] == "Write about otters."
+
+
+async def test_a_revoked_token_is_refused_at_once_although_its_principal_is_cached():
+    from users.services import api_token_revoke
+
+    token, secret = await database_sync_to_async(make_token)()
+    assert (await post(secret, "tools/list"))["status"] == 200
+    await database_sync_to_async(api_token_revoke)(token=token)
+    assert (await post(secret, "tools/list"))["status"] == 401
