@@ -232,11 +232,8 @@ def human_request_respond(
     its options when it has options.
     """
     storable_check({"option": option, "answer": answer, "comment": comment}, what="response")
-    request_id = _request_pk(request_id)
     with transaction.atomic():
-        request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
-        if request is None:
-            raise ApplicationError(f"No human request '{request_id}'.", "not_found")
+        request = _locked(request_id)
         if request.is_overdue:
             _expire(request)  # committed: the refusal below is raised after this block
         elif request.is_pending:
@@ -325,6 +322,16 @@ def closed_message(request: HumanRequest) -> str:
     if request.status == Status.EXPIRED:
         return "This request has expired."
     return "This request was withdrawn by the caller: the call was cancelled and will not run."
+
+
+def _locked(request_id) -> HumanRequest:
+    """The request, its row locked until the caller's transaction ends (the caller runs
+    inside ``transaction.atomic``); ``not_found`` for a malformed or unknown id."""
+    pk = _request_pk(request_id)
+    request = HumanRequest.objects.select_for_update().filter(pk=pk).first()
+    if request is None:
+        raise ApplicationError(f"No human request '{pk}'.", "not_found")
+    return request
 
 
 def _request_pk(request_id) -> uuid.UUID:
@@ -473,11 +480,8 @@ def human_requests_expire_soon() -> bool:
 
 def human_request_cancel(*, request_id, reason: str = "") -> HumanRequest:
     """Cancels a pending request (and the call it gates); ``conflict`` once it is settled."""
-    request_id = _request_pk(request_id)
     with transaction.atomic():
-        request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
-        if request is None:
-            raise ApplicationError(f"No human request '{request_id}'.", "not_found")
+        request = _locked(request_id)
         if not request.is_pending:
             raise ApplicationError(closed_message(request), "conflict")
         _close(
@@ -555,11 +559,8 @@ def human_request_extend(*, request_id, by: User, seconds: int) -> HumanRequest:
     due); only a reviewer who may decide it may, and never past 30 days from creation."""
     if not 60 <= seconds <= 7 * 86400:
         raise ApplicationError("Extend by between one minute and seven days.", "invalid")
-    request_id = _request_pk(request_id)
     with transaction.atomic():
-        request = HumanRequest.objects.select_for_update().filter(pk=request_id).first()
-        if request is None:
-            raise ApplicationError(f"No human request '{request_id}'.", "not_found")
+        request = _locked(request_id)
         if not request.is_pending:
             raise ApplicationError(closed_message(request), "conflict")
         reviewer_check(user=by, request=request)
