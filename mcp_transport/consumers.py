@@ -25,18 +25,25 @@ from django.http.request import split_domain_port, validate_host
 
 from mcp_transport import protocol
 from mcp_transport.batching import run_batched
-from mcp_transport.http import MISSING_CLIENT_CAPABILITY
-from mcp_transport.protocol import (
-    INTERNAL_ERROR,
-    PARSE_ERROR,
-    ApprovalWait,
-    Continuation,
+from mcp_transport.http import (
+    MISSING_CLIENT_CAPABILITY,
+    STATELESS_VERSION,
     HttpFailure,
+    readable_id,
+)
+from mcp_transport.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    PARSE_ERROR,
     RpcError,
+    classify,
+    notification,
     rpc_error,
     rpc_result,
-    tool_call_result,
 )
+from mcp_transport.methods.exchange import LATEST_VERSION, TASKS_VERSION, ApprovalWait, Continuation
+from mcp_transport.methods.input_required import request_state
+from mcp_transport.methods.results import stateless_result, tool_call_result
 from mcp_transport.ratelimit import check_rate_limit
 from mcp_transport.sessions import events_store, session_is_open
 from mcp_transport.streams import (
@@ -47,6 +54,12 @@ from mcp_transport.streams import (
     sse_frame,
     stream_group,
     wait_for,
+)
+from mcp_transport.waits import (
+    call_result_if_final,
+    pending_result,
+    stream_catch_up,
+    stream_finish_if_decided,
 )
 from qmcp_site.errors import ApplicationError
 from qmcp_site.observability import clean_id
@@ -78,7 +91,7 @@ def _client_id(headers: dict[str, str], name: str) -> str:
 def _readable_id(body: bytes) -> Any:
     """The id of the request in ``body``, when the body is one readable request."""
     try:
-        return protocol.readable_id(json.loads(body))
+        return readable_id(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
@@ -145,7 +158,7 @@ class Stream:
         )
 
     async def deliver_final(self, event) -> None:
-        """Sends a stored final event (see protocol.stream_finish_if_decided)."""
+        """Sends a stored final event (see stream_finish_if_decided)."""
         self.pending -= 1
         if self.attached and not self.consumer.client_gone:
             await self.consumer.send_body(
@@ -282,8 +295,8 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
     )
     version = stream.consumer.protocol_version
     result = tool_call_result(invocation, version)
-    if version == protocol.STATELESS_VERSION:
-        result = protocol.stateless_result("tools/call", result)
+    if version == STATELESS_VERSION:
+        result = stateless_result("tools/call", result)
     await stream.send(rpc_result(continuation.rpc_id, result), response=True)
 
 
@@ -363,9 +376,7 @@ class InputRounds:
         result = {
             "resultType": "input_required",
             "inputRequests": needed.requests,
-            "requestState": protocol.request_state(
-                name=self.continuation.spec.name, responses=self.used
-            ),
+            "requestState": request_state(name=self.continuation.spec.name, responses=self.used),
         }
         return rpc_result(rpc_id, result)
 
@@ -395,14 +406,14 @@ async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
 
     async def check(message) -> bool | None:
         if not stream.session_id:  # a 2026 request: the answer goes out on this stream only
-            reply = await database_sync_to_async(protocol.call_result_if_final)(
+            reply = await database_sync_to_async(call_result_if_final)(
                 invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
             )
             if reply is not None:
                 await stream.send(reply, response=True)
                 return True
         else:
-            final = await database_sync_to_async(protocol.stream_finish_if_decided)(
+            final = await database_sync_to_async(stream_finish_if_decided)(
                 session_id=stream.session_id, stream_id=stream.stream_id
             )
             if final is not None:
@@ -410,8 +421,8 @@ async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
                 return True
         if time.monotonic() >= deadline and stream.attached:
             # A client that cannot resume (old, or sessionless) gets "pending approval".
-            if version < protocol.TASKS_VERSION or not stream.session_id:
-                reply = await database_sync_to_async(protocol.pending_result)(
+            if version < TASKS_VERSION or not stream.session_id:
+                reply = await database_sync_to_async(pending_result)(
                     invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
                 )
                 await stream.send(reply, response=True)
@@ -490,7 +501,7 @@ class McpConsumer(AsyncHttpConsumer):
         self.task: asyncio.Task | None = None
         self.keep_running = False
         self.client_gone = False
-        self.protocol_version = protocol.LATEST_VERSION
+        self.protocol_version = LATEST_VERSION
 
     async def http_request(self, message):
         chunk = message.get("body", b"")
@@ -570,7 +581,7 @@ class McpConsumer(AsyncHttpConsumer):
             else:
                 await self.send_json(
                     405,
-                    rpc_error(None, protocol.INVALID_REQUEST, "Method not allowed."),
+                    rpc_error(None, INVALID_REQUEST, "Method not allowed."),
                     {"allow": "GET, POST, DELETE"},
                 )
         except HttpFailure as failure:
@@ -662,7 +673,7 @@ class McpConsumer(AsyncHttpConsumer):
         layer = get_channel_layer()
         for raw in payload if isinstance(payload, list) else [payload]:
             try:
-                message = protocol.classify(raw)
+                message = classify(raw)
             except RpcError:
                 continue
             if message.kind == "response":
@@ -722,9 +733,7 @@ class McpConsumer(AsyncHttpConsumer):
             nonlocal first
             kind = message["type"] if message else None
             if kind == "mcp.resource.updated":
-                update = protocol.notification(
-                    "notifications/resources/updated", {"uri": message["uri"]}
-                )
+                update = notification("notifications/resources/updated", {"uri": message["uri"]})
                 await self.send_body(sse_frame(None, json.dumps(update)), more_body=True)
                 return None
             if kind == "mcp.session.ended":
@@ -770,7 +779,7 @@ class McpConsumer(AsyncHttpConsumer):
                     return True if message["final"] else None
             # Catch up from the rows: events missed between reads, or the gated call ended
             # (its answer is stored here if nobody has stored it yet).
-            events, alive = await database_sync_to_async(protocol.stream_catch_up)(
+            events, alive = await database_sync_to_async(stream_catch_up)(
                 session_id=session_id,
                 stream_id=stream_id,
                 seq=last_seq,

@@ -9,7 +9,19 @@ version, its method and its target in headers (``MCP-Protocol-Version``, ``Mcp-M
 
 from typing import Any
 
-from mcp_transport.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
+from django.conf import settings
+
+from mcp_transport.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, rpc_error
+from mcp_transport.models import McpSession
+from mcp_transport.sessions import (
+    SessionNotFound,
+    session_authenticate,
+    session_get,
+    token_authenticate,
+)
+from qmcp_site.errors import ApplicationError
+from users.models import ApiToken, User
+from users.principals import Principal
 
 LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 STATELESS_VERSION = "2026-07-28"
@@ -62,8 +74,6 @@ class HttpFailure(Exception):
         self.data = data
 
     def body(self) -> dict[str, Any]:
-        from mcp_transport.jsonrpc import rpc_error
-
         return rpc_error(self.rpc_id, self.code, self.message, self.data)
 
 
@@ -201,3 +211,53 @@ def check_routing_headers(headers: dict[str, str], raw: dict[str, Any]) -> None:
 
 def method_not_found(method: str, rpc_id) -> HttpFailure:
     return HttpFailure(404, f"Method not found: {method}", METHOD_NOT_FOUND, rpc_id=rpc_id)
+
+
+# --- The caller and the session ------------------------------------------------------------
+
+
+def _bearer(headers: dict[str, str]) -> str:
+    scheme, _, secret = headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
+def authenticate(authorization: str) -> Principal:
+    """The caller, from ``Authorization: Bearer``; HttpFailure(401) otherwise."""
+    secret = _bearer({"authorization": authorization or ""})
+    if secret:
+        try:
+            return token_authenticate(secret=secret)
+        except ApplicationError as exc:
+            raise _unauthorized(exc.message) from exc
+    anonymous = settings.QMCP_MCP_ANONYMOUS_USER
+    if anonymous and not authorization:
+        user = User.objects.filter(email__iexact=anonymous, is_active=True).first()
+        if user is not None:
+            scopes = frozenset({ApiToken.Scope.TOOLS_READ, ApiToken.Scope.TOOLS_CALL})
+            return Principal(user=user, scopes=scopes)
+    raise _unauthorized(
+        "Authentication required: send 'Authorization: Bearer <token>'.", token_sent=False
+    )
+
+
+def _unauthorized(message: str, token_sent: bool = True) -> HttpFailure:
+    # RFC 6750 section 3.1: a request without any token gets no error code.
+    challenge = 'Bearer realm="qmcp"' + (', error="invalid_token"' if token_sent else "")
+    return HttpFailure(401, message, headers={"WWW-Authenticate": challenge})
+
+
+def session_and_principal(headers: dict[str, str]) -> tuple[McpSession, Principal]:
+    """The request's session and caller: 401 for a bad token, 400/404 for a bad session."""
+    fast = session_authenticate(
+        session_id=headers.get("mcp-session-id", ""), secret=_bearer(headers)
+    )
+    if fast is not None:
+        return fast
+    principal = authenticate(headers.get("authorization", ""))
+    session_id = headers.get("mcp-session-id", "")
+    if not session_id:
+        raise HttpFailure(400, "Bad Request: Mcp-Session-Id header is required.")
+    try:
+        return session_get(session_id=session_id, principal=principal), principal
+    except SessionNotFound as exc:
+        raise HttpFailure(404, "Session not found.") from exc

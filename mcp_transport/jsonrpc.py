@@ -5,6 +5,7 @@ error through :func:`rpc_error_for`, with the code its ``code`` maps to in ``RPC
 (-32602 for anything not listed: the caller sent something the service refused).
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 from qmcp_site.errors import ApplicationError
@@ -54,3 +55,32 @@ def rpc_error_for(rpc_id: Any, exc: ApplicationError) -> dict[str, Any]:
 
 def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+@dataclass
+class Message:
+    """One validated JSON-RPC message from the client."""
+
+    kind: str  # "request", "notification" or "response"
+    raw: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        return self.raw.get("method", "")
+
+
+def classify(raw: Any) -> Message:
+    """Validates a JSON-RPC 2.0 message; RpcError(-32600) when it is not one."""
+    if not isinstance(raw, dict) or raw.get("jsonrpc") != "2.0":
+        raise RpcError(INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message.")
+    has_id = "id" in raw
+    rpc_id = raw.get("id")
+    if has_id and (isinstance(rpc_id, bool) or not isinstance(rpc_id, (str, int))):
+        raise RpcError(INVALID_REQUEST, "Invalid Request: id must be a string or an integer.")
+    if "method" in raw:
+        if not isinstance(raw["method"], str) or not raw["method"]:
+            raise RpcError(INVALID_REQUEST, "Invalid Request: method must be a string.")
+        return Message("request" if has_id else "notification", raw)
+    if has_id and ("result" in raw) != ("error" in raw):
+        return Message("response", raw)
+    raise RpcError(INVALID_REQUEST, "Invalid Request: neither a request nor a response.")

@@ -5,7 +5,8 @@ error that carries the request's id where the body gives one."""
 import json
 from typing import Any
 
-from mcp_transport.protocol import HttpFailure, rpc_error
+from mcp_transport.http import HttpFailure
+from mcp_transport.jsonrpc import rpc_error
 from qmcp_site.ratelimit import Refusal, client_address, limiter
 
 # JSON-RPC leaves -32000 to -32099 to servers; MCP defines no code for this.

@@ -10,7 +10,7 @@ from hitl.models import HumanRequest, HumanRequestEvent
 from hitl.services import human_request_extend, human_request_respond
 from qmcp_site.errors import ApplicationError
 from tests.factories import StaffFactory, UserFactory, gated_delete, make_reviewer, make_token
-from tests.mcp_transport.test_protocol import Mcp, rpc
+from tests.mcp_transport.sync_client import Mcp, rpc
 from tools.models import ToolInvocation, ToolPolicy
 from tools.services import tool_invoke, tool_policies_sync
 from users.models import User

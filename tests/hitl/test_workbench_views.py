@@ -204,7 +204,7 @@ def test_the_admin_confirmation_shows_risk_reason_and_preview(client):
 
 def test_the_page_names_the_mcp_client_and_lists_the_sessions_earlier_calls(client, reviewer):
     from tests.factories import make_token
-    from tests.mcp_transport.test_protocol import Mcp, rpc
+    from tests.mcp_transport.sync_client import Mcp, rpc
 
     tool_policies_sync()
     target = UserFactory()
