@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,9 +24,12 @@ from django.http.request import split_domain_port, validate_host
 
 from mcp_transport import protocol
 from mcp_transport.batching import run_batched
+from mcp_transport.calls import (
+    run_approval_wait,
+    run_continuation,
+)
+from mcp_transport.get_streams import follow, session_stream
 from mcp_transport.http import (
-    MISSING_CLIENT_CAPABILITY,
-    STATELESS_VERSION,
     HttpFailure,
     readable_id,
 )
@@ -37,47 +39,23 @@ from mcp_transport.jsonrpc import (
     PARSE_ERROR,
     RpcError,
     classify,
-    notification,
     rpc_error,
-    rpc_result,
 )
-from mcp_transport.methods.exchange import LATEST_VERSION, TASKS_VERSION, ApprovalWait, Continuation
-from mcp_transport.methods.input_required import request_state
-from mcp_transport.methods.results import stateless_result, tool_call_result
+from mcp_transport.methods.exchange import LATEST_VERSION, ApprovalWait
 from mcp_transport.ratelimit import check_rate_limit
-from mcp_transport.sessions import events_store, session_is_open
 from mcp_transport.streams import (
+    Stream,
     call_group,
     call_key,
-    invocation_group,
     session_group,
     sse_frame,
-    stream_group,
-    wait_for,
 )
-from mcp_transport.waits import (
-    call_result_if_final,
-    pending_result,
-    stream_catch_up,
-    stream_finish_if_decided,
-)
-from qmcp_site.errors import ApplicationError
 from qmcp_site.observability import clean_id
-from tools.registry import AsyncToolContext, InputRequired, ToolResult
-from tools.services import tool_error_result, tool_invocation_cancel, tool_invocation_finish
 
 logger = logging.getLogger(__name__)
 
 # Tasks that carry on after their consumer has gone (a call whose client disconnected).
 BACKGROUND: set[asyncio.Task] = set()
-KEEPALIVE_SECONDS = 15
-# A resumed or standalone stream is closed after this long; the client reconnects.
-STREAM_MAX_SECONDS = 300
-CLIENT_REQUEST_TIMEOUT = 300
-# How often a waiting stream re-reads a gated call, in case a push was lost; and how long
-# a detached wait may last at most (beyond any approval timeout).
-RECHECK_SECONDS = 10
-APPROVAL_WAIT_LIMIT = 8 * 3600
 _SERVER_REQUEST_ID = re.compile(r"^([0-9a-f]{20})\.\d+$")
 
 
@@ -103,367 +81,6 @@ def _accepts(accept: str, media_type: str) -> bool:
         if value in (media_type, f"{kind}/*", "*/*"):
             return True
     return False
-
-
-class Stream:
-    """An SSE stream of one POST: every event is stored, then sent while the client listens."""
-
-    def __init__(
-        self, consumer: "McpConsumer", session_id: str, stream_id: str, seq: int, pending: int
-    ):
-        self.consumer = consumer
-        self.session_id = session_id
-        self.stream_id = stream_id
-        self.next_seq = seq
-        self.pending = pending
-        self.attached = True
-        self.layer = get_channel_layer()
-        # A 2026 response whose stream has sent nothing yet: its status is still open, so a
-        # refusal can still answer 400 (see send).
-        self.headers: dict[str, str] | None = None
-
-    async def send(self, message: dict[str, Any], *, response: bool = False) -> None:
-        """Stores and sends ``message``; the last pending response completes the stream."""
-        if response:
-            self.pending -= 1
-        final = response and self.pending == 0
-        seq, data = self.next_seq, json.dumps(message)
-        self.next_seq += 1
-        if not self.session_id:  # a 2026 request: nothing to resume, so nothing stored
-            if self.headers is not None and self.attached and not self.consumer.client_gone:
-                headers, self.headers = self.headers, None
-                code = (message.get("error") or {}).get("code")
-                if final and code in HTTP_400_CODES:
-                    self.attached = False
-                    await self.consumer.send_json(400, message, headers)
-                    return
-                await self.consumer.start_sse(headers)
-            if self.attached and not self.consumer.client_gone:
-                await self.consumer.send_body(sse_frame(None, data), more_body=not final)
-            if final:
-                self.attached = False
-            return
-        await database_sync_to_async(events_store)(
-            session_id=self.session_id, stream_id=self.stream_id, events=[(seq, data, final)]
-        )
-        if self.attached and not self.consumer.client_gone:
-            await self.consumer.send_body(
-                sse_frame(f"{self.stream_id}-{seq}", data), more_body=not final
-            )
-        if final:
-            self.attached = False
-        await self.layer.group_send(
-            stream_group(self.session_id, self.stream_id),
-            {"type": "mcp.event", "seq": seq, "data": data, "final": final},
-        )
-
-    async def deliver_final(self, event) -> None:
-        """Sends a stored final event (see stream_finish_if_decided)."""
-        self.pending -= 1
-        if self.attached and not self.consumer.client_gone:
-            await self.consumer.send_body(
-                sse_frame(event.event_id, event.data), more_body=self.pending > 0
-            )
-        if self.pending <= 0:
-            self.attached = False
-        await self.layer.group_send(
-            stream_group(self.session_id, self.stream_id),
-            {"type": "mcp.event", "seq": event.seq, "data": event.data, "final": True},
-        )
-
-    async def detach(self) -> None:
-        """Ends the HTTP response while the call goes on; the client resumes by Last-Event-ID."""
-        if self.attached:
-            self.attached = False
-            if not self.consumer.client_gone:
-                if self.headers is not None:  # nothing was sent yet
-                    headers, self.headers = self.headers, None
-                    await self.consumer.start_sse(headers)
-                await self.consumer.send_body(b"", more_body=False)
-
-    async def abandon(self) -> None:
-        """A response that will never come (a cancelled call): close if nothing else is due."""
-        self.pending -= 1
-        if self.pending == 0:
-            await self.detach()
-
-
-class CallChannel:
-    """Client replies to a call's requests, and its cancellation, reach it through a group."""
-
-    def __init__(self, session_id: str, rpc_id: Any):
-        self.layer = get_channel_layer()
-        self.key = call_key(rpc_id)
-        self.group = call_group(session_id, self.key)
-        self.waiting: dict[str, asyncio.Future] = {}
-        self.count = 0
-        self.cancelled = False
-
-    async def open(self) -> None:
-        self.channel = await self.layer.new_channel()
-        await self.layer.group_add(self.group, self.channel)
-
-    async def close(self) -> None:
-        await self.layer.group_discard(self.group, self.channel)
-
-    async def listen(self, task: asyncio.Task) -> None:
-        while True:
-            message = await self.layer.receive(self.channel)
-            if message["type"] == "mcp.cancel":
-                self.cancelled = True
-                task.cancel()
-            elif message["type"] == "mcp.reply":
-                future = self.waiting.pop(str(message["id"]), None)
-                if future is not None and not future.done():
-                    future.set_result(message)
-
-    async def request(self, stream: Stream, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        self.count += 1
-        request_id = f"{self.key}.{self.count}"
-        future = asyncio.get_running_loop().create_future()
-        self.waiting[request_id] = future
-        await stream.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        try:
-            reply = await asyncio.wait_for(future, CLIENT_REQUEST_TIMEOUT)
-        except TimeoutError as exc:
-            raise ApplicationError(f"The client did not answer '{method}' in time.") from exc
-        if "error" in reply:
-            error = reply["error"] or {}
-            raise ApplicationError(
-                f"The client refused '{method}': {error.get('message', 'no reason given')}",
-                "bad_request",
-            )
-        return reply["result"]
-
-
-async def run_continuation(stream: Stream, continuation: Continuation) -> None:
-    """Runs an async tool on the loop: its notifications and requests go down ``stream``."""
-    channel = CallChannel(stream.session_id, continuation.rpc_id)
-    await channel.open()
-
-    async def notify(method: str, params: dict[str, Any]) -> None:
-        message = continuation.outbound.shape(method, params)
-        if message is not None:
-            await stream.send(message)
-
-    rounds = InputRounds(continuation) if continuation.inputs is not None else None
-
-    async def request(method: str, params: dict[str, Any]) -> dict[str, Any]:
-        if rounds is not None:
-            return await rounds.request(method, params)
-        return await channel.request(stream, method, params)
-
-    context = AsyncToolContext(
-        principal=continuation.principal,
-        invocation=continuation.invocation,
-        notify=notify,
-        request=request,
-        close_stream=stream.detach,
-        ask=rounds.ask if rounds is not None else None,
-        wait=wait_for,
-    )
-    spec = continuation.spec
-    started = time.perf_counter()
-    task = asyncio.ensure_future(spec.func(continuation.args, context))
-    listener = asyncio.ensure_future(channel.listen(task))
-    try:
-        result = spec.to_result(await task)
-    except (InputRequired, MissingClientCapability) as needed:
-        # The call ends here; the client answers and calls again (SEP-2322).
-        listener.cancel()
-        await channel.close()
-        await database_sync_to_async(tool_invocation_finish)(
-            invocation=continuation.invocation,
-            result=ToolResult.text(f"Asked the client for input: {needed}."),
-            duration=time.perf_counter() - started,
-        )
-        await stream.send(rounds.reply(needed), response=True)
-        return
-    except asyncio.CancelledError:
-        if not channel.cancelled:
-            raise
-        await database_sync_to_async(tool_invocation_cancel)(invocation=continuation.invocation)
-        await stream.abandon()
-        return
-    except Exception as exc:
-        result = tool_error_result(spec, exc)
-    finally:
-        listener.cancel()
-        await channel.close()
-    invocation = await database_sync_to_async(tool_invocation_finish)(
-        invocation=continuation.invocation, result=result, duration=time.perf_counter() - started
-    )
-    version = stream.consumer.protocol_version
-    result = tool_call_result(invocation, version)
-    if version == STATELESS_VERSION:
-        result = stateless_result("tools/call", result)
-    await stream.send(rpc_result(continuation.rpc_id, result), response=True)
-
-
-class MissingClientCapability(Exception):
-    """A 2026 call needs input of a kind the client did not declare it can give."""
-
-    def __init__(self, capabilities: list[str]):
-        super().__init__(", ".join(capabilities))
-        self.capabilities = capabilities
-
-
-# JSON-RPC errors a 2026 call answers with HTTP 400 when nothing was streamed before them.
-HTTP_400_CODES = (MISSING_CLIENT_CAPABILITY,)
-# The client capability each kind of input request needs.
-INPUT_CAPABILITIES = {
-    "elicitation/create": "elicitation",
-    "sampling/createMessage": "sampling",
-    "roots/list": "roots",
-}
-
-
-class InputRounds:
-    """A 2026-07-28 tool's questions to its client, as multi round-trip requests.
-
-    An ``ask`` whose keys all have answers (this round's ``inputResponses`` or earlier
-    rounds' in the signed ``requestState``) returns them; otherwise the call ends with an
-    ``InputRequiredResult`` naming what is still missing, and the tool runs again from the
-    start when the client calls back with the answers. Requests the client declared no
-    capability for are never sent; a call that needs only those fails with -32021.
-    """
-
-    def __init__(self, continuation: Continuation):
-        self.continuation = continuation
-        self.inputs = continuation.inputs or {}
-        self.used: dict[str, Any] = {}
-        self.count = 0
-
-    async def ask(self, requests: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-        declared = self.continuation.client_capabilities
-        undeclared = {
-            key
-            for key, (method, _) in requests.items()
-            if INPUT_CAPABILITIES.get(method) not in declared
-        }
-        unanswered = [key for key in requests if key not in self.inputs]
-        if unanswered and undeclared == set(requests):
-            raise MissingClientCapability(
-                sorted({INPUT_CAPABILITIES.get(m, m) for m, _ in requests.values()})
-            )
-        missing = {
-            key: {"method": requests[key][0], "params": requests[key][1]}
-            for key in unanswered
-            if key not in undeclared
-        }
-        if missing:
-            raise InputRequired(missing)
-        # What the client cannot answer is None: the tool goes on without it.
-        answers = {key: self.inputs.get(key) for key in requests}
-        self.used.update({k: v for k, v in answers.items() if v is not None})
-        return answers
-
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """One question, keyed by its place among the tool's questions."""
-        self.count += 1
-        key = f"request-{self.count}"
-        return (await self.ask({key: (method, params)}))[key]
-
-    def reply(self, needed: Exception) -> dict[str, Any]:
-        rpc_id = self.continuation.rpc_id
-        if isinstance(needed, MissingClientCapability):
-            return rpc_error(
-                rpc_id,
-                MISSING_CLIENT_CAPABILITY,
-                f"This call needs the client capabilities: {needed}.",
-                {"requiredCapabilities": {name: {} for name in needed.capabilities}},
-            )
-        result = {
-            "resultType": "input_required",
-            "inputRequests": needed.requests,
-            "requestState": request_state(name=self.continuation.spec.name, responses=self.used),
-        }
-        return rpc_result(rpc_id, result)
-
-
-async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
-    """Keeps a gated call's stream open until a reviewer decides, then answers it.
-
-    The decision arrives by push on the invocation's group (any worker may make it); a
-    re-read every ``RECHECK_SECONDS`` covers a lost message. Past the bounded wait, a
-    client that can resume gets its stream closed (the wait goes on, holding no thread,
-    and the answer is stored for its Last-Event-ID); an older client gets the "pending
-    approval" result instead.
-    """
-    version = stream.consumer.protocol_version
-    started = time.monotonic()
-    deadline = started + settings.QMCP_MCP_APPROVAL_WAIT_SECONDS
-    await _notify(
-        stream,
-        wait,
-        "notifications/message",
-        {
-            "level": "info",
-            "logger": "qmcp.approval",
-            "data": f"Waiting for a reviewer to approve {wait.title}.",
-        },
-    )
-
-    async def check(message) -> bool | None:
-        if not stream.session_id:  # a 2026 request: the answer goes out on this stream only
-            reply = await database_sync_to_async(call_result_if_final)(
-                invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
-            )
-            if reply is not None:
-                await stream.send(reply, response=True)
-                return True
-        else:
-            final = await database_sync_to_async(stream_finish_if_decided)(
-                session_id=stream.session_id, stream_id=stream.stream_id
-            )
-            if final is not None:
-                await stream.deliver_final(final)
-                return True
-        if time.monotonic() >= deadline and stream.attached:
-            # A client that cannot resume (old, or sessionless) gets "pending approval".
-            if version < TASKS_VERSION or not stream.session_id:
-                reply = await database_sync_to_async(pending_result)(
-                    invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
-                )
-                await stream.send(reply, response=True)
-                return True
-            await stream.detach()
-        return None
-
-    sent = -1
-
-    async def progress(elapsed: float) -> None:
-        nonlocal sent
-        if round(elapsed) > sent:  # non-decreasing, and not twice the same second
-            sent = round(elapsed)
-            await _notify(
-                stream,
-                wait,
-                "notifications/progress",
-                {"progress": sent, "message": "Waiting for approval"},
-            )
-
-    # The first progress goes out with the waiting message, before any decision can land.
-    await progress(0)
-
-    def next_check() -> float:
-        if not stream.attached:
-            return RECHECK_SECONDS
-        return max(0.05, min(RECHECK_SECONDS, deadline - time.monotonic()))
-
-    await wait_for(
-        groups=[invocation_group(wait.invocation_id)],
-        check=check,
-        recheck=next_check,
-        limit_seconds=APPROVAL_WAIT_LIMIT,
-        on_wait=progress,
-    )
-
-
-async def _notify(stream: Stream, wait: ApprovalWait, method: str, params: dict) -> None:
-    message = wait.outbound.shape(method, params)
-    if message is not None and stream.attached:
-        await stream.send(message)
 
 
 class McpConsumer(AsyncHttpConsumer):
@@ -702,13 +319,19 @@ class McpConsumer(AsyncHttpConsumer):
         for event_id, data, _ in reply.events:
             await self.send_body(sse_frame(event_id, data), more_body=True)
         if reply.stream_id is None:
-            stream = self.session_stream(reply.session_id)
+            stream = session_stream(self.send_chunk, reply.session_id)
         elif not reply.complete:
-            stream = self.follow(reply.session_id, reply.stream_id, reply.last_seq, reply.waits_for)
+            stream = follow(
+                self.send_chunk, reply.session_id, reply.stream_id, reply.last_seq, reply.waits_for
+            )
         else:
             await self.send_body(b"", more_body=False)
             return
         self.spawn(self.counted(stream, reply.principal), keep_running=False)
+
+    async def send_chunk(self, body: bytes, more: bool) -> None:
+        """Writes part of the response body; the last part has ``more`` False."""
+        await self.send_body(body, more_body=more)
 
     async def counted(self, stream, principal) -> None:
         """Runs an open GET stream; counts it down when it ends, however it ends."""
@@ -717,95 +340,6 @@ class McpConsumer(AsyncHttpConsumer):
         finally:
             closed = database_sync_to_async(protocol.stream_closed)(principal=principal)
             await asyncio.shield(closed)
-
-    async def session_stream(self, session_id: str):
-        """The session's own stream: ``notifications/resources/updated`` for its
-        subscriptions (pushed to the session's group, see mcp_transport.receivers), and
-        comments that keep proxies from closing it.
-
-        It ends when the session is closed, deleted or expires (told by push from a DELETE,
-        seen by a re-read at each keepalive otherwise), and after ``STREAM_MAX_SECONDS``.
-        """
-        first = True
-        await self.send_body(b": connected\n\n", more_body=True)
-
-        async def check(message) -> bool | None:
-            nonlocal first
-            kind = message["type"] if message else None
-            if kind == "mcp.resource.updated":
-                update = notification("notifications/resources/updated", {"uri": message["uri"]})
-                await self.send_body(sse_frame(None, json.dumps(update)), more_body=True)
-                return None
-            if kind == "mcp.session.ended":
-                return True
-            if first:  # handle_get has just read the session
-                first = False
-                return None
-            if not await database_sync_to_async(session_is_open)(session_id=session_id):
-                return True
-            await self.send_body(b": keepalive\n\n", more_body=True)
-            return None
-
-        await wait_for(
-            groups=[session_group(session_id)],
-            check=check,
-            recheck=KEEPALIVE_SECONDS,
-            limit_seconds=STREAM_MAX_SECONDS,
-        )
-        await self.send_body(b"", more_body=False)
-
-    async def follow(self, session_id: str, stream_id: str, last_seq: int, waits_for=None):
-        """Sends a resumed stream's events as they are stored, until its final event.
-
-        A stream that waits for a gated call is also finished from here when the call
-        ends, so a resume works even if the worker that held the wait is gone. The stream
-        ends without its final event when the session is closed, deleted or expires.
-        """
-        groups = [stream_group(session_id, stream_id)]
-        if waits_for is not None:
-            groups.append(invocation_group(waits_for))
-
-        async def check(message) -> bool | None:
-            nonlocal last_seq
-            if message is not None and message["type"] == "mcp.event":
-                if message["seq"] <= last_seq:
-                    return None
-                if message["seq"] == last_seq + 1:
-                    last_seq = message["seq"]
-                    await self.send_body(
-                        sse_frame(f"{stream_id}-{last_seq}", message["data"]),
-                        more_body=not message["final"],
-                    )
-                    return True if message["final"] else None
-            # Catch up from the rows: events missed between reads, or the gated call ended
-            # (its answer is stored here if nobody has stored it yet).
-            events, alive = await database_sync_to_async(stream_catch_up)(
-                session_id=session_id,
-                stream_id=stream_id,
-                seq=last_seq,
-                finish=waits_for is not None,
-            )
-            for event in events:
-                last_seq = event.seq
-                await self.send_body(
-                    sse_frame(event.event_id, event.data), more_body=not event.final
-                )
-                if event.final:
-                    return True
-            return None if alive else False
-
-        async def keepalive(elapsed: float) -> None:
-            await self.send_body(b": keepalive\n\n", more_body=True)
-
-        done = await wait_for(
-            groups=groups,
-            check=check,
-            recheck=KEEPALIVE_SECONDS,
-            limit_seconds=STREAM_MAX_SECONDS,
-            on_wait=keepalive,
-        )
-        if done is not True:
-            await self.send_body(b"", more_body=False)
 
 
 def _task_done(task: asyncio.Task) -> None:

@@ -17,7 +17,7 @@ from users.models import ApiToken, User, hash_token
 from users.principals import Principal
 from users.services import api_token_principal
 
-# A GET stream lasts at most 300 s (consumers.STREAM_MAX_SECONDS); its count outlives it a bit.
+# A GET stream lasts at most 300 s (get_streams.STREAM_MAX_SECONDS); its count outlives it a bit.
 STREAM_COUNT_SECONDS = 360
 # last_used_at and expires_at move at most this often, to keep the hot path free of writes.
 TOUCH_RESOLUTION = timedelta(seconds=60)

@@ -1,4 +1,5 @@
-"""SSE framing, the channel-layer groups that reach MCP streams, and the one wait helper.
+"""SSE framing, the SSE stream of one POST, the channel-layer groups that reach MCP streams,
+and the one wait helper.
 
 Every wait of the MCP edge (a gated call's live wait, a resumed stream, ``ask_human``'s
 question, the session's own GET stream) is the same loop: listen on some groups, re-check
@@ -11,9 +12,19 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+
+from mcp_transport.http import MISSING_CLIENT_CAPABILITY
+from mcp_transport.sessions import events_store
+
+if TYPE_CHECKING:
+    from mcp_transport.consumers import McpConsumer
+
+# JSON-RPC errors a 2026 call answers with HTTP 400 when nothing was streamed before them.
+HTTP_400_CODES = (MISSING_CLIENT_CAPABILITY,)
 
 
 def sse_frame(event_id: str | None, data: str, retry_ms: int | None = None) -> bytes:
@@ -127,3 +138,86 @@ async def wait_for(
     finally:
         if own:
             await listener.discard()
+
+
+class Stream:
+    """An SSE stream of one POST: every event is stored, then sent while the client listens."""
+
+    def __init__(
+        self, consumer: "McpConsumer", session_id: str, stream_id: str, seq: int, pending: int
+    ):
+        self.consumer = consumer
+        self.session_id = session_id
+        self.stream_id = stream_id
+        self.next_seq = seq
+        self.pending = pending
+        self.attached = True
+        self.layer = get_channel_layer()
+        # A 2026 response whose stream has sent nothing yet: its status is still open, so a
+        # refusal can still answer 400 (see send).
+        self.headers: dict[str, str] | None = None
+
+    async def send(self, message: dict[str, Any], *, response: bool = False) -> None:
+        """Stores and sends ``message``; the last pending response completes the stream."""
+        if response:
+            self.pending -= 1
+        final = response and self.pending == 0
+        seq, data = self.next_seq, json.dumps(message)
+        self.next_seq += 1
+        if not self.session_id:  # a 2026 request: nothing to resume, so nothing stored
+            if self.headers is not None and self.attached and not self.consumer.client_gone:
+                headers, self.headers = self.headers, None
+                code = (message.get("error") or {}).get("code")
+                if final and code in HTTP_400_CODES:
+                    self.attached = False
+                    await self.consumer.send_json(400, message, headers)
+                    return
+                await self.consumer.start_sse(headers)
+            if self.attached and not self.consumer.client_gone:
+                await self.consumer.send_body(sse_frame(None, data), more_body=not final)
+            if final:
+                self.attached = False
+            return
+        await database_sync_to_async(events_store)(
+            session_id=self.session_id, stream_id=self.stream_id, events=[(seq, data, final)]
+        )
+        if self.attached and not self.consumer.client_gone:
+            await self.consumer.send_body(
+                sse_frame(f"{self.stream_id}-{seq}", data), more_body=not final
+            )
+        if final:
+            self.attached = False
+        await self.layer.group_send(
+            stream_group(self.session_id, self.stream_id),
+            {"type": "mcp.event", "seq": seq, "data": data, "final": final},
+        )
+
+    async def deliver_final(self, event) -> None:
+        """Sends a stored final event (see stream_finish_if_decided)."""
+        self.pending -= 1
+        if self.attached and not self.consumer.client_gone:
+            await self.consumer.send_body(
+                sse_frame(event.event_id, event.data), more_body=self.pending > 0
+            )
+        if self.pending <= 0:
+            self.attached = False
+        await self.layer.group_send(
+            stream_group(self.session_id, self.stream_id),
+            {"type": "mcp.event", "seq": event.seq, "data": event.data, "final": True},
+        )
+
+    async def detach(self) -> None:
+        """Ends the HTTP response while the call goes on; the client resumes by Last-Event-ID."""
+        if self.attached:
+            self.attached = False
+            if not self.consumer.client_gone:
+                if self.headers is not None:  # nothing was sent yet
+                    headers, self.headers = self.headers, None
+                    await self.consumer.start_sse(headers)
+                await self.consumer.send_body(b"", more_body=False)
+
+    async def abandon(self) -> None:
+        """A response that will never come (a cancelled call): close if nothing else is due."""
+        self.pending -= 1
+        if self.pending == 0:
+            await self.detach()

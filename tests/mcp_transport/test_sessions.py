@@ -10,7 +10,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.utils import timezone
 
-from mcp_transport import consumers
+from mcp_transport import get_streams
 from mcp_transport.models import McpEvent, McpSession
 from tests.mcp_transport.test_consumers import (
     Stream,
@@ -79,7 +79,7 @@ async def test_the_get_stream_ends_when_its_session_expires_or_is_purged(
     monkeypatch,
     how,
 ):
-    monkeypatch.setattr(consumers, "KEEPALIVE_SECONDS", 0.2)
+    monkeypatch.setattr(get_streams, "KEEPALIVE_SECONDS", 0.2)
     session_id = await open_session(secret)
     stream = await Stream.open(method="GET", secret=secret, session_id=session_id)
     await stream.read()
