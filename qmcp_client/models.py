@@ -61,6 +61,7 @@ class Invocation(_Model):
     principal_label: str = ""
     via: str = ""
     mcp_session_id: str = ""
+    mcp_protocol_version: str = ""
     request_id: str = ""
     correlation_id: str = ""
     created_at: datetime

@@ -30,7 +30,7 @@ class ToolInvocationAdmin(admin.ModelAdmin):
     """The audit log: read-only for everyone, superusers included."""
 
     list_display = ("created_at", "tool_name", "status", "principal_label", "via", "duration_ms")
-    list_filter = ("status", "via", "tool_name")
+    list_filter = ("status", "via", "mcp_protocol_version", "tool_name")
     search_fields = (
         "=id",
         "tool_name",

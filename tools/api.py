@@ -57,6 +57,7 @@ class InvocationOut(Schema):
     principal_label: str
     via: str
     mcp_session_id: str
+    mcp_protocol_version: str
     request_id: str
     correlation_id: str
     created_at: datetime

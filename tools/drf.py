@@ -37,6 +37,7 @@ class InvocationSerializer(serializers.ModelSerializer):
             "principal_label",
             "via",
             "mcp_session_id",
+            "mcp_protocol_version",
             "request_id",
             "correlation_id",
             "created_at",

@@ -116,6 +116,11 @@ class ToolInvocation(models.Model):
     )
     via = models.CharField(max_length=16, choices=Via.choices)
     mcp_session_id = models.CharField(max_length=64, blank=True)
+    mcp_protocol_version = models.CharField(
+        max_length=16,
+        blank=True,
+        help_text="The MCP revision the call was made in (2026-07-28 calls have no session).",
+    )
     request_id = models.CharField(max_length=128, blank=True)
     correlation_id = models.CharField(max_length=128, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices)

@@ -226,6 +226,15 @@ def invocation_record_read(
     )
 
 
+def tool_invocation_refuse(*, error: ApplicationError, **call) -> None:
+    """Records a call that its interface refused before the tool was looked at (a
+    malformed protocol field beside the arguments, say), as ``refused`` with ``error``;
+    the caller then answers the refusal. ``call`` is as for :func:`tool_invocation_prepare`.
+    """
+    call.pop("reason", None)
+    _record_refusal(_invocation_record(**call), error)
+
+
 def _record_refusal(record: dict[str, Any], error: ApplicationError) -> None:
     ToolInvocation.objects.create(
         **{**record, "arguments": storable_copy(record["arguments"])},
@@ -242,6 +251,7 @@ def _invocation_record(
     principal: Principal,
     via: str,
     mcp_session_id: str = "",
+    mcp_protocol_version: str = "",
     request_id: str = "",
     correlation_id: str = "",
 ) -> dict[str, Any]:
@@ -253,6 +263,7 @@ def _invocation_record(
         "token": principal.token,
         "via": via,
         "mcp_session_id": mcp_session_id,
+        "mcp_protocol_version": mcp_protocol_version[:16],
         "request_id": request_id[:128],
         "correlation_id": correlation_id[:128],
     }

@@ -25,6 +25,7 @@ from tools.selectors import tool_list
 from tools.services import (
     tool_invocation_execute,
     tool_invocation_prepare,
+    tool_invocation_refuse,
     tool_invocation_start,
 )
 
@@ -84,19 +85,25 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         spec = get_tool(name)
         if spec is not None and spec.is_async:
             raise RpcError(INVALID_PARAMS, f"Tool '{name}' cannot run as a task.")
-    # A 2026 request carries the client's answers itself (multi round-trip requests).
-    inputs = request_inputs(name=name, params=params) if ex.session is None else None
     call = {
         "name": name,
         "arguments": {} if arguments is None else arguments,
         "principal": ex.principal,
         "via": ToolInvocation.Via.MCP,
         "mcp_session_id": ex.session.pk if ex.session else "",
+        "mcp_protocol_version": ex.protocol_version,
         "request_id": ex.http_request_id,
         "correlation_id": ex.correlation_id,
         # The agent's reason for a gated call, shown to reviewers (README: Human approval).
         "reason": _meta_text(params, "qmcp.dev/reason"),
     }
+    # A 2026 request carries the client's answers itself (multi round-trip requests); a
+    # refused answer or state is audited like any refused call.
+    try:
+        inputs = request_inputs(name=name, params=params) if ex.session is None else None
+    except RpcError as exc:
+        tool_invocation_refuse(**call, error=ApplicationError(exc.message, "invalid_input"))
+        raise
     try:
         invocation, spec, args = tool_invocation_prepare(**call)
     except ApplicationError as exc:

@@ -220,6 +220,7 @@ def test_the_page_names_the_mcp_client_and_lists_the_sessions_earlier_calls(clie
     assert [c.tool_name for c in page.context["earlier_calls"]] == ["echo"]
     html = page.content.decode()
     assert f"?mcp_session_id={mcp.session_id}" in html
+    assert '<td id="hitl-interface">MCP 2025-11-25</td>' in html  # the era of the call
 
 
 def test_reviewer_settings_are_listed_in_the_admin(client):

@@ -133,6 +133,7 @@ async def test_a_tool_call_is_audited_without_any_session(secret):
     assert result["content"][0]["text"] and result["resultType"] == "complete"
     invocation = await database_sync_to_async(ToolInvocation.objects.get)()
     assert invocation.status == "succeeded" and invocation.mcp_session_id == ""
+    assert invocation.mcp_protocol_version == NEXT  # the audit row records the era
     assert not await database_sync_to_async(McpSession.objects.exists)()
 
 
@@ -273,13 +274,21 @@ async def test_a_tampered_request_state_is_refused_and_the_tool_does_not_run(sec
     tampered = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
     refused = await call_round(secret, asking_tool, 2, requestState=tampered)
     assert refused["error"]["code"] == -32602 and "integrity" in refused["error"]["message"]
-    assert await database_sync_to_async(ToolInvocation.objects.count)() == 1
+    rows = await database_sync_to_async(
+        lambda: list(ToolInvocation.objects.order_by("created_at").values("status", "error"))
+    )()
+    # The tool ran once (the first round); the refused round is audited, with the reason.
+    assert [r["status"] for r in rows] == ["succeeded", "refused"]
+    assert "integrity" in rows[1]["error"]["message"]
 
 
 @pytest.mark.parametrize("responses", ["nope", {"name": "not an object"}])
 async def test_malformed_input_responses_are_32602(secret, asking_tool, responses):
     refused = await call_round(secret, asking_tool, 1, inputResponses=responses)
     assert refused["error"]["code"] == -32602
+    invocation = await database_sync_to_async(ToolInvocation.objects.get)()
+    assert invocation.status == "refused" and invocation.mcp_protocol_version == NEXT
+    assert invocation.error["code"] == "invalid_input"
 
 
 async def test_a_question_the_client_cannot_answer_is_400_with_32021(secret, asking_tool):

@@ -127,6 +127,7 @@ def test_call_echo_returns_text_structure_and_invocation(mcp, user):
     assert result["_meta"]["qmcp.dev/invocation"] == str(row.pk)
     assert (row.tool_name, row.status, row.via) == ("echo", "succeeded", "mcp")
     assert row.mcp_session_id == mcp.session_id
+    assert row.mcp_protocol_version == "2025-11-25"
     assert (row.principal, row.token) == (user, mcp.session().token)
     assert (row.request_id, row.correlation_id) == ("req-1", "flow-1")
     assert row.arguments == {"message": "hello"}
