@@ -10,10 +10,10 @@ import asyncio
 import time
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from mcp_transport.batching import run_batched
 from mcp_transport.http import MISSING_CLIENT_CAPABILITY, STATELESS_VERSION
 from mcp_transport.jsonrpc import rpc_error, rpc_result
 from mcp_transport.methods.exchange import TASKS_VERSION, ApprovalWait, Continuation
@@ -116,7 +116,8 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
         # The call ends here; the client answers and calls again (SEP-2322).
         listener.cancel()
         await channel.close()
-        await database_sync_to_async(tool_invocation_finish)(
+        await run_batched(
+            tool_invocation_finish,
             invocation=continuation.invocation,
             result=ToolResult.text(f"Asked the client for input: {needed}."),
             duration=time.perf_counter() - started,
@@ -126,7 +127,7 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
     except asyncio.CancelledError:
         if not channel.cancelled:
             raise
-        await database_sync_to_async(tool_invocation_cancel)(invocation=continuation.invocation)
+        await run_batched(tool_invocation_cancel, invocation=continuation.invocation)
         await stream.abandon()
         return
     except Exception as exc:
@@ -134,8 +135,11 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
     finally:
         listener.cancel()
         await channel.close()
-    invocation = await database_sync_to_async(tool_invocation_finish)(
-        invocation=continuation.invocation, result=result, duration=time.perf_counter() - started
+    invocation = await run_batched(
+        tool_invocation_finish,
+        invocation=continuation.invocation,
+        result=result,
+        duration=time.perf_counter() - started,
     )
     version = stream.consumer.protocol_version
     result = tool_call_result(invocation, version)
@@ -248,15 +252,18 @@ async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
 
     async def check(message) -> bool | None:
         if not stream.session_id:  # a 2026 request: the answer goes out on this stream only
-            reply = await database_sync_to_async(call_result_if_final)(
-                invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
+            reply = await run_batched(
+                call_result_if_final,
+                invocation_id=wait.invocation_id,
+                rpc_id=wait.rpc_id,
+                version=version,
             )
             if reply is not None:
                 await stream.send(reply, response=True)
                 return True
         else:
-            final = await database_sync_to_async(stream_finish_if_decided)(
-                session_id=stream.session_id, stream_id=stream.stream_id
+            final = await run_batched(
+                stream_finish_if_decided, session_id=stream.session_id, stream_id=stream.stream_id
             )
             if final is not None:
                 await stream.deliver_final(final)
@@ -264,8 +271,11 @@ async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:
         if time.monotonic() >= deadline and stream.attached:
             # A client that cannot resume (old, or sessionless) gets "pending approval".
             if version < TASKS_VERSION or not stream.session_id:
-                reply = await database_sync_to_async(pending_result)(
-                    invocation_id=wait.invocation_id, rpc_id=wait.rpc_id, version=version
+                reply = await run_batched(
+                    pending_result,
+                    invocation_id=wait.invocation_id,
+                    rpc_id=wait.rpc_id,
+                    version=version,
                 )
                 await stream.send(reply, response=True)
                 return True

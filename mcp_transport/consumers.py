@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from channels.layers import get_channel_layer
@@ -104,8 +103,7 @@ class McpConsumer(AsyncHttpConsumer):
 
     async def dispatch(self, message):
         # Channels closes old database connections here with an extra thread hop per
-        # message; every database_sync_to_async call, and the batching thread, does that
-        # itself.
+        # message; the database threads (mcp_transport.batching) do that themselves.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -190,7 +188,7 @@ class McpConsumer(AsyncHttpConsumer):
             elif method == "GET":
                 await self.handle_get(headers)
             elif method == "DELETE":
-                session_id = await database_sync_to_async(protocol.handle_delete)(headers=headers)
+                session_id = await run_batched(protocol.handle_delete, headers=headers)
                 await get_channel_layer().group_send(
                     session_group(session_id), {"type": "mcp.session.ended"}
                 )
@@ -314,7 +312,7 @@ class McpConsumer(AsyncHttpConsumer):
     async def handle_get(self, headers: dict[str, str]):
         if not _accepts(headers.get("accept", ""), "text/event-stream"):
             raise HttpFailure(406, "Not Acceptable: Accept must include text/event-stream.")
-        reply = await database_sync_to_async(protocol.handle_get)(headers=headers)
+        reply = await run_batched(protocol.handle_get, headers=headers)
         await self.start_sse({"mcp-session-id": reply.session_id})
         for event_id, data, _ in reply.events:
             await self.send_body(sse_frame(event_id, data), more_body=True)
@@ -338,7 +336,7 @@ class McpConsumer(AsyncHttpConsumer):
         try:
             await stream
         finally:
-            closed = database_sync_to_async(protocol.stream_closed)(principal=principal)
+            closed = run_batched(protocol.stream_closed, principal=principal)
             await asyncio.shield(closed)
 
 

@@ -8,8 +8,7 @@ more)``, the consumer's body writer; neither holds a thread while it waits.
 import json
 from collections.abc import Awaitable, Callable
 
-from channels.db import database_sync_to_async
-
+from mcp_transport.batching import run_batched
 from mcp_transport.jsonrpc import notification
 from mcp_transport.sessions import session_is_open
 from mcp_transport.streams import (
@@ -50,7 +49,7 @@ async def session_stream(send: Send, session_id: str) -> None:
         if first:  # handle_get has just read the session
             first = False
             return None
-        if not await database_sync_to_async(session_is_open)(session_id=session_id):
+        if not await run_batched(session_is_open, session_id=session_id):
             return True
         await send(b": keepalive\n\n", more=True)
         return None
@@ -91,7 +90,8 @@ async def follow(
                 return True if message["final"] else None
         # Catch up from the rows: events missed between reads, or the gated call ended
         # (its answer is stored here if nobody has stored it yet).
-        events, alive = await database_sync_to_async(stream_catch_up)(
+        events, alive = await run_batched(
+            stream_catch_up,
             session_id=session_id,
             stream_id=stream_id,
             seq=last_seq,

@@ -1,6 +1,6 @@
 """MCP over Streamable HTTP, the sync part: one POST, GET or DELETE in, one reply out.
 
-Everything here is plain Django and runs in one ``database_sync_to_async`` hop per HTTP
+Everything here is plain Django and runs in one hop to a database thread per HTTP
 request; the consumer does the I/O. A POST's messages are handed to the method handlers of
 :mod:`mcp_transport.methods`; a tools/call of an ``async def`` tool is prepared there
 (checked and recorded) and handed back as a :class:`Continuation` for the consumer to run.

@@ -14,9 +14,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
+from mcp_transport.batching import run_batched
 from mcp_transport.http import MISSING_CLIENT_CAPABILITY
 from mcp_transport.sessions import events_store
 
@@ -178,8 +178,11 @@ class Stream:
             if final:
                 self.attached = False
             return
-        await database_sync_to_async(events_store)(
-            session_id=self.session_id, stream_id=self.stream_id, events=[(seq, data, final)]
+        await run_batched(
+            events_store,
+            session_id=self.session_id,
+            stream_id=self.stream_id,
+            events=[(seq, data, final)],
         )
         if self.attached and not self.consumer.client_gone:
             await self.consumer.send_body(

@@ -176,3 +176,34 @@ async def test_a_slow_call_does_not_hold_up_another_sessions_echo(secrets, slow_
     slow_reply = json.loads((await slow)["body"])
     assert slow_reply["result"]["content"][0]["text"] == "slow done"
     assert len(BATCHER._threads) >= 2
+
+
+async def test_streams_and_sessions_do_not_wait_for_djangos_shared_sync_thread(secrets):
+    """Everything the MCP edge does in the database (DELETE, GET, a resumed stream's rows)
+    runs on the database threads, never on the one thread that ``database_sync_to_async``
+    shares with the rest of the process: a slow job there holds up none of it."""
+    held, release = threading.Event(), threading.Event()
+
+    @database_sync_to_async
+    def slow_elsewhere():
+        held.set()
+        release.wait(10)
+
+    busy = asyncio.ensure_future(slow_elsewhere())
+    try:
+        assert await asyncio.to_thread(held.wait, 5)
+        session = await open_session(secrets[0])
+        stream = asyncio.ensure_future(
+            send("GET", secret=secrets[0], session_id=session, accept="text/event-stream")
+        )
+        await asyncio.sleep(0.3)  # the GET stream is open: the session was read
+        assert not stream.done()
+        deleted = await asyncio.wait_for(send("DELETE", secret=secrets[0], session_id=session), 2)
+        assert deleted["status"] == 200
+        # The session's end reaches its GET stream, which closes.
+        ended = await asyncio.wait_for(stream, 2)
+        assert ended["status"] == 200 and b": connected" in ended["body"]
+        assert not busy.done()  # all of it while the shared thread was still busy
+    finally:
+        release.set()
+        await busy
