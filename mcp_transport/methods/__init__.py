@@ -44,6 +44,7 @@ from mcp_transport.methods.skills import (
     handle_skills_get,
     handle_skills_list,
 )
+from mcp_transport.methods.subscriptions import handle_subscriptions_listen
 from mcp_transport.methods.tasks import (
     handle_tasks_cancel,
     handle_tasks_get,
@@ -88,7 +89,7 @@ def server_capabilities(version: str) -> dict[str, Any]:
         capabilities["tools"] = {"listChanged": False}
     if "resources/list" in methods:
         capabilities["resources"] = {"listChanged": False}
-        if "resources/subscribe" in methods:
+        if "resources/subscribe" in methods or "subscriptions/listen" in methods:
             capabilities["resources"]["subscribe"] = True
     if "prompts/list" in methods:
         capabilities["prompts"] = {"listChanged": False}
@@ -155,6 +156,7 @@ METHODS = {
 # The 2026-07-28 revision: stateless, so nothing that needs a session.
 STATELESS_METHODS = {
     "server/discover": handle_discover,
+    "subscriptions/listen": handle_subscriptions_listen,
     **{
         name: METHODS[name]
         for name in (
