@@ -40,7 +40,8 @@ from mcp_transport.jsonrpc import (
     classify,
     rpc_error,
 )
-from mcp_transport.methods.exchange import LATEST_VERSION, ApprovalWait
+from mcp_transport.listen import run_listen
+from mcp_transport.methods.exchange import LATEST_VERSION, ApprovalWait, Listen
 from mcp_transport.ratelimit import check_rate_limit
 from mcp_transport.streams import (
     Stream,
@@ -258,9 +259,11 @@ class McpConsumer(AsyncHttpConsumer):
         self.protocol_version = reply.protocol_version
         if not reply.session_id and not reply.events:
             # A 2026 call that has sent nothing yet: the stream starts with its first message.
+            # A call goes on if its client goes; a listen stream ends with its client.
             stream = Stream(self, "", reply.stream_id, reply.next_seq, reply.pending)
             stream.headers = reply.headers
-            self.spawn(self.run_calls(stream, reply.continuations), keep_running=True)
+            listens = any(isinstance(c, Listen) for c in reply.continuations)
+            self.spawn(self.run_calls(stream, reply.continuations), keep_running=not listens)
             return
         await self.start_sse(reply.headers)
         for index, (event_id, data) in enumerate(reply.events):
@@ -272,13 +275,9 @@ class McpConsumer(AsyncHttpConsumer):
             self.spawn(self.run_calls(stream, reply.continuations), keep_running=True)
 
     async def run_calls(self, stream: Stream, continuations: list):
+        runners = {ApprovalWait: run_approval_wait, Listen: run_listen}
         await asyncio.gather(
-            *(
-                run_approval_wait(stream, c)
-                if isinstance(c, ApprovalWait)
-                else run_continuation(stream, c)
-                for c in continuations
-            )
+            *(runners.get(type(c), run_continuation)(stream, c) for c in continuations)
         )
 
     async def route_client_messages(self, session_id: str, payload: Any):

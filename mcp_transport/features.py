@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcp_transport import skills
 from qmcp_site.errors import ApplicationError
 from tools.selectors import invocation_get, invocation_list, tool_list
 
@@ -285,3 +286,19 @@ register(
         render=_ensure_user_messages,
     )
 )
+
+
+def _skill_file_resource(file: skills.SkillFile) -> Resource:
+    listed = skills.file_resource(file)
+    return Resource(
+        uri=file.uri,
+        name=listed["name"],
+        description=listed["description"],
+        mime_type=file.mime_type,
+        read=lambda principal: [{"uri": file.uri, "mimeType": file.mime_type, "text": file.text}],
+    )
+
+
+# The skills' files (mcp_transport/skills), read-only: listed and read like any resource.
+for _file in skills.skill_files().values():
+    register(_skill_file_resource(_file))

@@ -33,6 +33,7 @@ from mcp_transport.methods.exchange import (
     ApprovalWait,
     Continuation,
     Exchange,
+    Listen,
     Outbound,
 )
 from mcp_transport.methods.results import stateless_result
@@ -211,6 +212,12 @@ def handle_stateless_post(
         client_capabilities=meta.get(META_CAPABILITIES) or {},
     )
     response = handle_request(ex, message.method, payload.get("params"), STATELESS_METHODS)
+    if isinstance(ex.continuation, Listen):
+        try:
+            _stream_opened(principal)  # counted down when the stream ends (mcp_transport.listen)
+        except HttpFailure as failure:
+            failure.rpc_id = rpc_id
+            raise
     reply = PostReply(protocol_version=STATELESS_VERSION)
     if response is not None and "result" in response:
         response["result"] = stateless_result(message.method, response["result"])
@@ -276,8 +283,8 @@ def _stream_opened(principal: Principal) -> None:
         streams_open(principal=principal, delta=-1)
         raise HttpFailure(
             429,
-            f"Too many open streams: this token already has {limit} open GET streams; "
-            "close one first.",
+            f"Too many open streams: this token already has {limit} open streams (GET or "
+            "subscriptions/listen); close one first.",
             headers={"Retry-After": "30"},
         )
 

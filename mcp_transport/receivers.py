@@ -2,7 +2,8 @@
 
 The end of a gated call goes to the streams waiting for it; a change of an invocation or of
 the tool policies goes to the GET streams of the sessions subscribed to its resource
-(``qmcp://invocations/{id}``, ``qmcp://tools``), which send ``notifications/resources/updated``.
+(``qmcp://invocations/{id}``, ``qmcp://tools``) and to the subscriptions/listen streams that
+watch it, which send ``notifications/resources/updated``.
 """
 
 import logging
@@ -16,7 +17,7 @@ from django.dispatch import receiver
 from hitl.models import HumanRequest
 from hitl.signals import human_request_changed
 from mcp_transport.sessions import sessions_subscribed
-from mcp_transport.streams import invocation_group, session_group
+from mcp_transport.streams import invocation_group, resource_group, session_group
 from tools.models import ToolInvocation, ToolPolicy
 from tools.signals import invocation_finished
 
@@ -37,11 +38,14 @@ def _push(group: str, message: dict) -> None:
 
 
 def resource_updated(uri: str) -> None:
-    """Tells the GET streams of the sessions subscribed to ``uri`` that it changed.
+    """Tells the streams that watch ``uri`` that it changed: the GET streams of the sessions
+    subscribed to it, and the subscriptions/listen streams that named it.
 
-    The subscriptions are read from the rows, so a subscription made on any worker counts
-    from the moment its request was answered.
+    The sessions' subscriptions are read from the rows, so a subscription made on any worker
+    counts from the moment its request was answered; a listen stream is in the uri's group
+    from its acknowledgement on.
     """
+    _push(resource_group(uri), {"type": "mcp.resource.updated", "uri": uri})
     for session_id in sessions_subscribed(uri=uri):
         _push(session_group(session_id), {"type": "mcp.resource.updated", "uri": uri})
 

@@ -63,6 +63,11 @@ def invocation_group(invocation_id) -> str:
     return f"qmcp.invocation.{str(invocation_id).replace('-', '')}"
 
 
+def resource_group(uri: str) -> str:
+    """The group of the subscriptions/listen streams that watch ``uri`` (2026-07-28)."""
+    return f"mcp.resource.{_key(uri)}"
+
+
 def session_group(session_id: str) -> str:
     """The group of a session's own GET stream: its resource updates and the session's end."""
     return f"mcp.session.{session_id}"
@@ -194,6 +199,11 @@ class Stream:
             stream_group(self.session_id, self.stream_id),
             {"type": "mcp.event", "seq": seq, "data": data, "final": final},
         )
+
+    async def comment(self, text: str) -> None:
+        """An SSE comment (a keepalive) on a stream that has sent its first message."""
+        if self.attached and self.headers is None and not self.consumer.client_gone:
+            await self.consumer.send_body(f": {text}\n\n".encode(), more_body=True)
 
     async def deliver_final(self, event) -> None:
         """Sends a stored final event (see stream_finish_if_decided)."""

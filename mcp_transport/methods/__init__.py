@@ -39,6 +39,12 @@ from mcp_transport.methods.resources import (
     handle_resources_subscribe,
     handle_resources_unsubscribe,
 )
+from mcp_transport.methods.skills import (
+    handle_directory_read,
+    handle_skills_get,
+    handle_skills_list,
+)
+from mcp_transport.methods.subscriptions import handle_subscriptions_listen
 from mcp_transport.methods.tasks import (
     handle_tasks_cancel,
     handle_tasks_get,
@@ -47,6 +53,7 @@ from mcp_transport.methods.tasks import (
 )
 from mcp_transport.methods.tools import handle_tools_call, handle_tools_list
 from mcp_transport.sessions import session_create, session_update
+from mcp_transport.skills import EXTENSION as SKILLS_EXTENSION
 from qmcp_site.errors import ApplicationError
 from qmcp_site.storable import storable_check
 
@@ -71,6 +78,9 @@ def handle_initialize(ex: Exchange, params: dict) -> dict:
     }
 
 
+EXTENSIONS_VERSION = "2025-11-25"
+
+
 def server_capabilities(version: str) -> dict[str, Any]:
     """What QMCP serves in ``version``, derived from that era's method table."""
     methods = STATELESS_METHODS if version == STATELESS_VERSION else METHODS
@@ -79,7 +89,7 @@ def server_capabilities(version: str) -> dict[str, Any]:
         capabilities["tools"] = {"listChanged": False}
     if "resources/list" in methods:
         capabilities["resources"] = {"listChanged": False}
-        if "resources/subscribe" in methods:
+        if "resources/subscribe" in methods or "subscriptions/listen" in methods:
             capabilities["resources"]["subscribe"] = True
     if "prompts/list" in methods:
         capabilities["prompts"] = {"listChanged": False}
@@ -87,6 +97,10 @@ def server_capabilities(version: str) -> dict[str, Any]:
         capabilities["logging"] = {}
     if "completion/complete" in methods:
         capabilities["completions"] = {}
+    # Extensions (SEP-2133) are declared from 2025-11-25 on; SEP-2640 serves both eras.
+    if "skills/list" in methods and version >= EXTENSIONS_VERSION:
+        extensions = capabilities.setdefault("extensions", {})
+        extensions[SKILLS_EXTENSION] = {"directoryRead": "resources/directory/read" in methods}
     if "tasks/get" in methods and TASKS_VERSION <= version < STATELESS_VERSION:
         capabilities["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
     return capabilities
@@ -133,12 +147,16 @@ METHODS = {
     "tasks/result": handle_tasks_result,
     "tasks/list": handle_tasks_list,
     "tasks/cancel": handle_tasks_cancel,
+    "skills/list": handle_skills_list,
+    "skills/get": handle_skills_get,
+    "resources/directory/read": handle_directory_read,
 }
 
 
 # The 2026-07-28 revision: stateless, so nothing that needs a session.
 STATELESS_METHODS = {
     "server/discover": handle_discover,
+    "subscriptions/listen": handle_subscriptions_listen,
     **{
         name: METHODS[name]
         for name in (
@@ -150,6 +168,9 @@ STATELESS_METHODS = {
             "prompts/list",
             "prompts/get",
             "completion/complete",
+            "skills/list",
+            "skills/get",
+            "resources/directory/read",
         )
     },
 }

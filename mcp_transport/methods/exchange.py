@@ -1,6 +1,6 @@
 """What every MCP method handler shares: the request being handled (:class:`Exchange`), what
-it hands back to the consumer (:class:`Continuation`, :class:`ApprovalWait`), how its
-notifications are shaped (:class:`Outbound`), parameter checks and cursor pages."""
+it hands back to the consumer (:class:`Continuation`, :class:`ApprovalWait`, :class:`Listen`),
+how its notifications are shaped (:class:`Outbound`), parameter checks and cursor pages."""
 
 import base64
 from dataclasses import dataclass, field
@@ -54,6 +54,17 @@ class ApprovalWait:
 
 
 @dataclass
+class Listen:
+    """A subscriptions/listen stream (2026-07-28), held open by the consumer: ``honored``
+    is what its acknowledgement says it delivers, ``uris`` the resources it watches."""
+
+    rpc_id: Any
+    principal: Principal
+    honored: dict[str, Any]
+    uris: tuple[str, ...]
+
+
+@dataclass
 class Outbound:
     """Shapes the notifications of one request: log level filter and progress token."""
 
@@ -90,7 +101,7 @@ class Exchange:
     outbound: Outbound = field(default_factory=Outbound)
     client_capabilities: dict[str, Any] = field(default_factory=dict)  # a 2026 request's
     notifications: list[dict[str, Any]] = field(default_factory=list)
-    continuation: Continuation | ApprovalWait | None = None
+    continuation: Continuation | ApprovalWait | Listen | None = None
 
     def notify(self, method: str, params: dict[str, Any]) -> None:
         message = self.outbound.shape(method, params)

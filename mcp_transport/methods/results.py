@@ -14,6 +14,8 @@ CACHEABLE = {
     "resources/list",
     "resources/templates/list",
     "resources/read",
+    "skills/list",
+    "skills/get",
 }
 
 

@@ -3,16 +3,20 @@
 In its default ``auto`` mode the client probes ``server/discover`` and speaks 2026-07-28,
 statelessly; in ``legacy`` mode it runs the initialize handshake and gets 2025-11-25. Either
 way it adds and finds a user, and waits on a gated ``delete_user`` until a reviewer approves.
+In 2026-07-28 it also listens (``subscriptions/listen``) for a gated call's status.
 """
 
 import threading
 import time
 
 import anyio
+import httpx
 import httpx2
 import pytest
+from django.contrib.auth.models import Permission
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.subscriptions import ResourceUpdated
 
 from hitl.models import HumanRequest
 from hitl.services import human_request_respond
@@ -97,3 +101,46 @@ def test_the_sdk_client_adds_finds_and_waits_for_approval(qmcp_server, mode, ver
         assert not sessions.exists() and {c.mcp_session_id for c in calls} == {""}
     else:
         assert {c.mcp_session_id for c in calls} == {sessions.get().pk}
+
+
+def test_the_sdk_client_listens_to_a_gated_call_until_a_reviewer_decides(qmcp_server):
+    caller_secret = make_token(user=make_reviewer(), scopes=["tools:read", "tools:call"])[1]
+    reviewer = make_reviewer()
+    reviewer.user_permissions.add(Permission.objects.get(codename="respond_humanrequest"))
+    reviewer_secret = make_token(user=reviewer, scopes=["hitl:respond", "tools:read"])[1]
+    target = UserFactory()
+    gated = httpx.post(
+        f"{qmcp_server.url}/v1/tools/delete_user",
+        json={"user_id": target.pk},
+        headers={"Authorization": f"Bearer {caller_secret}"},
+        timeout=10,
+    )
+    assert gated.status_code == 202, gated.text
+    invocation = ToolInvocation.objects.get(tool_name="delete_user")
+    uri = f"qmcp://invocations/{invocation.pk}"
+    request_id = str(invocation.human_request.pk)
+
+    async def run():
+        async with httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {caller_secret}"}, timeout=httpx2.Timeout(10)
+        ) as http:
+            transport = streamable_http_client(qmcp_server.mcp_url, http_client=http)
+            async with Client(transport, mode="auto") as client:
+                async with client.listen(resource_subscriptions=[uri]) as subscription:
+                    honored = subscription.honored
+                    # Decided over REST, in the server: its commit pushes the change.
+                    async with httpx2.AsyncClient() as rest:
+                        decided = await rest.post(
+                            f"{qmcp_server.url}/v1/human/responses",
+                            json={"request_id": request_id, "decision": "approve"},
+                            headers={"Authorization": f"Bearer {reviewer_secret}"},
+                        )
+                    assert decided.status_code == 201, decided.text
+                    with anyio.fail_after(10):
+                        event = await anext(subscription)
+                return client.session.protocol_version, honored, event
+
+    version, honored, event = anyio.run(run)
+    assert version == "2026-07-28"
+    assert honored.resource_subscriptions == [uri]
+    assert event == ResourceUpdated(uri=uri)

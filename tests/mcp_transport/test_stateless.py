@@ -56,7 +56,7 @@ async def test_discover_names_both_eras_and_what_is_served(secret):
     result = body(response)["result"]
     assert result["supportedVersions"][0] == NEXT and "2025-11-25" in result["supportedVersions"]
     assert set(result["capabilities"]) >= {"tools", "resources", "prompts", "completions"}
-    assert "subscribe" not in result["capabilities"]["resources"]
+    assert result["capabilities"]["resources"]["subscribe"] is True  # subscriptions/listen
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "qmcp"
     assert result["resultType"] == "complete" and result["cacheScope"] == "private"
     assert not await database_sync_to_async(McpSession.objects.exists)()
