@@ -17,12 +17,14 @@ from mcp_transport.jsonrpc import (
     rpc_error_for,
     rpc_result,
 )
+from mcp_transport.methods import tasks_2026
 from mcp_transport.methods.exchange import (
     INSTRUCTIONS,
     LATEST_VERSION,
     LOG_LEVELS,
     SERVER_INFO,
     SUPPORTED_VERSIONS,
+    TASKS_EXTENSION,
     TASKS_VERSION,
     Exchange,
     require,
@@ -89,6 +91,8 @@ def server_capabilities(version: str) -> dict[str, Any]:
         capabilities["completions"] = {}
     if "tasks/get" in methods and TASKS_VERSION <= version < STATELESS_VERSION:
         capabilities["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
+    if "tasks/update" in methods:  # 2026-07-28: tasks are an extension (SEP-2663)
+        capabilities["extensions"] = {TASKS_EXTENSION: {}}
     return capabilities
 
 
@@ -152,6 +156,9 @@ STATELESS_METHODS = {
             "completion/complete",
         )
     },
+    "tasks/get": tasks_2026.handle_tasks_get,
+    "tasks/update": tasks_2026.handle_tasks_update,
+    "tasks/cancel": tasks_2026.handle_tasks_cancel,
 }
 
 
