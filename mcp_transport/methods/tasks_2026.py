@@ -77,7 +77,9 @@ def _protocol_failure(invocation: ToolInvocation) -> dict[str, Any] | None:
 
 def _task_fields(task: McpTask, status: str) -> dict[str, Any]:
     invocation = task.invocation
-    updated = invocation.finished_at or invocation.started_at or invocation.created_at
+    updated = invocation.finished_at or max(
+        filter(None, (invocation.created_at, invocation.started_at))
+    )
     fields: dict[str, Any] = {
         "taskId": str(invocation.pk),
         "status": status,
