@@ -13,16 +13,17 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from mcp_transport import task_runs
 from mcp_transport.batching import run_batched
-from mcp_transport.http import MISSING_CLIENT_CAPABILITY, STATELESS_VERSION
-from mcp_transport.jsonrpc import rpc_error, rpc_result
+from mcp_transport.http import STATELESS_VERSION
+from mcp_transport.jsonrpc import rpc_result
 from mcp_transport.methods.exchange import TASKS_VERSION, ApprovalWait, Continuation
-from mcp_transport.methods.input_required import request_state
+from mcp_transport.methods.input_required import InputRounds, MissingClientCapability
 from mcp_transport.methods.results import stateless_result, tool_call_result
 from mcp_transport.streams import Stream, call_group, call_key, invocation_group, wait_for
 from mcp_transport.waits import call_result_if_final, pending_result, stream_finish_if_decided
 from qmcp_site.errors import ApplicationError
-from tools.registry import AsyncToolContext, InputRequired, ToolResult
+from tools.registry import AsyncToolContext, InputRequired, TaskRequested, ToolResult
 from tools.services import tool_error_result, tool_invocation_cancel, tool_invocation_finish
 
 CLIENT_REQUEST_TIMEOUT = 300
@@ -90,7 +91,11 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
         if message is not None:
             await stream.send(message)
 
-    rounds = InputRounds(continuation) if continuation.inputs is not None else None
+    rounds = (
+        InputRounds(continuation.inputs, continuation.client_capabilities)
+        if continuation.inputs is not None
+        else None
+    )
 
     async def request(method: str, params: dict[str, Any]) -> dict[str, Any]:
         if rounds is not None:
@@ -105,6 +110,7 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
         close_stream=stream.detach,
         ask=rounds.ask if rounds is not None else None,
         wait=wait_for,
+        as_task=task_runs.request_task if continuation.task else None,
     )
     spec = continuation.spec
     started = time.perf_counter()
@@ -112,6 +118,9 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
     listener = asyncio.ensure_future(channel.listen(task))
     try:
         result = spec.to_result(await task)
+    except TaskRequested:  # the call goes on as a task (2026-07-28 tasks extension)
+        await stream.send(await task_runs.begin(continuation), response=True)
+        return
     except (InputRequired, MissingClientCapability) as needed:
         # The call ends here; the client answers and calls again (SEP-2322).
         listener.cancel()
@@ -122,7 +131,9 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
             result=ToolResult.text(f"Asked the client for input: {needed}."),
             duration=time.perf_counter() - started,
         )
-        await stream.send(rounds.reply(needed), response=True)
+        await stream.send(
+            rounds.reply(needed, rpc_id=continuation.rpc_id, name=spec.name), response=True
+        )
         return
     except asyncio.CancelledError:
         if not channel.cancelled:
@@ -146,85 +157,6 @@ async def run_continuation(stream: Stream, continuation: Continuation) -> None:
     if version == STATELESS_VERSION:
         result = stateless_result("tools/call", result)
     await stream.send(rpc_result(continuation.rpc_id, result), response=True)
-
-
-class MissingClientCapability(Exception):
-    """A 2026 call needs input of a kind the client did not declare it can give."""
-
-    def __init__(self, capabilities: list[str]):
-        super().__init__(", ".join(capabilities))
-        self.capabilities = capabilities
-
-
-# The client capability each kind of input request needs.
-INPUT_CAPABILITIES = {
-    "elicitation/create": "elicitation",
-    "sampling/createMessage": "sampling",
-    "roots/list": "roots",
-}
-
-
-class InputRounds:
-    """A 2026-07-28 tool's questions to its client, as multi round-trip requests.
-
-    An ``ask`` whose keys all have answers (this round's ``inputResponses`` or earlier
-    rounds' in the signed ``requestState``) returns them; otherwise the call ends with an
-    ``InputRequiredResult`` naming what is still missing, and the tool runs again from the
-    start when the client calls back with the answers. Requests the client declared no
-    capability for are never sent; a call that needs only those fails with -32021.
-    """
-
-    def __init__(self, continuation: Continuation):
-        self.continuation = continuation
-        self.inputs = continuation.inputs or {}
-        self.used: dict[str, Any] = {}
-        self.count = 0
-
-    async def ask(self, requests: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-        declared = self.continuation.client_capabilities
-        undeclared = {
-            key
-            for key, (method, _) in requests.items()
-            if INPUT_CAPABILITIES.get(method) not in declared
-        }
-        unanswered = [key for key in requests if key not in self.inputs]
-        if unanswered and undeclared == set(requests):
-            raise MissingClientCapability(
-                sorted({INPUT_CAPABILITIES.get(m, m) for m, _ in requests.values()})
-            )
-        missing = {
-            key: {"method": requests[key][0], "params": requests[key][1]}
-            for key in unanswered
-            if key not in undeclared
-        }
-        if missing:
-            raise InputRequired(missing)
-        # What the client cannot answer is None: the tool goes on without it.
-        answers = {key: self.inputs.get(key) for key in requests}
-        self.used.update({k: v for k, v in answers.items() if v is not None})
-        return answers
-
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """One question, keyed by its place among the tool's questions."""
-        self.count += 1
-        key = f"request-{self.count}"
-        return (await self.ask({key: (method, params)}))[key]
-
-    def reply(self, needed: Exception) -> dict[str, Any]:
-        rpc_id = self.continuation.rpc_id
-        if isinstance(needed, MissingClientCapability):
-            return rpc_error(
-                rpc_id,
-                MISSING_CLIENT_CAPABILITY,
-                f"This call needs the client capabilities: {needed}.",
-                {"requiredCapabilities": {name: {} for name in needed.capabilities}},
-            )
-        result = {
-            "resultType": "input_required",
-            "inputRequests": needed.requests,
-            "requestState": request_state(name=self.continuation.spec.name, responses=self.used),
-        }
-        return rpc_result(rpc_id, result)
 
 
 async def run_approval_wait(stream: Stream, wait: ApprovalWait) -> None:

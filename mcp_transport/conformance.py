@@ -8,7 +8,7 @@ import asyncio
 import base64
 import json
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_transport.features import Prompt, Resource, ResourceTemplate, register, text_message
 from qmcp_site.errors import ApplicationError
@@ -392,6 +392,124 @@ async def reconnection(args, ctx):
     await ctx.close_stream()
     await asyncio.sleep(0.2)
     return ToolResult.text("Reconnection test completed successfully.")
+
+
+# --- The tasks extension (2026-07-28, SEP-2663) ----------------------------------------------
+
+
+class NameArg(ToolInput):
+    name: str
+
+
+class ComputeArgs(ToolInput):
+    seconds: float = Field(0, ge=0, le=3600)
+    label: str = ""
+
+
+class FilenameArg(ToolInput):
+    filename: str
+
+
+@fixture("greet", "Greets someone by name, at once (never a task).", input=NameArg)
+def greet(args, ctx):
+    return ToolResult.text(f"Hello, {args.name}!")
+
+
+@fixture(
+    "slow_compute",
+    "Sleeps for the given seconds, then answers; a task where the client supports tasks.",
+    input=ComputeArgs,
+    task_support="optional",
+)
+async def slow_compute(args, ctx):
+    await ctx.as_task()
+    await asyncio.sleep(args.seconds)
+    return ToolResult.text(f"Computed {args.label or 'result'} after {args.seconds:g} seconds.")
+
+
+@fixture(
+    "failing_job",
+    "Runs as a task and fails after about a second, as a tool error.",
+    task_support="required",
+)
+async def failing_job(args, ctx):
+    await ctx.as_task()
+    await asyncio.sleep(1)
+    raise ApplicationError("Tool execution failed")
+
+
+@fixture(
+    "protocol_error_job",
+    "Runs as a task and crashes: a protocol-level failure.",
+    task_support="optional",
+)
+async def protocol_error_job(args, ctx):
+    await ctx.as_task()
+    raise RuntimeError("protocol_error_job crashes on purpose")
+
+
+@fixture(
+    "confirm_delete",
+    "Runs as a task that asks its client to confirm a deletion.",
+    input=FilenameArg,
+    task_support="optional",
+)
+async def confirm_delete(args, ctx):
+    await ctx.as_task()
+    question = _elicitation(
+        f"Delete {args.filename}?", {"confirm": {"type": "boolean"}}, ["confirm"]
+    )
+    answers = await ctx.ask({"confirm": question})
+    confirmed = _content(answers["confirm"]).get("confirm") is True
+    return ToolResult.text(f"{args.filename}: {'deleted' if confirmed else 'kept'}.")
+
+
+@fixture(
+    "multi_input",
+    "Runs as a task that asks its client two things at once.",
+    task_support="optional",
+)
+async def multi_input(args, ctx):
+    await ctx.as_task()
+    field = {"name": {"type": "string"}, "confirm": {"type": "boolean"}}
+    answers = await ctx.ask(
+        {
+            "first": _elicitation("First value?", field, ["name"]),
+            "second": _elicitation("Second value?", field, ["name"]),
+        }
+    )
+    names = [_content(answers[key]).get("name", "") for key in ("first", "second")]
+    return ToolResult.text(f"Got {names[0]} and {names[1]}.")
+
+
+@fixture(
+    "test_tool_with_task",
+    "Asks the user's name (multi round-trip), then greets them as a task.",
+    task_support="required",
+)
+async def tool_with_task(args, ctx):
+    answers = await ctx.ask({"user_name": NAME_QUESTION})
+    await ctx.as_task()
+    return ToolResult.text(f"Hello, {_content(answers['user_name']).get('name', 'stranger')}!")
+
+
+# --- Custom headers (2026-07-28, SEP-2243) ----------------------------------------------------
+
+
+class RegionArg(ToolInput):
+    region: str = Field(
+        description="The region to report on; mirrored in the Mcp-Param-Region header.",
+        json_schema_extra={"x-mcp-header": "Region"},
+    )
+
+
+@fixture(
+    "test_header_param",
+    "Echoes an argument that its client also sends as a header.",
+    input=RegionArg,
+)
+def header_param(args, ctx):
+    return ToolResult.text(f"Region: {args.region}")
 
 
 def _text(uri: str, text: str, mime_type: str = "text/plain"):

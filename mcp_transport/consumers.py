@@ -21,7 +21,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
-from mcp_transport import protocol
+from mcp_transport import protocol, task_runs
 from mcp_transport.batching import run_batched
 from mcp_transport.calls import (
     run_approval_wait,
@@ -254,6 +254,8 @@ class McpConsumer(AsyncHttpConsumer):
             return
         if reply.stream_id is None:
             await self.send_json(reply.status, reply.body, reply.headers)
+            for run in reply.task_runs:
+                task_runs.start(run)
             return
 
         self.protocol_version = reply.protocol_version

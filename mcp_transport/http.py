@@ -4,9 +4,13 @@ The 2025 line negotiates a version in ``initialize`` and sends it in ``MCP-Proto
 on every later request of its session. The 2026-07-28 revision is stateless: every request
 names its version, client capabilities and client info in ``params._meta``, mirrors the
 version, its method and its target in headers (``MCP-Protocol-Version``, ``Mcp-Method``,
-``Mcp-Name``), and is refused with HTTP 400 and -32020 when they disagree.
+``Mcp-Name``, and ``Mcp-Param-<Name>`` for each tool argument whose schema says
+``x-mcp-header: <Name>``), and is refused with HTTP 400 and -32020 when they disagree.
 """
 
+import base64
+import binascii
+import re
 from typing import Any
 
 from django.conf import settings
@@ -20,6 +24,7 @@ from mcp_transport.sessions import (
     token_authenticate,
 )
 from qmcp_site.errors import ApplicationError
+from tools.registry import ToolSpec, get_tool
 from users.models import ApiToken, User
 from users.principals import Principal
 
@@ -207,6 +212,82 @@ def check_routing_headers(headers: dict[str, str], raw: dict[str, Any]) -> None:
             HEADER_MISMATCH,
             rpc_id=rpc_id,
         )
+    if method == "tools/call":
+        check_param_headers(headers, params, rpc_id)
+
+
+# A header value sent Base64-encoded (SEP-2243): the whole value is =?base64?<data>?=.
+BASE64_VALUE = re.compile(r"=\?base64\?(.*)\?=", re.DOTALL)
+# Tool name -> (its spec, {argument: header name}), so the schema is read once per tool.
+_HEADER_PARAMS: dict[str, tuple[ToolSpec, dict[str, str]]] = {}
+
+
+def header_params(name: str) -> dict[str, str]:
+    """The arguments of tool ``name`` that its client mirrors in headers: ``{argument:
+    header name}``, from the ``x-mcp-header`` of its input schema's properties."""
+    spec = get_tool(name)
+    if spec is None:
+        return {}
+    cached = _HEADER_PARAMS.get(name)
+    if cached is None or cached[0] is not spec:
+        properties = spec.input_schema().get("properties") or {}
+        found = {
+            argument: schema["x-mcp-header"]
+            for argument, schema in properties.items()
+            if isinstance(schema, dict) and isinstance(schema.get("x-mcp-header"), str)
+        }
+        cached = _HEADER_PARAMS[name] = (spec, found)
+    return cached[1]
+
+
+def _header_text(value: Any) -> str | None:
+    """An argument as its header carries it (JSON's spelling for numbers and booleans);
+    None for what no header carries (null, arrays, objects)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
+
+
+def _decoded(raw: str) -> str | None:
+    """A header value as sent: ``=?base64?...?=`` decoded (strictly: padding and alphabet),
+    anything else as it is; None for a Base64 value that does not decode to UTF-8 text."""
+    value = raw.strip()
+    match = BASE64_VALUE.fullmatch(value)
+    if match is None:
+        return value
+    try:
+        return base64.b64decode(match.group(1), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+
+
+def check_param_headers(headers: dict[str, str], params: Any, rpc_id) -> None:
+    """Each ``Mcp-Param-<Name>`` a tools/call's tool declares must be sent exactly when its
+    argument is, with the argument's value (SEP-2243); HttpFailure(400, -32020) otherwise."""
+    if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+        return
+    arguments = params.get("arguments")
+    arguments = arguments if isinstance(arguments, dict) else {}
+    for argument, header in header_params(params["name"]).items():
+        expected = _header_text(arguments.get(argument))
+        sent = headers.get(f"mcp-param-{header.lower()}")
+        if sent is None and expected is None:
+            continue
+        if sent is None:
+            problem = f"Missing Mcp-Param-{header} header (arguments.{argument} is set)."
+        elif (value := _decoded(sent)) is None:
+            problem = f"Mcp-Param-{header} header is not valid Base64."
+        elif value != expected:
+            problem = f"Mcp-Param-{header} header does not match arguments.{argument}."
+        else:
+            continue
+        raise HttpFailure(400, problem, HEADER_MISMATCH, rpc_id=rpc_id)
 
 
 def method_not_found(method: str, rpc_id) -> HttpFailure:

@@ -11,9 +11,8 @@ when the client goes (the consumer cancels it). Either way its stream is counted
 
 import asyncio
 
-from channels.db import database_sync_to_async
-
 from mcp_transport import protocol
+from mcp_transport.batching import run_batched
 from mcp_transport.get_streams import KEEPALIVE_SECONDS, STREAM_MAX_SECONDS
 from mcp_transport.jsonrpc import notification, rpc_result
 from mcp_transport.methods.exchange import Listen
@@ -54,5 +53,5 @@ async def run_listen(stream: Stream, listen: Listen) -> None:
         ended = stateless_result("subscriptions/listen", {"_meta": meta})
         await stream.send(rpc_result(listen.rpc_id, ended), response=True)
     finally:
-        closed = database_sync_to_async(protocol.stream_closed)(principal=listen.principal)
+        closed = run_batched(protocol.stream_closed, principal=listen.principal)
         await asyncio.shield(closed)

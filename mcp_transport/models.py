@@ -75,14 +75,34 @@ class McpEvent(models.Model):
 
 
 class McpTask(models.Model):
-    """A task-augmented tools/call (MCP 2025-11-25): the task is the invocation."""
+    """An MCP task: a tools/call that goes on after its request was answered.
+
+    The task is the invocation. A 2025-11-25 task (a task-augmented call) belongs to its
+    session; a 2026-07-28 task (the tasks extension) has none. Either way it is owned by the
+    token that made it (its user's, without a token): ``user`` and ``token`` are the caller's.
+    A 2026 task that waits for its client's input keeps the questions still open in
+    ``input_requests`` and every answer so far in ``input_responses`` (see
+    mcp_transport.methods.tasks_2026).
+    """
 
     invocation = models.OneToOneField(
         "tools.ToolInvocation", primary_key=True, on_delete=models.CASCADE, related_name="mcp_task"
     )
-    session = models.ForeignKey(McpSession, on_delete=models.CASCADE, related_name="tasks")
+    session = models.ForeignKey(
+        McpSession, null=True, blank=True, on_delete=models.CASCADE, related_name="tasks"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mcp_tasks"
+    )
+    token = models.ForeignKey(
+        "users.ApiToken", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     ttl_ms = models.PositiveIntegerField(null=True, blank=True)
+    input_requests = models.JSONField(default=dict, blank=True)
+    input_responses = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # A 2026 task is forgotten after its ttl (sessions_purge); a 2025 task with its session.
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -35,7 +35,9 @@ from mcp_transport.methods.exchange import (
     Exchange,
     Listen,
     Outbound,
+    TaskRun,
 )
+from mcp_transport.methods.input_required import HTTP_400_CODES
 from mcp_transport.methods.results import stateless_result
 from mcp_transport.methods.tools import call_withdraw
 from mcp_transport.sessions import (
@@ -62,6 +64,7 @@ class PostReply:
     events: list[tuple[str, str]] = field(default_factory=list)  # (event id, data)
     pending: int = 0  # responses still to come from continuations
     continuations: list[Continuation] = field(default_factory=list)
+    task_runs: list[TaskRun] = field(default_factory=list)  # started once the reply is out
     session_id: str = ""
     protocol_version: str = LATEST_VERSION
     next_seq: int = 0
@@ -218,9 +221,11 @@ def handle_stateless_post(
         except HttpFailure as failure:
             failure.rpc_id = rpc_id
             raise
-    reply = PostReply(protocol_version=STATELESS_VERSION)
+    reply = PostReply(protocol_version=STATELESS_VERSION, task_runs=ex.task_runs)
     if response is not None and "result" in response:
         response["result"] = stateless_result(message.method, response["result"])
+    elif response is not None and response["error"]["code"] in HTTP_400_CODES:
+        reply.status = 400
     if ex.continuation is not None:
         reply.continuations.append(ex.continuation)
     if not ex.notifications and not reply.continuations:

@@ -1,18 +1,21 @@
-"""MCP sessions and stored SSE events: database rows, so any worker serves any request."""
+"""MCP sessions, stored SSE events and tasks: database rows, so any worker serves any request."""
 
 import json
 import re
 import secrets
 import time
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from mcp_transport.models import McpEvent, McpSession, McpTask
 from qmcp_site.errors import ApplicationError
 from qmcp_site.rawjoin import columns, fetch_one
 from tools.models import ToolInvocation
+from tools.services import tool_invocation_release
 from users.models import ApiToken, User, hash_token
 from users.principals import Principal
 from users.services import api_token_principal
@@ -212,12 +215,71 @@ def _touch(session: McpSession) -> None:
         )
 
 
-def tasks_owned(*, principal: Principal):
+def tasks_owned(*, principal: Principal, stateless: bool = False):
     """The MCP tasks the principal's token made (its user's, without a token): a task is
-    never reachable from another token, whatever its scopes."""
-    return McpTask.objects.select_related("invocation").filter(
-        **_owner_filter(principal, "session__")
+    never reachable from another token, whatever its scopes. ``stateless`` picks the
+    2026-07-28 tasks (no session) over the 2025-11-25 ones; an expired task is gone."""
+    return (
+        McpTask.objects.select_related("invocation")
+        .filter(session__isnull=stateless, **_owner_filter(principal))
+        .exclude(expires_at__lte=timezone.now())
     )
+
+
+def task_create(
+    *,
+    invocation: ToolInvocation,
+    principal: Principal,
+    session: McpSession | None = None,
+    ttl_ms: int | None = None,
+    input_responses: dict[str, Any] | None = None,
+) -> McpTask:
+    """The task of ``invocation``, owned by the principal's token (or user), committed when
+    this returns. A sessionless (2026) task expires ``ttl_ms`` from now."""
+    expires_at = None
+    if session is None and ttl_ms is not None:
+        expires_at = timezone.now() + timedelta(milliseconds=ttl_ms)
+    return McpTask.objects.create(
+        invocation=invocation,
+        session=session,
+        user=principal.user,
+        token=principal.token,
+        ttl_ms=ttl_ms,
+        input_responses=input_responses or {},
+        expires_at=expires_at,
+    )
+
+
+def task_park(*, task_id, owner: str, requests: dict[str, Any]) -> bool:
+    """Parks a task on its client's input: ``requests`` are the questions still open, and
+    the run (``owner``) gives up its lease, in one transaction, so an answer that lands
+    at once finds the task ready to run again. False if the run had lost its lease."""
+    with transaction.atomic():
+        if not tool_invocation_release(invocation_id=task_id, owner=owner):
+            return False
+        McpTask.objects.filter(pk=task_id).update(input_requests=requests)
+    return True
+
+
+def task_answer(*, task_id, responses: dict[str, Any]) -> McpTask | None:
+    """Records the client's answers to a parked task's open questions; answers to anything
+    else (unknown keys, questions already answered) are ignored.
+
+    Returns the task when these answers closed its last open question, so its tool runs
+    again; None otherwise. The row is locked meanwhile, so of two updates that race for the
+    last question, one gets the task.
+    """
+    with transaction.atomic():
+        task = McpTask.objects.select_for_update().filter(pk=task_id).first()
+        if task is None or not task.input_requests:
+            return None
+        answered = {k: v for k, v in responses.items() if k in task.input_requests}
+        if not answered:
+            return None
+        task.input_responses = {**task.input_responses, **answered}
+        task.input_requests = {k: v for k, v in task.input_requests.items() if k not in answered}
+        task.save(update_fields=["input_responses", "input_requests"])
+    return None if task.input_requests else task
 
 
 def streams_open(*, principal: Principal, delta: int) -> int:
@@ -285,13 +347,15 @@ def session_update(*, session: McpSession, **fields) -> None:
 
 
 def sessions_purge() -> int:
-    """Deletes sessions that expired or closed over a day ago, with their events."""
+    """Deletes sessions that expired or closed over a day ago, with their events and tasks,
+    and the sessionless tasks past their ttl (their invocations stay: they are the audit)."""
     cutoff = timezone.now() - timedelta(days=1)
     deleted, _ = McpSession.objects.filter(expires_at__lt=cutoff).delete()
     closed, _ = McpSession.objects.filter(closed_at__lt=cutoff).delete()
     old = timezone.now() - timedelta(seconds=settings.QMCP_MCP_EVENT_RETENTION_SECONDS)
     events, _ = McpEvent.objects.filter(created_at__lt=old).delete()
-    return deleted + closed + events
+    tasks, _ = McpTask.objects.filter(expires_at__lt=timezone.now()).delete()
+    return deleted + closed + events + tasks
 
 
 def new_stream_id() -> str:

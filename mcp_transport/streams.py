@@ -17,14 +17,11 @@ from typing import TYPE_CHECKING, Any
 from channels.layers import get_channel_layer
 
 from mcp_transport.batching import run_batched
-from mcp_transport.http import MISSING_CLIENT_CAPABILITY
+from mcp_transport.methods.input_required import HTTP_400_CODES
 from mcp_transport.sessions import events_store
 
 if TYPE_CHECKING:
     from mcp_transport.consumers import McpConsumer
-
-# JSON-RPC errors a 2026 call answers with HTTP 400 when nothing was streamed before them.
-HTTP_400_CODES = (MISSING_CLIENT_CAPABILITY,)
 
 
 def sse_frame(event_id: str | None, data: str, retry_ms: int | None = None) -> bytes:

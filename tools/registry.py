@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 ANNOTATION_KEYS = {"title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"}
 RISK_LEVELS = ("low", "medium", "high", "critical")
+# How a tool runs as a task (ToolSpec.task_support), as MCP's execution.taskSupport says it.
+TASK_SUPPORT = ("forbidden", "optional", "required")
 
 
 @dataclass
@@ -129,6 +131,11 @@ class InputRequired(Exception):
         self.requests = requests
 
 
+class TaskRequested(Exception):
+    """Raised by an interface's ``as_task`` when the call goes on as a task: the interface
+    answers the call with the task, and runs the tool again from the start as that task."""
+
+
 class AsyncToolContext:
     """The context of an ``async def`` tool: it can also ask the client something.
 
@@ -147,6 +154,7 @@ class AsyncToolContext:
         close_stream: Callable[[], Awaitable[None]] | None = None,
         ask: Callable[[dict], Awaitable[dict]] | None = None,
         wait: Callable[..., Awaitable[Any]] | None = None,
+        as_task: Callable[[], Awaitable[None]] | None = None,
     ):
         self.principal = principal
         self.invocation = invocation
@@ -157,6 +165,7 @@ class AsyncToolContext:
         self._close_stream = close_stream
         self._ask = ask
         self._wait = wait
+        self._as_task = as_task
 
     async def wait(self, **how) -> Any:
         """Waits, holding no thread, with the interface's one wait helper (for MCP,
@@ -182,6 +191,18 @@ class AsyncToolContext:
         return {
             key: await self.request(method, params) for key, (method, params) in requests.items()
         }
+
+    async def as_task(self) -> None:
+        """Marks where a tool that declares ``task_support`` stops being quick: from here on
+        the call may go on as a task (MCP 2026-07-28, a client of the tasks extension).
+
+        The interface may raise :class:`TaskRequested`: the caller then gets the task, and
+        the tool runs again from the start as that task, where ``as_task`` returns at once
+        (so, as with ``ask``, what comes before must be safe to repeat). Everywhere else it
+        returns at once and the call goes on as it is.
+        """
+        if self._as_task is not None:
+            await self._as_task()
 
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
@@ -230,6 +251,9 @@ class ToolSpec:
     preview: Callable[[Any], Preview] | None = None
     # The default risk level of the tool's policy (one of RISK_LEVELS).
     risk: str = "medium"
+    # Whether a call may run as a task (MCP 2026-07-28 tasks extension), one of TASK_SUPPORT:
+    # "optional" or "required" for an ``async def`` tool that calls ``ctx.as_task()``.
+    task_support: str = "forbidden"
 
     @property
     def is_async(self) -> bool:
@@ -309,6 +333,7 @@ def tool(
     retry_safe: bool = False,
     preview: Callable[[Any], Preview] | None = None,
     risk: str = "medium",
+    task_support: str = "forbidden",
 ):
     """Registers the decorated function as a tool; names are unique.
 
@@ -318,6 +343,8 @@ def tool(
     """
     if risk not in RISK_LEVELS:
         raise ValueError(f"Unknown risk level {risk!r}; one of {RISK_LEVELS}.")
+    if task_support not in TASK_SUPPORT:
+        raise ValueError(f"Unknown task support {task_support!r}; one of {TASK_SUPPORT}.")
     annotations = dict(annotations or {})
     unknown = set(annotations) - ANNOTATION_KEYS
     if unknown:
@@ -326,6 +353,8 @@ def tool(
     def decorator(func):
         if name in _REGISTRY and _REGISTRY[name].func is not func:
             raise ValueError(f"A tool named {name!r} is already registered.")
+        if task_support != "forbidden" and not inspect.iscoroutinefunction(func):
+            raise ValueError(f"Tool {name!r}: only an async def tool can run as a task.")
         _REGISTRY[name] = ToolSpec(
             name=name,
             description=description,
@@ -339,6 +368,7 @@ def tool(
             retry_safe=retry_safe,
             preview=preview,
             risk=risk,
+            task_support=task_support,
         )
         return func
 

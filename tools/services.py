@@ -226,15 +226,6 @@ def invocation_record_read(
     )
 
 
-def tool_invocation_refuse(*, error: ApplicationError, **call) -> None:
-    """Records a call that its interface refused before the tool was looked at (a
-    malformed protocol field beside the arguments, say), as ``refused`` with ``error``;
-    the caller then answers the refusal. ``call`` is as for :func:`tool_invocation_prepare`.
-    """
-    call.pop("reason", None)
-    _record_refusal(_invocation_record(**call), error)
-
-
 def _record_refusal(record: dict[str, Any], error: ApplicationError) -> None:
     ToolInvocation.objects.create(
         **{**record, "arguments": storable_copy(record["arguments"])},
@@ -422,7 +413,7 @@ MAX_RUN_ATTEMPTS = 2
 WORKER_LOST = "The call did not finish: the worker running it was lost."
 
 
-def _lease_owner() -> str:
+def lease_owner_name() -> str:
     """A name for one run, unique across hosts, processes and runs."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -454,6 +445,59 @@ def tool_invocation_claim(*, invocation_id, owner: str, lease: str = "") -> bool
             lease_expires_at=_lease_until(),
         )
     )
+
+
+def tool_invocation_lease(*, invocation_id, owner: str) -> bool:
+    """Gives ``owner`` the run of a ``running`` call that no run holds (an async call that
+    goes on as a task, run again after it had stopped for its client's input).
+
+    A conditional UPDATE, as :func:`tool_invocation_claim`: False when the call ended
+    (cancelled, say) or another run holds it. The lease lapses unless renewed
+    (:func:`tool_invocation_renew`); a lapsed one is settled by
+    :func:`tool_invocations_recover`.
+    """
+    return bool(
+        ToolInvocation.objects.filter(
+            pk=invocation_id, status=Status.RUNNING, lease_owner=""
+        ).update(attempts=F("attempts") + 1, lease_owner=owner, lease_expires_at=_lease_until())
+    )
+
+
+def tool_invocation_renew(*, invocation_id, owner: str) -> bool:
+    """Extends ``owner``'s lease on a running call; False once the call is no longer its run's
+    (it ended, was cancelled, or its lease was taken)."""
+    return bool(
+        ToolInvocation.objects.filter(
+            pk=invocation_id, status=Status.RUNNING, lease_owner=owner
+        ).update(lease_expires_at=_lease_until())
+    )
+
+
+def tool_invocation_release(*, invocation_id, owner: str) -> bool:
+    """Gives up ``owner``'s lease on a call that stays ``running`` with no run (it waits for
+    its client's input): nothing recovers it meanwhile. False if the lease was not its."""
+    return bool(
+        ToolInvocation.objects.filter(
+            pk=invocation_id, status=Status.RUNNING, lease_owner=owner
+        ).update(lease_owner="", lease_expires_at=None)
+    )
+
+
+def tool_invocation_finish_leased(
+    *, invocation: ToolInvocation, result: ToolResult, duration: float
+) -> ToolInvocation | None:
+    """Records the outcome of a leased run (``invocation.lease_owner``) and tells whoever
+    waits for it; None, recording nothing, when the run had lost its lease meanwhile (the
+    call was cancelled, say)."""
+    try:
+        with transaction.atomic():
+            finished = tool_invocation_finish(
+                invocation=invocation, result=result, duration=duration
+            )
+    except LeaseLost:
+        return None
+    _announce_finished(invocation.pk)
+    return finished
 
 
 def tool_invocation_rebind(*, invocation_id, arguments: dict[str, Any]) -> bool:
@@ -488,9 +532,7 @@ class _LeaseKeeper:
         try:
             while not self._stop.wait(settings.QMCP_RUN_LEASE_SECONDS / 3):
                 try:
-                    renewed = ToolInvocation.objects.filter(
-                        pk=invocation_id, status=Status.RUNNING, lease_owner=owner
-                    ).update(lease_expires_at=_lease_until())
+                    renewed = tool_invocation_renew(invocation_id=invocation_id, owner=owner)
                 except Exception:  # say, SQLite busy with the run's own write: try again
                     logger.warning("could not renew the lease of %s", invocation_id, exc_info=True)
                     continue
@@ -529,7 +571,7 @@ def tool_invocation_run_approved(
     changed the arguments) is added to the result's text, so the agent reads it. Returns
     None when this delivery had nothing to run (another run holds the call, or it has ended).
     """
-    owner = _lease_owner()
+    owner = lease_owner_name()
     if not tool_invocation_claim(invocation_id=invocation_id, owner=owner, lease=lease):
         # Perhaps a message redelivered after its worker died: a lapsed run is recovered now.
         tool_invocations_recover(invocation_id=invocation_id)
@@ -583,7 +625,7 @@ def tool_invocations_recover(*, invocation_id=None) -> dict[str, int]:
         )
         spec = get_tool(tool_name)
         if spec is not None and spec.retry_safe and attempts < MAX_RUN_ATTEMPTS:
-            lease = _lease_owner()
+            lease = lease_owner_name()
             if taken.update(lease_owner=lease, lease_expires_at=_lease_until()):
                 logger.warning("invocation %s lost its worker; running it again", pk)
                 _queue_run(pk, lease)

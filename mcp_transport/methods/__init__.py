@@ -17,12 +17,14 @@ from mcp_transport.jsonrpc import (
     rpc_error_for,
     rpc_result,
 )
+from mcp_transport.methods import tasks_2026
 from mcp_transport.methods.exchange import (
     INSTRUCTIONS,
     LATEST_VERSION,
     LOG_LEVELS,
     SERVER_INFO,
     SUPPORTED_VERSIONS,
+    TASKS_EXTENSION,
     TASKS_VERSION,
     Exchange,
     require,
@@ -103,6 +105,8 @@ def server_capabilities(version: str) -> dict[str, Any]:
         extensions[SKILLS_EXTENSION] = {"directoryRead": "resources/directory/read" in methods}
     if "tasks/get" in methods and TASKS_VERSION <= version < STATELESS_VERSION:
         capabilities["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
+    if "tasks/update" in methods:  # 2026-07-28: tasks are an extension (SEP-2663)
+        capabilities["extensions"] = {TASKS_EXTENSION: {}}
     return capabilities
 
 
@@ -173,6 +177,9 @@ STATELESS_METHODS = {
             "resources/directory/read",
         )
     },
+    "tasks/get": tasks_2026.handle_tasks_get,
+    "tasks/update": tasks_2026.handle_tasks_update,
+    "tasks/cancel": tasks_2026.handle_tasks_cancel,
 }
 
 

@@ -26,6 +26,10 @@ TOOLS_PAGE_SIZE = 50
 # Task-augmented calls and the tasks/* methods exist from this protocol version on.
 TASKS_VERSION = "2025-11-25"
 TASK_POLL_INTERVAL_MS = 2000
+# The tasks extension of 2026-07-28 (SEP-2663), which a client declares in
+# capabilities.extensions; a task of it is kept this long after it was made.
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+TASK_TTL_MS = 24 * 3600 * 1000
 
 
 @dataclass
@@ -41,6 +45,21 @@ class Continuation:
     # 2026-07-28 only: the client's answers so far (see request_inputs) and capabilities.
     inputs: dict[str, Any] | None = None
     client_capabilities: dict[str, Any] = field(default_factory=dict)
+    # 2026-07-28 only: the call may go on as a task (the tool's ctx.as_task() makes it one).
+    task: bool = False
+
+
+@dataclass
+class TaskRun:
+    """A 2026 task whose ``async def`` tool the consumer runs (again) on the event loop,
+    with every answer its client gave so far (see mcp_transport.task_runs)."""
+
+    invocation: ToolInvocation
+    spec: ToolSpec
+    args: Any
+    principal: Principal
+    inputs: dict[str, Any]
+    client_capabilities: dict[str, Any]
 
 
 @dataclass
@@ -102,6 +121,18 @@ class Exchange:
     client_capabilities: dict[str, Any] = field(default_factory=dict)  # a 2026 request's
     notifications: list[dict[str, Any]] = field(default_factory=list)
     continuation: Continuation | ApprovalWait | Listen | None = None
+    # 2026 tasks whose tools run (again) on the loop once the reply is out (tasks/update).
+    task_runs: list[TaskRun] = field(default_factory=list)
+
+    @property
+    def supports_tasks(self) -> bool:
+        """Whether this is a 2026 request of a client that declares the tasks extension."""
+        extensions = self.client_capabilities.get("extensions")
+        return (
+            self.session is None
+            and isinstance(extensions, dict)
+            and isinstance(extensions.get(TASKS_EXTENSION), dict)
+        )
 
     def notify(self, method: str, params: dict[str, Any]) -> None:
         message = self.outbound.shape(method, params)

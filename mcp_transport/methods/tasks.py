@@ -1,5 +1,6 @@
 """The tasks methods of 2025-11-25 (tasks/get, tasks/result, tasks/list, tasks/cancel): a
-task-augmented call is its invocation, seen as a task."""
+task-augmented call is its invocation, seen as a task. :func:`task_find` and
+:func:`task_cancel` serve the 2026 tasks too (mcp_transport.methods.tasks_2026)."""
 
 import uuid
 from typing import Any
@@ -20,12 +21,26 @@ from tools.services import tool_invocation_cancel
 from users.models import ApiToken
 
 
-def _task(ex: Exchange, params: dict) -> McpTask:
+def task_find(ex: Exchange, params: dict) -> McpTask:
+    """The task ``params.taskId`` names, of the request's era, owned by the caller's token;
+    -32602 for any other (unknown, expired, or another token's: all alike)."""
     task_id = require(params, "taskId", str)
-    found = tasks_owned(principal=ex.principal).filter(invocation_id=_uuid_or_none(task_id)).first()
+    owned = tasks_owned(principal=ex.principal, stateless=ex.session is None)
+    found = owned.filter(invocation_id=_uuid_or_none(task_id)).first()
     if found is None:
         raise RpcError(INVALID_PARAMS, f"Invalid params: unknown task '{task_id}'.")
     return found
+
+
+def task_cancel(invocation) -> None:
+    """Ends a task that has not ended: a gated call's approval request is withdrawn (the
+    queue is told, and the call ends ``cancelled``), any other call ends ``cancelled``, and
+    a run of its tool stops (see mcp_transport.task_runs)."""
+    request = getattr(invocation, "human_request", None)
+    if request is not None and request.is_pending:
+        human_request_cancel(request_id=request.pk, reason="Cancelled by the client.")
+    else:
+        tool_invocation_cancel(invocation=invocation)
 
 
 def _uuid_or_none(value: str):
@@ -36,12 +51,12 @@ def _uuid_or_none(value: str):
 
 
 def handle_tasks_get(ex: Exchange, params: dict) -> dict:
-    task = _task(ex, params)
+    task = task_find(ex, params)
     return task_of(task.invocation, task.ttl_ms)
 
 
 def handle_tasks_result(ex: Exchange, params: dict) -> dict | None:
-    task = _task(ex, params)
+    task = task_find(ex, params)
     invocation = task.invocation
     if invocation.is_final:
         result = tool_call_result(invocation, ex.protocol_version)
@@ -63,14 +78,10 @@ def handle_tasks_list(ex: Exchange, params: dict) -> dict:
 
 def handle_tasks_cancel(ex: Exchange, params: dict) -> dict:
     ex.principal.require_scope(ApiToken.Scope.TOOLS_CALL)
-    task = _task(ex, params)
+    task = task_find(ex, params)
     invocation = task.invocation
     if invocation.is_final:
         raise RpcError(INVALID_PARAMS, f"Task {invocation.pk} has already ended.")
-    request = getattr(invocation, "human_request", None)
-    if request is not None and request.is_pending:
-        human_request_cancel(request_id=request.pk, reason="Cancelled by the client.")
-    else:
-        tool_invocation_cancel(invocation=invocation)
+    task_cancel(invocation)
     invocation.refresh_from_db()
     return task_of(invocation, task.ttl_ms)

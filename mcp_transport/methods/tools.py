@@ -4,6 +4,7 @@ from typing import Any
 
 from hitl.models import HumanRequest
 from hitl.services import human_request_cancel
+from mcp_transport.http import MISSING_CLIENT_CAPABILITY, STATELESS_VERSION
 from mcp_transport.jsonrpc import INVALID_PARAMS, RpcError
 from mcp_transport.methods.exchange import (
     TASKS_VERSION,
@@ -16,8 +17,9 @@ from mcp_transport.methods.exchange import (
 )
 from mcp_transport.methods.input_required import request_inputs
 from mcp_transport.methods.results import task_of, tool_call_result
-from mcp_transport.models import McpSession, McpTask
-from mcp_transport.sessions import stream_waiting_call
+from mcp_transport.methods.tasks_2026 import require_tasks_extension, task_begin
+from mcp_transport.models import McpSession
+from mcp_transport.sessions import stream_waiting_call, task_create
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
 from tools.registry import ToolSpec, get_tool
@@ -25,12 +27,15 @@ from tools.selectors import tool_list
 from tools.services import (
     tool_invocation_execute,
     tool_invocation_prepare,
-    tool_invocation_refuse,
     tool_invocation_start,
+    tool_invoke_refuse,
 )
 
 
-def describe_tool(spec: ToolSpec, version: str) -> dict[str, Any]:
+def describe_tool(spec: ToolSpec, version: str, gated: bool = False) -> dict[str, Any]:
+    """A tool as tools/list shows it in ``version``. Its ``execution.taskSupport``: in
+    2025-11-25 any sync tool may be task-augmented; in 2026-07-28 a tool runs as a task when
+    it declares so, or when its calls wait for a reviewer (``gated``)."""
     data: dict[str, Any] = {
         "name": spec.name,
         "description": spec.description,
@@ -44,7 +49,10 @@ def describe_tool(spec: ToolSpec, version: str) -> dict[str, Any]:
             data["outputSchema"] = output
     if spec.annotations or spec.title:
         data["annotations"] = {**({"title": spec.title} if spec.title else {}), **spec.annotations}
-    if version >= TASKS_VERSION:
+    if version == STATELESS_VERSION:
+        support = "optional" if gated and spec.task_support == "forbidden" else spec.task_support
+        data["execution"] = {"taskSupport": support}
+    elif version >= TASKS_VERSION:
         data["execution"] = {"taskSupport": "forbidden" if spec.is_async else "optional"}
     return data
 
@@ -52,12 +60,14 @@ def describe_tool(spec: ToolSpec, version: str) -> dict[str, Any]:
 def handle_tools_list(ex: Exchange, params: dict) -> dict:
     cursor = require(params, "cursor", str, optional=True)
     visible = [
-        spec
+        (spec, policy is not None and policy.requires_approval)
         for spec, policy in tool_list(principal=ex.principal)
         if policy is None or policy.enabled
     ]
     page, next_cursor = paginate(visible, cursor, TOOLS_PAGE_SIZE)
-    result: dict[str, Any] = {"tools": [describe_tool(s, ex.protocol_version) for s in page]}
+    result: dict[str, Any] = {
+        "tools": [describe_tool(spec, ex.protocol_version, gated) for spec, gated in page]
+    }
     if next_cursor:
         result["nextCursor"] = next_cursor
     return result
@@ -71,6 +81,8 @@ def _meta_text(params: dict, key: str) -> str:
 
 
 def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
+    """Calls a tool: its result, a task (2025-11-25 task augmentation; 2026 tasks, see
+    mcp_transport.methods.tasks_2026), or None when a continuation answers."""
     name = require(params, "name", str)
     arguments = params.get("arguments")
     # The 2025-11-25 task augmentation; a 2026 request's legacy 'task' param is ignored.
@@ -97,13 +109,23 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         # The agent's reason for a gated call, shown to reviewers (README: Human approval).
         "reason": _meta_text(params, "qmcp.dev/reason"),
     }
-    # A 2026 request carries the client's answers itself (multi round-trip requests); a
-    # refused answer or state is audited like any refused call.
+    required = get_tool(name)
     try:
+        if ex.session is None and required is not None and required.task_support == "required":
+            require_tasks_extension(ex, f"Tool '{name}'")
+        # A 2026 request carries the client's answers itself (multi round-trip requests).
         inputs = request_inputs(name=name, params=params) if ex.session is None else None
     except RpcError as exc:
-        tool_invocation_refuse(**call, error=ApplicationError(exc.message, "invalid_input"))
-        raise
+        # Refused before the tool runs, and recorded as every refusal is.
+        code = (
+            "missing_client_capability"
+            if exc.code == MISSING_CLIENT_CAPABILITY
+            else "invalid_input"
+        )
+        try:
+            tool_invoke_refuse(error=ApplicationError(exc.message, code), **call)
+        except ApplicationError:
+            raise exc from None
     try:
         invocation, spec, args = tool_invocation_prepare(**call)
     except ApplicationError as exc:
@@ -123,6 +145,7 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
                 ex.outbound,
                 inputs=inputs,
                 client_capabilities=ex.client_capabilities,
+                task=ex.supports_tasks and spec.task_support != "forbidden",
             )
             return None
         invocation = tool_invocation_execute(
@@ -130,17 +153,17 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         )
     if task is not None:
         ttl = task.get("ttl") if isinstance(task.get("ttl"), int) else None
-        McpTask.objects.create(invocation=invocation, session=ex.session, ttl_ms=ttl)
+        task_create(invocation=invocation, principal=ex.principal, session=ex.session, ttl_ms=ttl)
         return {"task": task_of(invocation, ttl)}
+    if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL and ex.supports_tasks:
+        # A gated call becomes a task that completes on the decision (SEP-2848).
+        return task_begin(invocation=invocation, principal=ex.principal)
     if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL:
         ex.continuation = ApprovalWait(
             ex.rpc_id, invocation.pk, f"'{invocation.tool_name}'", ex.outbound
         )
         return None
     return tool_call_result(invocation, ex.protocol_version)
-
-
-# Multi round-trip requests (SEP-2322): what the client answered in earlier rounds travels
 
 
 WITHDRAWN = "Withdrawn by the caller: the client cancelled the call before a reviewer decided."
