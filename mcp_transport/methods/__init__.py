@@ -106,7 +106,7 @@ def server_capabilities(version: str) -> dict[str, Any]:
     if "tasks/get" in methods and TASKS_VERSION <= version < STATELESS_VERSION:
         capabilities["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
     if "tasks/update" in methods:  # 2026-07-28: tasks are an extension (SEP-2663)
-        capabilities["extensions"] = {TASKS_EXTENSION: {}}
+        capabilities.setdefault("extensions", {})[TASKS_EXTENSION] = {}
     return capabilities
 
 

@@ -313,7 +313,7 @@ async def test_tools_list_declares_task_support_and_the_header_params(secret):
     schema = tools["t_region"]["inputSchema"]["properties"]["region"]
     assert schema["x-mcp-header"] == "Region"
     discover = body(await post(secret, "server/discover"))["result"]["capabilities"]
-    assert discover["extensions"] == {TASKS: {}} and "tasks" not in discover
+    assert discover["extensions"][TASKS] == {} and "tasks" not in discover
 
 
 async def test_only_an_async_tool_may_declare_task_support():
