@@ -347,6 +347,10 @@ def _delete_caller(token, user):
     user.delete()
 
 
+def _delete_token(token, user):
+    token.delete()
+
+
 def _disable_tool(token, user):
     ToolPolicy.objects.filter(tool_name="delete_user").update(enabled=False)
 
@@ -359,6 +363,7 @@ def _disable_tool(token, user):
         (_drop_scope, "missing_scope", "This token lacks the 'tools:call' scope."),
         (_deactivate, "unauthenticated", "The token's user is inactive."),
         (_delete_caller, "unauthenticated", "The caller's account no longer exists."),
+        (_delete_token, "unauthenticated", "The caller's API token no longer exists."),
         (_disable_tool, "tool_disabled", "Tool 'delete_user' is disabled by its policy."),
     ],
 )
