@@ -26,7 +26,7 @@ from tools.registry import (
     all_tools,
     get_tool,
 )
-from tools.signals import invocation_finished, invocation_gated
+from tools.signals import approved_run_notes, invocation_finished, invocation_gated
 from users.models import ApiToken
 from users.principals import Principal
 from users.services import api_token_check
@@ -505,18 +505,18 @@ def _approved_caller(invocation: ToolInvocation) -> Principal:
     return Principal.for_token(invocation.token)
 
 
-def tool_invocation_run_approved(
-    *, invocation_id, lease: str = "", note: str = ""
-) -> ToolInvocation | None:
+def tool_invocation_run_approved(*, invocation_id, lease: str = "") -> ToolInvocation | None:
     """Runs an approved call as its caller: once per attempt, never twice at once.
 
     The run holds a lease on the call (see :func:`tool_invocation_claim`), renewed while the
     tool runs, and records its outcome only while it still holds it: a run whose lease was
     taken records nothing and its writes are rolled back. The caller and the tool are
     checked again first (:func:`tool_call_check`, the token and the user): a call that may
-    no longer run ends ``failed`` with the reason, unrun. ``note`` (say, that a reviewer
-    changed the arguments) is added to the result's text, so the agent reads it. Returns
-    None when this delivery had nothing to run (another run holds the call, or it has ended).
+    no longer run ends ``failed`` with the reason, unrun. The notes the receivers of
+    ``approved_run_notes`` return (say, that a reviewer changed the arguments), read from
+    stored state on every attempt, are added to the result's text, so the agent reads them
+    after a retry too. Returns None when this delivery had nothing to run (another run
+    holds the call, or it has ended).
     """
     owner = _lease_owner()
     if not tool_invocation_claim(invocation_id=invocation_id, owner=owner, lease=lease):
@@ -541,13 +541,22 @@ def tool_invocation_run_approved(
         else:
             with _LeaseKeeper(invocation.pk, owner):
                 finished = tool_invocation_execute(
-                    invocation=invocation, spec=spec, args=args, principal=principal, note=note
+                    invocation=invocation,
+                    spec=spec,
+                    args=args,
+                    principal=principal,
+                    note=_approved_run_note(invocation),
                 )
     except LeaseLost:
         logger.warning("invocation %s: the run lost its lease; nothing recorded", invocation_id)
         return None
     _announce_finished(invocation.pk)  # committed already: sent at once
     return finished
+
+
+def _approved_run_note(invocation: ToolInvocation) -> str:
+    responses = approved_run_notes.send(sender=ToolInvocation, invocation=invocation)
+    return "\n".join(note for _, note in responses if note)
 
 
 def tool_invocations_recover(*, invocation_id=None) -> dict[str, int]:

@@ -190,6 +190,41 @@ def test_a_lost_run_of_a_retry_safe_tool_runs_exactly_once_more(
     assert tool_invocations_recover() == {"retried": 0, "failed": 0}
 
 
+def test_a_retry_of_an_edited_call_still_tells_the_agent_of_the_reviewers_edit(
+    django_capture_on_commit_callbacks,
+):
+    """The note is read from the stored request on every run, not carried by the message."""
+    invocation, target = gated_delete(StaffFactory())
+    other = UserFactory()
+    reviewer = make_reviewer()
+    with django_capture_on_commit_callbacks(execute=False):  # the first run never starts
+        human_request_respond(
+            request_id=invocation.human_request.pk,
+            responder=reviewer,
+            decision="approve",
+            arguments={"user_id": other.pk},
+        )
+    lost_run(invocation)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tool_invocations_recover() == {"retried": 1, "failed": 0}
+
+    invocation.refresh_from_db()
+    assert invocation.status == "succeeded" and invocation.attempts == 2
+    texts = [c["text"] for c in invocation.result["content"]]
+    assert f"A reviewer ({reviewer.email}) changed the arguments before approving." in texts
+    assert User.objects.filter(pk=target.pk).exists()
+    assert not User.objects.filter(pk=other.pk).exists()
+
+
+def test_an_unedited_approved_call_is_told_nothing_more(django_capture_on_commit_callbacks):
+    invocation, _ = gated_delete(StaffFactory())
+    approve(invocation, django_capture_on_commit_callbacks)
+    invocation.refresh_from_db()
+    assert invocation.status == "succeeded"
+    assert not any("changed the arguments" in c["text"] for c in invocation.result["content"])
+
+
 def test_a_retry_that_loses_its_worker_too_ends_failed(django_capture_on_commit_callbacks):
     invocation, target = gated_delete(StaffFactory())
     approve(invocation, django_capture_on_commit_callbacks, run=False)
