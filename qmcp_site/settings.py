@@ -325,6 +325,9 @@ QMCP_MCP_MAX_SESSIONS = int(os.environ.get("QMCP_MCP_MAX_SESSIONS", "100"))
 QMCP_MCP_MAX_STREAMS = int(os.environ.get("QMCP_MCP_MAX_STREAMS", "10"))
 QMCP_MCP_MAX_SESSION_BYTES = int(os.environ.get("QMCP_MCP_MAX_SESSION_BYTES", "8192"))
 QMCP_MCP_MAX_SUBSCRIPTIONS = int(os.environ.get("QMCP_MCP_MAX_SUBSCRIPTIONS", "100"))
+# How many of a worker's MCP database threads (8) one token's slow calls may hold at once;
+# its further calls wait for one of them to end, so other tokens always find a thread.
+QMCP_MCP_THREADS_PER_TOKEN = max(1, int(os.environ.get("QMCP_MCP_THREADS_PER_TOKEN", "2")))
 
 # --- Human in the loop ----------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE = {
