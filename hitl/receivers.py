@@ -1,10 +1,11 @@
 """Connects hitl to tools: a gated call gets its approval request in the same transaction,
-and the end of an approved call is announced as a change of its request."""
+the end of an approved call is announced as a change of its request, and its run tells the
+agent of a reviewer's edits."""
 
 from django.dispatch import receiver
 
 from tools.models import ToolInvocation
-from tools.signals import invocation_finished, invocation_gated
+from tools.signals import approved_run_notes, invocation_finished, invocation_gated
 
 
 @receiver(invocation_gated, sender=ToolInvocation, dispatch_uid="hitl_gate_invocation")
@@ -32,3 +33,11 @@ def announce_approved_call_finished(sender, invocation_id, **kwargs):
     )
     if request_id is not None:
         human_request_changed.send(sender=HumanRequest, request_id=request_id, event="finished")
+
+
+@receiver(approved_run_notes, sender=ToolInvocation, dispatch_uid="hitl_edit_note")
+def note_reviewer_edits(sender, invocation, **kwargs) -> str:
+    """That a reviewer changed the arguments, from the stored request (a retry says it too)."""
+    from hitl.services import edit_note
+
+    return edit_note(invocation_id=invocation.pk)

@@ -315,6 +315,24 @@ def _edit_arguments(request: HumanRequest, responder: User, arguments: Any) -> N
     )
 
 
+def edit_note(*, invocation_id) -> str:
+    """What the agent is told when a reviewer changed its approved call's arguments, read
+    from the stored request on every run of the call; "" when nobody changed them."""
+    request = (
+        HumanRequest.objects.filter(
+            invocation_id=invocation_id,
+            outcome=HumanRequest.Outcome.APPROVED,
+            edited_arguments__isnull=False,
+        )
+        .select_related("edited_by")
+        .first()
+    )
+    if request is None:
+        return ""
+    editor = request.edited_by.email if request.edited_by else "a reviewer"
+    return f"A reviewer ({editor}) changed the arguments before approving."
+
+
 def closed_message(request: HumanRequest) -> str:
     """Why a request takes no more responses, in words a reviewer reads."""
     if request.status == Status.RESPONDED:
@@ -385,14 +403,11 @@ def _settle(
             from tools.tasks import tool_invocation_run as tool_invocation_run_task
 
             invocation_id = str(request.invocation_id)
-            note = ""
             if request.edited_arguments is not None:
-                editor = request.edited_by.email if request.edited_by else "a reviewer"
-                note = f"A reviewer ({editor}) changed the arguments before approving."
                 tool_invocation_rebind(
                     invocation_id=invocation_id, arguments=request.edited_arguments
                 )
-            transaction.on_commit(lambda: tool_invocation_run_task.delay(invocation_id, note=note))
+            transaction.on_commit(lambda: tool_invocation_run_task.delay(invocation_id))
         elif request.outcome == HumanRequest.Outcome.REJECTED:
             reason = f"Rejected by a reviewer: {comment}" if comment else "Rejected by a reviewer."
             tool_invocation_end(

@@ -47,6 +47,7 @@ from hitl.services import (
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
 from tools.registry import get_tool, preview_changed
+from users.models import ApiToken
 
 Decision = HumanResponse.Decision
 FILTERS = ("tool", "requester", "risk", "state", "q")
@@ -185,6 +186,15 @@ def _current_preview(human_request: HumanRequest, spec, arguments) -> dict | Non
     return preview.as_dict() if preview else None
 
 
+def _token_name(invocation: ToolInvocation) -> str:
+    """The name of the call's token; "(deleted)" for a token deleted since (its id stays)."""
+    try:
+        token = invocation.token
+    except ApiToken.DoesNotExist:
+        return "(deleted)"
+    return token.name if token is not None else ""
+
+
 def _caller(invocation: ToolInvocation | None) -> dict:
     """Who made the call: user, token, MCP client and session."""
     if invocation is None:
@@ -192,7 +202,7 @@ def _caller(invocation: ToolInvocation | None) -> dict:
     caller = {
         "user": invocation.principal,
         "label": invocation.principal_label,
-        "token": invocation.token.name if invocation.token_id and invocation.token else "",
+        "token": _token_name(invocation),
         "session": invocation.mcp_session_id,
         "client": "",
     }

@@ -13,7 +13,9 @@ row cannot be written gets that error instead of its reply.
 No call waits behind another's slow call: while a batch runs, the next one waits for it
 only as long as its current job has run less than :attr:`Batcher.STUCK_AFTER`. Past that,
 the batch's other jobs (done and not yet started) and everything waiting go to another
-thread, up to :attr:`Batcher.MAX_THREADS` threads, each with its own connection.
+thread, up to :attr:`Batcher.MAX_THREADS` threads, each with its own connection. One
+owner (a bearer token) holds at most ``QMCP_MCP_THREADS_PER_TOKEN`` threads with slow jobs:
+its further jobs wait until one of those ends, so another owner always finds a thread.
 """
 
 import asyncio
@@ -22,9 +24,9 @@ import os
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from asgiref.sync import SyncToAsync
@@ -35,7 +37,14 @@ from qmcp_site.rawjoin import deferred_inserts, insert_deferred, insert_statemen
 
 logger = logging.getLogger(__name__)
 
-Job = tuple[Callable[..., Any], dict[str, Any], asyncio.Future]
+
+class Job(NamedTuple):
+    func: Callable[..., Any]
+    kwargs: dict[str, Any]
+    future: asyncio.Future
+    owner: str | None = None  # whose job (a bearer token); None: never held back
+
+
 Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 Rows = dict[tuple[str, type], list[list]]  # (database alias, model) -> rows to insert
 Entry = tuple[Job, Outcome, Rows]  # a job that ran, and the audit rows it left to write
@@ -224,7 +233,9 @@ class Batch:
         self.done: list[Entry] = done or []
         self.given = [job for job, _, _ in self.done] + list(jobs)
         self.current_since: float | None = None  # when the running job started
+        self.current_owner: str | None = None
         self.stuck = False
+        self.slow_owner: str | None = None  # whose slow job holds the thread, once stuck
         self.loop: asyncio.AbstractEventLoop | None = None  # set when it starts
         self.thread: DatabaseThread | None = None
         self._lock = threading.Lock()
@@ -238,7 +249,9 @@ class Batch:
                 self.current_since = None
                 return None
             self.current_since = time.monotonic()
-            return self.jobs.popleft()
+            job = self.jobs.popleft()
+            self.current_owner = job.owner
+            return job
 
     def job_done(self, entry: Entry) -> None:
         with self._lock:
@@ -263,10 +276,9 @@ def _run_batch(batch: Batch) -> list[Entry]:
     rows left for the async writer; rows for SQLite are written here already (an entry
     whose row failed gets that error as its outcome)."""
     while (job := batch.next_job()) is not None:
-        func, kwargs, _ = job
         with deferred_inserts() as own:
             try:
-                outcome: Outcome = (True, func(**kwargs))
+                outcome: Outcome = (True, job.func(**job.kwargs))
             except Exception as exc:
                 outcome = (False, exc)
         batch.job_done((job, outcome, own))
@@ -311,14 +323,16 @@ class Batcher:
         self._threads: list[DatabaseThread] = []
         self._idle: list[DatabaseThread] = []  # the most recently used last
         self._running: dict[Batch, asyncio.TimerHandle] = {}
+        self._withheld: list[Job] = []  # of owners holding their share of threads, in order
         self._unwritten: list[Entry] = []
         self._writing: asyncio.AbstractEventLoop | None = None
 
-    async def run(self, func: Callable[..., Any], **kwargs) -> Any:
-        """``func(**kwargs)`` in a database thread, together with whatever else waits."""
+    async def run(self, func: Callable[..., Any], owner: str | None, /, **kwargs) -> Any:
+        """``func(**kwargs)`` in a database thread, together with whatever else waits;
+        ``owner`` (a bearer token) names whose job it is, for the share of threads."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((func, kwargs, future))
+        self._pending.append(Job(func, kwargs, future, owner))
         if self._scheduled is not loop:
             # Whatever else arrives in this turn of the loop joins the same batch.
             self._scheduled = loop
@@ -338,13 +352,34 @@ class Batcher:
         for batch in [batch for batch in self._running if batch.loop.is_closed()]:
             del self._running[batch]
             self._idle.append(batch.thread)
-        if not self._pending or any(not batch.stuck for batch in self._running):
+        if not (self._pending or self._withheld):
+            return
+        if any(not batch.stuck for batch in self._running):
+            return
+        jobs = self._admitted([])
+        if not jobs:
             return
         thread = self._thread()
-        if thread is None:
-            return  # every thread is stuck: the first one free takes them
-        jobs, self._pending = self._pending, []
+        if thread is None:  # every thread is stuck: the first one free takes them
+            self._pending = jobs
+            return
         self._start(thread, Batch(jobs))
+
+    def _admitted(self, jobs: list[Job]) -> list[Job]:
+        """The withheld jobs, then ``jobs``, then the waiting ones, less those whose owner's
+        slow jobs hold ``QMCP_MCP_THREADS_PER_TOKEN`` threads already: those are withheld
+        (in order) until one of its slow jobs ends."""
+        share = settings.QMCP_MCP_THREADS_PER_TOKEN
+        held = Counter(batch.slow_owner for batch in self._running if batch.stuck)
+        candidates = [*self._withheld, *jobs, *self._pending]
+        self._withheld, self._pending = [], []
+        admitted = []
+        for job in candidates:
+            if job.owner is not None and held[job.owner] >= share:
+                self._withheld.append(job)
+            else:
+                admitted.append(job)
+        return admitted
 
     def _thread(self) -> DatabaseThread | None:
         if self._idle:
@@ -378,9 +413,9 @@ class Batcher:
             self._running[batch] = loop.call_later(self.STUCK_AFTER, self._check, batch)
             return
         batch.stuck = True  # from now on, what arrives goes to another thread
+        batch.slow_owner = batch.current_owner
         jobs, done = batch.take_over()
-        jobs += self._pending
-        self._pending = []
+        jobs = self._admitted(jobs)
         if jobs or done:
             self._start(thread, Batch(jobs, done))
         else:
@@ -393,7 +428,7 @@ class Batcher:
         self._idle.append(thread)
         if future.exception() is not None:  # the batch machinery itself failed
             for job in batch.given:
-                _settle(job[2], (False, future.exception()))
+                _settle(job.future, (False, future.exception()))
         else:
             entries = future.result()
             ready = [entry for entry in entries if not entry[2]]
@@ -422,17 +457,19 @@ class Batcher:
 
     @staticmethod
     def _reply(entries: list[Entry]) -> None:
-        for (_, _, future), outcome, _ in entries:
-            _settle(future, outcome)
+        for job, outcome, _ in entries:
+            _settle(job.future, outcome)
 
 
 AUDIT_WRITER = AuditWriter()
 BATCHER = Batcher()
 
 
-async def run_batched(func: Callable[..., Any], **kwargs) -> Any:
-    """``func(**kwargs)`` in a database thread, together with whatever else is waiting."""
-    return await BATCHER.run(func, **kwargs)
+async def run_batched(func: Callable[..., Any], /, job_owner: str | None = None, **kwargs) -> Any:
+    """``func(**kwargs)`` in a database thread, together with whatever else is waiting;
+    ``job_owner`` (a bearer token) is whose job it is, for the share of threads it may
+    hold (None: a job of the server's own, never held back)."""
+    return await BATCHER.run(func, job_owner, **kwargs)
 
 
 async def close_connections() -> None:

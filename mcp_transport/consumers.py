@@ -236,6 +236,7 @@ class McpConsumer(AsyncHttpConsumer):
         try:
             reply = await run_batched(
                 protocol.handle_post,
+                job_owner=headers.get("authorization", ""),
                 headers=headers,
                 payload=payload,
                 request_id=_client_id(headers, "x-request-id"),

@@ -232,10 +232,11 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = TIME_ZONE
-# A worker running an approved call holds a lease on it for this long and renews it every
+# A worker running an approved call, and a server process running an MCP async tool (say,
+# ask_human waiting for an answer), holds a lease on it for this long and renews it every
 # third of it; a run whose lease lapses lost its worker. The recovery pass (beat, every
 # QMCP_RUN_RECOVERY_SECONDS, or `manage.py recover_runs`) then ends it failed, or runs a
-# retry-safe tool's call once more.
+# retry-safe tool's approved call once more.
 QMCP_RUN_LEASE_SECONDS = float(os.environ.get("QMCP_RUN_LEASE_SECONDS", "60"))
 QMCP_RUN_RECOVERY_SECONDS = float(os.environ.get("QMCP_RUN_RECOVERY_SECONDS", "20"))
 
@@ -324,6 +325,9 @@ QMCP_MCP_MAX_SESSIONS = int(os.environ.get("QMCP_MCP_MAX_SESSIONS", "100"))
 QMCP_MCP_MAX_STREAMS = int(os.environ.get("QMCP_MCP_MAX_STREAMS", "10"))
 QMCP_MCP_MAX_SESSION_BYTES = int(os.environ.get("QMCP_MCP_MAX_SESSION_BYTES", "8192"))
 QMCP_MCP_MAX_SUBSCRIPTIONS = int(os.environ.get("QMCP_MCP_MAX_SUBSCRIPTIONS", "100"))
+# How many of a worker's MCP database threads (8) one token's slow calls may hold at once;
+# its further calls wait for one of them to end, so other tokens always find a thread.
+QMCP_MCP_THREADS_PER_TOKEN = max(1, int(os.environ.get("QMCP_MCP_THREADS_PER_TOKEN", "2")))
 
 # --- Human in the loop ----------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE = {

@@ -104,13 +104,16 @@ class ToolInvocation(models.Model):
     )
     # No database constraint on principal and token: a constraint makes every audit insert
     # lock the user's and the token's rows (FOR KEY SHARE, a WAL record each), and audit
-    # rows are written on every call. Deleting a user or a token through Django still sets
-    # these to NULL; principal_label keeps who called.
+    # rows are written on every call. Deleting a user through Django sets principal to NULL;
+    # principal_label keeps who called. Deleting a token leaves token_id as it was, naming a
+    # token that no longer exists: the row still says the call came with a token, so a
+    # waiting call of a deleted token is refused when approved instead of running with the
+    # session's scopes, and deleting a token rewrites none of its audit rows.
     token = models.ForeignKey(
         "users.ApiToken",
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.DO_NOTHING,
         related_name="+",
         db_constraint=False,
     )

@@ -4,6 +4,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -26,7 +27,7 @@ from tools.registry import (
     all_tools,
     get_tool,
 )
-from tools.signals import invocation_finished, invocation_gated
+from tools.signals import approved_run_notes, invocation_finished, invocation_gated
 from users.models import ApiToken
 from users.principals import Principal
 from users.services import api_token_check
@@ -196,8 +197,18 @@ def tool_call_check(
 
 
 def tool_invocation_start(*, invocation: ToolInvocation) -> ToolInvocation:
-    """Saves a prepared ``running`` invocation before a long (async) run."""
+    """Saves a prepared ``running`` invocation before a long (async) run on the MCP edge.
+
+    The run holds a lease in this process's name (:class:`EdgeLeases`), renewed while the
+    invocation object lives: a run whose process dies, or whose coroutine was dropped
+    unfinished, lets it lapse, and the recovery pass ends it ``failed`` (``worker_lost``).
+    It is never run again: the stream it answered is gone (its ``attempts`` stay 0, which
+    counts approved runs only).
+    """
+    invocation.lease_owner = EDGE_LEASES.owner()
+    invocation.lease_expires_at = _lease_until()
     invocation.save(force_insert=True)
+    EDGE_LEASES.add(invocation)
     return invocation
 
 
@@ -365,7 +376,13 @@ class LeaseLost(Exception):
 
 
 def _finish_leased(invocation: ToolInvocation) -> None:
-    """Records a leased run's outcome only while the run still holds the lease."""
+    """Records a leased run's outcome only while the run still holds the lease.
+
+    An approved run that lost it raises LeaseLost. An edge run (attempts 0) that lost it
+    (the recovery pass ended it, or the client cancelled it) is given what was recorded,
+    for its caller to answer.
+    """
+    EDGE_LEASES.discard(invocation)
     updated = ToolInvocation.objects.filter(
         pk=invocation.pk, status=Status.RUNNING, lease_owner=invocation.lease_owner
     ).update(
@@ -376,9 +393,12 @@ def _finish_leased(invocation: ToolInvocation) -> None:
         duration_ms=invocation.duration_ms,
         lease_expires_at=None,
     )
-    if not updated:
+    if updated:
+        invocation.lease_expires_at = None
+    elif invocation.attempts == 0:
+        invocation.refresh_from_db()
+    else:
         raise LeaseLost(invocation.pk)
-    invocation.lease_expires_at = None
 
 
 def tool_invocation_cancel(*, invocation: ToolInvocation, reason: str = "") -> bool:
@@ -390,6 +410,7 @@ def tool_invocation_cancel(*, invocation: ToolInvocation, reason: str = "") -> b
         error={"code": "cancelled", "message": reason or "Cancelled by the client."},
         finished_at=timezone.now(),
     )
+    EDGE_LEASES.discard(invocation)
     if updated:
         _announce_finished(invocation.pk)
     return bool(updated)
@@ -500,6 +521,69 @@ def tool_invocation_finish_leased(
     return finished
 
 
+class EdgeLeases:
+    """The leases of the async tool runs that this process's MCP edge runs on its event
+    loop (:func:`tool_invocation_start`): one owner name per process, renewed for every
+    live run by one UPDATE every third of the lease, from one daemon thread that runs while
+    any run does.
+
+    A run is held by a weak reference to its invocation object: a run that ends through
+    :func:`tool_invocation_finish` or :func:`tool_invocation_cancel` is dropped at once, and
+    one whose coroutine was dropped unfinished stops being renewed once the object is
+    collected, so it lapses like the run of a dead process.
+    """
+
+    RENEW_BATCH = 500  # ids per UPDATE
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._runs: weakref.WeakSet[ToolInvocation] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._owner, self._pid = "", 0
+
+    def owner(self) -> str:
+        """This process's lease owner; a forked child names itself anew."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._owner, self._pid = lease_owner_name(), os.getpid()
+                self._runs, self._thread = weakref.WeakSet(), None
+            return self._owner
+
+    def add(self, invocation: ToolInvocation) -> None:
+        with self._lock:
+            self._runs.add(invocation)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._renew, daemon=True, name="edge-lease")
+                self._thread.start()
+
+    def discard(self, invocation: ToolInvocation) -> None:
+        with self._lock:
+            self._runs.discard(invocation)
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(settings.QMCP_RUN_LEASE_SECONDS / 3)
+            with self._lock:
+                ids, owner = [run.pk for run in self._runs], self._owner
+                if not ids:
+                    self._thread = None
+                    return
+            try:
+                for start in range(0, len(ids), self.RENEW_BATCH):
+                    ToolInvocation.objects.filter(
+                        pk__in=ids[start : start + self.RENEW_BATCH],
+                        status=Status.RUNNING,
+                        lease_owner=owner,
+                    ).update(lease_expires_at=_lease_until())
+            except Exception:  # say, SQLite busy: the next round renews them
+                logger.warning("could not renew the leases of %d MCP runs", len(ids), exc_info=True)
+            finally:
+                connection.close()  # one short connection per round holds nothing between
+
+
+EDGE_LEASES = EdgeLeases()
+
+
 def tool_invocation_rebind(*, invocation_id, arguments: dict[str, Any]) -> bool:
     """Replaces a waiting call's arguments with those a reviewer approved (already validated
     by the tool's input model); False if the call was no longer waiting."""
@@ -558,18 +642,18 @@ def _approved_caller(invocation: ToolInvocation) -> Principal:
     return Principal.for_token(invocation.token)
 
 
-def tool_invocation_run_approved(
-    *, invocation_id, lease: str = "", note: str = ""
-) -> ToolInvocation | None:
+def tool_invocation_run_approved(*, invocation_id, lease: str = "") -> ToolInvocation | None:
     """Runs an approved call as its caller: once per attempt, never twice at once.
 
     The run holds a lease on the call (see :func:`tool_invocation_claim`), renewed while the
     tool runs, and records its outcome only while it still holds it: a run whose lease was
     taken records nothing and its writes are rolled back. The caller and the tool are
     checked again first (:func:`tool_call_check`, the token and the user): a call that may
-    no longer run ends ``failed`` with the reason, unrun. ``note`` (say, that a reviewer
-    changed the arguments) is added to the result's text, so the agent reads it. Returns
-    None when this delivery had nothing to run (another run holds the call, or it has ended).
+    no longer run ends ``failed`` with the reason, unrun. The notes the receivers of
+    ``approved_run_notes`` return (say, that a reviewer changed the arguments), read from
+    stored state on every attempt, are added to the result's text, so the agent reads them
+    after a retry too. Returns None when this delivery had nothing to run (another run
+    holds the call, or it has ended).
     """
     owner = lease_owner_name()
     if not tool_invocation_claim(invocation_id=invocation_id, owner=owner, lease=lease):
@@ -594,7 +678,11 @@ def tool_invocation_run_approved(
         else:
             with _LeaseKeeper(invocation.pk, owner):
                 finished = tool_invocation_execute(
-                    invocation=invocation, spec=spec, args=args, principal=principal, note=note
+                    invocation=invocation,
+                    spec=spec,
+                    args=args,
+                    principal=principal,
+                    note=_approved_run_note(invocation),
                 )
     except LeaseLost:
         logger.warning("invocation %s: the run lost its lease; nothing recorded", invocation_id)
@@ -603,12 +691,18 @@ def tool_invocation_run_approved(
     return finished
 
 
+def _approved_run_note(invocation: ToolInvocation) -> str:
+    responses = approved_run_notes.send(sender=ToolInvocation, invocation=invocation)
+    return "\n".join(note for _, note in responses if note)
+
+
 def tool_invocations_recover(*, invocation_id=None) -> dict[str, int]:
     """Settles every approved call whose run lost its worker (its lease lapsed).
 
-    A retry-safe tool's call that has run fewer than MAX_RUN_ATTEMPTS times gets a new
-    lease and a queued run (:func:`tool_invocation_run_approved` with that lease), so it
-    runs exactly once more; any other ends ``failed`` (``worker_lost``, "the worker running
+    An approved call of a retry-safe tool that has run fewer than MAX_RUN_ATTEMPTS times
+    gets a new lease and a queued run (:func:`tool_invocation_run_approved` with that
+    lease), so it runs exactly once more; any other (an MCP edge's async run among them,
+    see :func:`tool_invocation_start`) ends ``failed`` (``worker_lost``, "the worker running
     it was lost") and whoever waits for it is told. Each call is taken with a conditional
     UPDATE on the lapsed lease, so of two passes (beat, ``manage.py recover_runs``, a
     redelivered task) one acts. Returns how many were retried and how many failed.
@@ -624,7 +718,13 @@ def tool_invocations_recover(*, invocation_id=None) -> dict[str, int]:
             pk=pk, status=Status.RUNNING, lease_owner=owner, lease_expires_at__lt=now
         )
         spec = get_tool(tool_name)
-        if spec is not None and spec.retry_safe and attempts < MAX_RUN_ATTEMPTS:
+        # Only an approved sync call is run again: an async run answered a client now gone.
+        if (
+            spec is not None
+            and spec.retry_safe
+            and not spec.is_async
+            and 0 < attempts < MAX_RUN_ATTEMPTS
+        ):
             lease = lease_owner_name()
             if taken.update(lease_owner=lease, lease_expires_at=_lease_until()):
                 logger.warning("invocation %s lost its worker; running it again", pk)

@@ -8,3 +8,8 @@ invocation_gated = Signal()
 # Sent after the commit that ends an invocation (succeeded, failed, rejected, expired or
 # cancelled), with ``invocation_id``. Interfaces that wait for a result listen to it.
 invocation_finished = Signal()
+
+# Sent when an approved call is about to run (first run or a retry), with ``invocation``.
+# A receiver may return a text that the agent is told with the result (hitl's: that a
+# reviewer changed the arguments), read from what is stored, so a retry tells it too.
+approved_run_notes = Signal()

@@ -9,8 +9,9 @@ from celery import shared_task
     max_retries=5,
 )
 def tool_invocation_run(invocation_id: str, lease: str = "", note: str = "") -> str | None:
-    """Runs an approved call (``lease``: a retry queued by the recovery pass; ``note``: told
-    to the agent with the result, say that a reviewer changed the arguments).
+    """Runs an approved call (``lease``: a retry queued by the recovery pass). What the agent
+    is told beside the result is read from stored state by the run; ``note`` is ignored,
+    accepted from messages queued by versions that passed it.
 
     Acknowledged after the run, and given back to the queue if its worker dies: a delivery
     is safe to repeat, since each run is claimed atomically and holds a lease, and a
@@ -18,7 +19,7 @@ def tool_invocation_run(invocation_id: str, lease: str = "", note: str = "") -> 
     """
     from tools.services import tool_invocation_run_approved
 
-    invocation = tool_invocation_run_approved(invocation_id=invocation_id, lease=lease, note=note)
+    invocation = tool_invocation_run_approved(invocation_id=invocation_id, lease=lease)
     return invocation.status if invocation else None
 
 

@@ -28,6 +28,7 @@ from mcp_transport.sessions import task_answer, task_create
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
 from tools.registry import get_tool
+from tools.services import tool_invocation_release
 from users.models import ApiToken
 from users.principals import Principal
 
@@ -124,7 +125,11 @@ def task_begin(
     *, invocation: ToolInvocation, principal: Principal, inputs: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Makes ``invocation`` a 2026 task (committed on return, so a tasks/get that follows at
-    once finds it), with the client's answers so far; its CreateTaskResult."""
+    once finds it), with the client's answers so far; its CreateTaskResult.
+
+    The edge's lease on the call is given up: the task's run takes its own
+    (:mod:`mcp_transport.task_runs`)."""
+    tool_invocation_release(invocation_id=invocation.pk, owner=invocation.lease_owner)
     task = task_create(
         invocation=invocation, principal=principal, ttl_ms=TASK_TTL_MS, input_responses=inputs
     )

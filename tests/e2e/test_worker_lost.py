@@ -222,3 +222,52 @@ def test_a_retry_safe_run_whose_worker_is_killed_runs_once_more_on_a_new_worker(
     assert runs(directory) == [("start", first_pid), ("start", second_pid), ("end", second_pid)]
     assert ToolInvocation.objects.get(pk=invocation.pk).attempts == 2
     assert text_of(outcome["result"]) == f"released in {second_pid}"
+
+
+def test_an_mcp_async_run_whose_server_is_killed_ends_failed(tmp_path):
+    """ask_human waits on the server's event loop, not on a Celery worker: the server's
+    process holds the run's lease and renews it; killed with SIGKILL, the lease lapses and
+    the recovery pass ends the call failed, never run again."""
+    from tools.services import tool_invocations_recover
+
+    server = LiveServer(env={"QMCP_RUN_LEASE_SECONDS": str(LEASE_SECONDS)}).start()
+    secret = make_token(user=StaffFactory(), scopes=["tools:call", "tools:read"])[1]
+    outcome = {}
+
+    async def call():
+        async with connect(server.mcp_url, secret, read_timeout_seconds=60) as conn:
+            outcome["result"] = await conn.session.call_tool(
+                "ask_human", {"question": "Which region?", "options": ["eu", "us"]}
+            )
+
+    def run():
+        try:
+            anyio.run(call)
+        except BaseException as exc:  # the connection dies with the server
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        invocation = wait_for(
+            lambda: ToolInvocation.objects.filter(tool_name="ask_human").first(),
+            what="the ask_human call",
+        )
+        assert invocation.status == "running" and invocation.attempts == 0
+        assert invocation.lease_owner.split(":")[1] == str(server.process.pid)
+        # Renewed by the live server: three lease periods later no pass takes it.
+        time.sleep(3 * LEASE_SECONDS)
+        assert tool_invocations_recover() == {"retried": 0, "failed": 0}
+
+        server.process.kill()
+        server.process.wait()
+        killed = time.monotonic()
+        wait_for(lambda: tool_invocations_recover()["failed"], what="the lost run's end")
+        print(f"SIGKILL -> the call ended failed: {time.monotonic() - killed:.1f} s")
+    finally:
+        server.stop()
+    thread.join(30)
+    invocation.refresh_from_db()
+    assert (invocation.status, invocation.error["code"]) == ("failed", "worker_lost")
+    assert invocation.attempts == 0
+    assert "result" not in outcome  # the agent's connection died with the server

@@ -223,6 +223,27 @@ def test_the_page_names_the_mcp_client_and_lists_the_sessions_earlier_calls(clie
     assert '<td id="hitl-interface">MCP 2025-11-25</td>' in html  # the era of the call
 
 
+def test_the_pages_of_a_call_whose_token_was_deleted_say_so(client, reviewer):
+    """The audit row keeps a deleted token's id: the request page and the admin's audit
+    page still render, naming the token as deleted."""
+    from tests.factories import make_token
+
+    tool_policies_sync()
+    token, _ = make_token(user=StaffFactory(), scopes=["tools:call"], name="gone-agent")
+    invocation = tool_invoke(
+        name="delete_user",
+        arguments={"user_id": UserFactory().pk},
+        principal=Principal.for_token(token),
+        via="rest",
+    )
+    token.delete()
+    page = client.get(f"/hitl/{invocation.human_request.pk}/")
+    assert page.status_code == 200 and page.context["caller"]["token"] == "(deleted)"
+    client.force_login(StaffFactory(is_superuser=True))
+    audit = client.get(f"/admin/tools/toolinvocation/{invocation.pk}/change/")
+    assert audit.status_code == 200
+
+
 def test_reviewer_settings_are_listed_in_the_admin(client):
     reviewer = make_reviewer()
     ReviewerSettings.objects.create(user=reviewer, notify_via="none")

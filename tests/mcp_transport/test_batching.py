@@ -207,3 +207,74 @@ async def test_streams_and_sessions_do_not_wait_for_djangos_shared_sync_thread(s
     finally:
         release.set()
         await busy
+
+
+@pytest.fixture
+def slow_tools():
+    """A read-only tool that counts its runs and waits until the test releases them all."""
+    started, release = [], threading.Event()
+    lock = threading.Lock()
+
+    @tool(
+        name="test_slow_many",
+        description="Waits.",
+        input=Gate,
+        annotations={"readOnlyHint": True},
+    )
+    def slow(args, ctx):
+        with lock:
+            started.append(ctx.principal.token.pk)
+        release.wait(30)
+        return "slow done"
+
+    yield started, release
+    release.set()
+    unregister("test_slow_many")
+
+
+async def until(condition, what):
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def tokens(transactional_db):
+    """Two agents: each its own user and (token, secret)."""
+    return [make_token(user=UserFactory()) for _ in range(2)]
+
+
+async def test_one_token_with_a_pool_of_slow_calls_leaves_threads_for_the_others(
+    tokens, slow_tools, settings
+):
+    settings.QMCP_MCP_THREADS_PER_TOKEN = share = 2
+    started, release = slow_tools
+    (heavy, heavy_secret), (other, other_secret) = tokens
+    heavy_session = await open_session(heavy_secret)
+    other_session = await open_session(other_secret)
+
+    def slow_call(secret, session, rpc_id):
+        payload = rpc("tools/call", {"name": "test_slow_many", "arguments": {}}, rpc_id)
+        return asyncio.ensure_future(
+            send(payload=payload, secret=secret, session_id=session, timeout=40)
+        )
+
+    slow = [slow_call(heavy_secret, heavy_session, i) for i in range(BATCHER.MAX_THREADS)]
+    await until(lambda: len(started) >= share, "the heavy token's first slow calls")
+
+    # Another token's echo is answered, and its own slow call gets a thread, while every
+    # one of the heavy token's calls still waits.
+    echo = send(payload=echo_call("fast", 100), secret=other_secret, session_id=other_session)
+    response = await asyncio.wait_for(echo, 20)
+    assert json.loads(response["body"])["result"]["structuredContent"] == {"message": "fast"}
+    other_slow = slow_call(other_secret, other_session, 101)
+    await until(lambda: other.pk in started, "the other token's slow call to start")
+    assert not any(call.done() for call in [*slow, other_slow])
+    assert started.count(heavy.pk) == share  # the heavy token's others wait their turn
+
+    release.set()
+    replies = [json.loads((await call)["body"]) for call in [*slow, other_slow]]
+    assert all(r["result"]["content"][0]["text"] == "slow done" for r in replies)
+    assert started.count(heavy.pk) == BATCHER.MAX_THREADS

@@ -1,6 +1,7 @@
 """Approved runs: the lease a run holds, the recovery pass over runs whose worker was lost,
 and the caller and tool checked again when an approved call runs."""
 
+import gc
 import time
 from datetime import timedelta
 
@@ -15,12 +16,17 @@ from hitl.services import human_request_respond
 from hitl.signals import human_request_changed
 from tests.factories import StaffFactory, UserFactory, gated_delete, make_reviewer, make_token
 from tools.models import ToolInvocation, ToolPolicy
-from tools.registry import tool, unregister
+from tools.registry import ToolResult, tool, unregister
 from tools.schemas import ToolInput
 from tools.services import (
+    EDGE_LEASES,
     WORKER_LOST,
+    EdgeLeases,
     tool_invocation_claim,
+    tool_invocation_finish,
+    tool_invocation_prepare,
     tool_invocation_run_approved,
+    tool_invocation_start,
     tool_invocations_recover,
     tool_invoke,
     tool_policies_sync,
@@ -190,6 +196,41 @@ def test_a_lost_run_of_a_retry_safe_tool_runs_exactly_once_more(
     assert tool_invocations_recover() == {"retried": 0, "failed": 0}
 
 
+def test_a_retry_of_an_edited_call_still_tells_the_agent_of_the_reviewers_edit(
+    django_capture_on_commit_callbacks,
+):
+    """The note is read from the stored request on every run, not carried by the message."""
+    invocation, target = gated_delete(StaffFactory())
+    other = UserFactory()
+    reviewer = make_reviewer()
+    with django_capture_on_commit_callbacks(execute=False):  # the first run never starts
+        human_request_respond(
+            request_id=invocation.human_request.pk,
+            responder=reviewer,
+            decision="approve",
+            arguments={"user_id": other.pk},
+        )
+    lost_run(invocation)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tool_invocations_recover() == {"retried": 1, "failed": 0}
+
+    invocation.refresh_from_db()
+    assert invocation.status == "succeeded" and invocation.attempts == 2
+    texts = [c["text"] for c in invocation.result["content"]]
+    assert f"A reviewer ({reviewer.email}) changed the arguments before approving." in texts
+    assert User.objects.filter(pk=target.pk).exists()
+    assert not User.objects.filter(pk=other.pk).exists()
+
+
+def test_an_unedited_approved_call_is_told_nothing_more(django_capture_on_commit_callbacks):
+    invocation, _ = gated_delete(StaffFactory())
+    approve(invocation, django_capture_on_commit_callbacks)
+    invocation.refresh_from_db()
+    assert invocation.status == "succeeded"
+    assert not any("changed the arguments" in c["text"] for c in invocation.result["content"])
+
+
 def test_a_retry_that_loses_its_worker_too_ends_failed(django_capture_on_commit_callbacks):
     invocation, target = gated_delete(StaffFactory())
     approve(invocation, django_capture_on_commit_callbacks, run=False)
@@ -347,6 +388,10 @@ def _delete_caller(token, user):
     user.delete()
 
 
+def _delete_token(token, user):
+    token.delete()
+
+
 def _disable_tool(token, user):
     ToolPolicy.objects.filter(tool_name="delete_user").update(enabled=False)
 
@@ -359,6 +404,7 @@ def _disable_tool(token, user):
         (_drop_scope, "missing_scope", "This token lacks the 'tools:call' scope."),
         (_deactivate, "unauthenticated", "The token's user is inactive."),
         (_delete_caller, "unauthenticated", "The caller's account no longer exists."),
+        (_delete_token, "unauthenticated", "The caller's API token no longer exists."),
         (_disable_tool, "tool_disabled", "Tool 'delete_user' is disabled by its policy."),
     ],
 )
@@ -439,3 +485,118 @@ def test_the_running_worker_renews_its_lease_so_no_pass_takes_a_live_run(setting
     assert seen["later"] > seen["first"] + timedelta(seconds=0.5)
     assert seen["pass"] == {"retried": 0, "failed": 0}
     assert ToolInvocation.objects.get(pk=invocation.pk).attempts == 1
+
+
+# The async tool runs of the MCP edge (ask_human and other tools that wait) hold a lease too.
+
+
+@pytest.fixture
+def retry_safe_async_tool():
+    @tool(
+        name="test_async_wait",
+        description="Waits on the loop.",
+        input=ToolInput,
+        retry_safe=True,
+    )
+    async def wait(args, ctx):
+        return "waited"
+
+    tool_policies_sync()
+    yield "test_async_wait"
+    unregister("test_async_wait")
+
+
+def edge_run(name, arguments=None):
+    """What the MCP edge does before it runs an async tool on its event loop."""
+    invocation, spec, _ = tool_invocation_prepare(
+        name=name,
+        arguments=arguments or {},
+        principal=Principal.for_user(StaffFactory()),
+        via="mcp",
+    )
+    assert spec.is_async and invocation.status == "running"
+    return tool_invocation_start(invocation=invocation)
+
+
+def lapse(invocation):
+    ToolInvocation.objects.filter(pk=invocation.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+@pytest.mark.parametrize("name", ["ask_human", "test_async_wait"])
+def test_an_mcp_async_run_whose_process_was_lost_ends_failed_and_never_runs_again(
+    name, retry_safe_async_tool, django_capture_on_commit_callbacks, finished
+):
+    arguments = {"question": "Which region?"} if name == "ask_human" else {}
+    invocation = edge_run(name, arguments)
+    row = ToolInvocation.objects.get(pk=invocation.pk)
+    assert row.lease_owner == EDGE_LEASES.owner() and row.attempts == 0
+    lease = timedelta(seconds=settings.QMCP_RUN_LEASE_SECONDS)
+    assert timezone.now() < row.lease_expires_at <= timezone.now() + lease
+    assert tool_invocations_recover() == {"retried": 0, "failed": 0}  # its lease holds
+
+    lapse(invocation)  # the process died: nobody renews it
+    with django_capture_on_commit_callbacks(execute=True):
+        # Not run again even when the tool is retry-safe: the stream it answered is gone.
+        assert tool_invocations_recover() == {"retried": 0, "failed": 1}
+
+    row.refresh_from_db()
+    assert (row.status, row.error["code"], row.attempts) == ("failed", "worker_lost", 0)
+    assert row.result == {"content": [{"type": "text", "text": WORKER_LOST}], "isError": True}
+    assert finished == [str(invocation.pk)]
+
+
+def test_an_mcp_async_run_that_ends_after_it_was_thought_lost_answers_what_was_recorded(
+    retry_safe_async_tool,
+):
+    invocation = edge_run(retry_safe_async_tool)
+    lapse(invocation)
+    assert tool_invocations_recover() == {"retried": 0, "failed": 1}
+
+    answered = tool_invocation_finish(
+        invocation=invocation, result=ToolResult.text("late"), duration=1.0
+    )
+
+    assert (answered.status, answered.error["code"]) == ("failed", "worker_lost")
+    row = ToolInvocation.objects.get(pk=invocation.pk)
+    assert (row.status, row.result["content"][0]["text"]) == ("failed", WORKER_LOST)
+
+
+def test_an_mcp_async_run_that_ends_releases_its_lease(retry_safe_async_tool):
+    invocation = edge_run(retry_safe_async_tool)
+    tool_invocation_finish(invocation=invocation, result=ToolResult.text("done"), duration=0.1)
+    row = ToolInvocation.objects.get(pk=invocation.pk)
+    assert (row.status, row.lease_expires_at) == ("succeeded", None)
+    assert tool_invocations_recover() == {"retried": 0, "failed": 0}
+
+
+def until(condition, what, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_live_mcp_async_run_is_renewed_and_one_dropped_unfinished_lapses(
+    settings, retry_safe_async_tool, monkeypatch
+):
+    settings.QMCP_RUN_LEASE_SECONDS = 0.3
+    # A process of its own, whose renewing thread sleeps for the short lease.
+    monkeypatch.setattr("tools.services.EDGE_LEASES", EdgeLeases())
+    invocation = edge_run(retry_safe_async_tool)
+    pk = invocation.pk
+    first = ToolInvocation.objects.get(pk=pk).lease_expires_at
+    until(lambda: timezone.now() > first + timedelta(seconds=0.1), "the first lease to pass")
+    # Renewed by the process while the run lives: no pass takes it.
+    assert tool_invocations_recover() == {"retried": 0, "failed": 0}
+    assert ToolInvocation.objects.get(pk=pk).lease_expires_at > first
+
+    del invocation  # its coroutine was dropped without finishing: nothing renews it now
+    gc.collect()
+    until(lambda: tool_invocations_recover()["failed"], "the dropped run to be recovered")
+    row = ToolInvocation.objects.get(pk=pk)
+    assert (row.status, row.error["code"]) == ("failed", "worker_lost")
