@@ -10,6 +10,7 @@ from mcp_transport.protocol import PostReply, handle_post
 from tools.schemas import ToolInput
 
 LATEST = "2025-11-25"
+NEXT = "2026-07-28"
 OLDEST = "2025-03-26"
 CLIENT_INFO = {"name": "pytest-client", "version": "1.0"}
 
@@ -27,7 +28,21 @@ def initialize_params(version=LATEST, **overrides):
     return params
 
 
-class Mcp:
+class Answers:
+    """``result`` and ``error`` over a client's ``request`` (a JSON-RPC body)."""
+
+    def result(self, method, params=None) -> dict:
+        body = self.request(method, params)
+        assert "error" not in body, body
+        return body["result"]
+
+    def error(self, method, params=None) -> dict:
+        body = self.request(method, params)
+        assert "result" not in body, body
+        return body["error"]
+
+
+class Mcp(Answers):
     """An MCP client for one token that calls the protocol functions directly."""
 
     def __init__(self, secret: str | None):
@@ -62,16 +77,6 @@ class Mcp:
         assert reply.body["id"] == rpc_id
         return reply.body
 
-    def result(self, method, params=None) -> dict:
-        body = self.request(method, params)
-        assert "error" not in body, body
-        return body["result"]
-
-    def error(self, method, params=None) -> dict:
-        body = self.request(method, params)
-        assert "result" not in body, body
-        return body["error"]
-
     def session(self) -> McpSession:
         return McpSession.objects.get(pk=self.session_id)
 
@@ -84,3 +89,32 @@ def sse_messages(reply) -> list[dict]:
 class ChattyInput(ToolInput):
     progress: int = Field(default=2, ge=0)
     logs: list[str] = Field(default_factory=list)
+
+
+class Stateless(Answers):
+    """A 2026-07-28 client: every request carries its version and capabilities, and the
+    headers that mirror them."""
+
+    NAMED = {"resources/read": "uri"}
+
+    def __init__(self, secret):
+        self.secret = secret
+
+    def request(self, method, params=None) -> dict:
+        params = {
+            **(params or {}),
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": NEXT,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        }
+        headers = {
+            "authorization": f"Bearer {self.secret}",
+            "mcp-protocol-version": NEXT,
+            "mcp-method": method,
+        }
+        if method in self.NAMED:
+            headers["mcp-name"] = params[self.NAMED[method]]
+        reply = handle_post(headers=headers, payload=rpc(method, params))
+        assert reply.status == 200 and reply.stream_id is None, reply
+        return reply.body

@@ -7,9 +7,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from mcp_transport import skills
-from mcp_transport.protocol import handle_post
 from tests.factories import make_token
-from tests.mcp_transport.sync_client import Mcp, rpc
+from tests.mcp_transport.sync_client import Mcp, Stateless
 from tools.registry import get_tool
 
 pytestmark = pytest.mark.django_db
@@ -17,44 +16,6 @@ pytestmark = pytest.mark.django_db
 NEXT = "2026-07-28"
 USER_TOOLS = "skill://qmcp-user-tools/SKILL.md"
 APPROVALS = "skill://qmcp-approvals/SKILL.md"
-
-
-class Stateless:
-    """A 2026-07-28 client: every request carries its version and capabilities."""
-
-    NAMED = {"resources/read": "uri"}
-
-    def __init__(self, secret):
-        self.secret = secret
-
-    def request(self, method, params=None) -> dict:
-        params = {
-            **(params or {}),
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": NEXT,
-                "io.modelcontextprotocol/clientCapabilities": {},
-            },
-        }
-        headers = {
-            "authorization": f"Bearer {self.secret}",
-            "mcp-protocol-version": NEXT,
-            "mcp-method": method,
-        }
-        if method in self.NAMED:
-            headers["mcp-name"] = params[self.NAMED[method]]
-        reply = handle_post(headers=headers, payload=rpc(method, params))
-        assert reply.status == 200 and reply.stream_id is None, reply
-        return reply.body
-
-    def result(self, method, params=None) -> dict:
-        body = self.request(method, params)
-        assert "error" not in body, body
-        return body["result"]
-
-    def error(self, method, params=None) -> dict:
-        body = self.request(method, params)
-        assert "result" not in body, body
-        return body["error"]
 
 
 @pytest.fixture
