@@ -230,6 +230,16 @@ async def test_a_task_whose_worker_died_is_failed_once_its_lease_lapsed(secret):
     await until(secret, task_id, "working")
 
     @database_sync_to_async
+    def run_holds_its_lease() -> bool:
+        return ToolInvocation.objects.filter(pk=task_id).exclude(lease_owner="").exists()
+
+    for _ in range(250):  # the task's run takes its lease just after the task is answered
+        if await run_holds_its_lease():
+            break
+        await asyncio.sleep(0.02)
+    assert await run_holds_its_lease()
+
+    @database_sync_to_async
     def worker_dies():
         # The run's lease lapses as it would if its process were gone; its pushes are moot.
         ToolInvocation.objects.filter(pk=task_id).update(
