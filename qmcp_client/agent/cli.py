@@ -156,7 +156,10 @@ async def converse(args: argparse.Namespace, specs: list, settings) -> int:
                 try:
                     query = await asyncio.to_thread(input, "you> ")
                 except EOFError:
+                    print()
                     return EXIT_OK
+                if not sys.stdin.isatty():  # a piped chat: the transcript shows the question
+                    print(query)
                 if query.strip().lower() in QUIT:
                     return EXIT_OK
                 try:

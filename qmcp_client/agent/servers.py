@@ -11,6 +11,7 @@ waits for a reviewer).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -168,7 +169,23 @@ class SdkConnection:
                 return tools
 
     async def call_tool(self, name, arguments, progress) -> ToolOutcome:
-        result = await self.client.call_tool(name, arguments, progress_callback=progress)
+        """See :class:`Connection`. The SDK runs progress callbacks as tasks of their own,
+        which may not have run when the result arrives: they are awaited, so that a call's
+        progress is always shown before its result, as with the hand-written client."""
+        running: set[asyncio.Task] = set()
+
+        async def tracked(value: float, total: float | None, message: str | None) -> None:
+            task = asyncio.current_task()
+            running.add(task)
+            try:
+                await progress(value, total, message)
+            finally:
+                running.discard(task)
+
+        result = await self.client.call_tool(name, arguments, progress_callback=tracked)
+        await asyncio.sleep(0)  # callbacks spawned with the last notifications start
+        while running:
+            await asyncio.gather(*running, return_exceptions=True)
         content = [c.model_dump(mode="json", by_alias=True) for c in result.content]
         return ToolOutcome.from_result(content, result.is_error, result.structured_content)
 
@@ -180,7 +197,8 @@ class ApprovalLinks:
     """Finds the approval request of a QMCP call that waits for a reviewer (REST /v1).
 
     QMCP's waiting message names the tool, not the request, so the request is the one of
-    the caller's waiting invocation of that tool, from this session, with these arguments.
+    the caller's newest gated invocation of that tool, from this session, with these
+    arguments (a reviewer may have decided already: its status is not asked for).
     """
 
     def __init__(self, spec: ServerSpec):
@@ -190,7 +208,7 @@ class ApprovalLinks:
     async def link(self, tool: str, arguments: dict, session_id: str | None) -> str | None:
         """The request's page (``/hitl/<id>/``), or None when it cannot be found."""
         try:
-            page = await self.rest.list_invocations(tool=tool, status="awaiting_approval")
+            page = await self.rest.list_invocations(tool=tool)
         except QMCPError:
             return None
         for invocation in page.items:
