@@ -369,3 +369,47 @@ def test_the_interactive_chat_keeps_its_history(qmcp_server, agent_token):
     assert lines[0] == f"you> {QUERY}"
     assert lines[-3:] == ["you> What did you do?", "assistant> 8 messages so far.", "you> "]
     assert f"{MODEL} with " in done.stderr and KEY not in done.stderr + done.stdout
+
+
+@pytest.fixture
+def short_wait_server(qmcp_server):
+    """A second QMCP on the test database whose gated calls close their stream after 1 s
+    (QMCP_MCP_APPROVAL_WAIT_SECONDS), so that a client must resume it to hear the decision."""
+    from tests.live import LiveServer
+
+    server = LiveServer(env={"QMCP_MCP_APPROVAL_WAIT_SECONDS": "1"}).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", ["sdk", "qmcp"])
+def test_a_decision_after_the_servers_bounded_wait_still_reaches_the_agent(
+    monkeypatch, short_wait_server, agent_token, reviewer_token, capsys, client
+):
+    """The reviewer decides after the server has closed the call's stream: both MCP clients
+    resume it after Last-Event-ID and the agent gets the call's result."""
+    target = UserFactory()
+
+    def decide_late():
+        with QMCPClient(short_wait_server.url, reviewer_token) as reviewer:
+            deadline = time.monotonic() + 30
+            while not (pending := reviewer.list_human_requests(status="pending").items):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            time.sleep(2.5)  # past the server's 1 s wait
+            reviewer.approve(pending[0].id)
+
+    reviewer = threading.Thread(target=decide_late, daemon=True)
+    with ScriptedLLM(delete_brain) as llm:
+        for key, value in {**llm.env(), "QMCP_URL": short_wait_server.url}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("QMCP_TOKEN", agent_token)
+        reviewer.start()
+        code = main([f"Delete user #{target.pk}", "--mcp-client", client])
+        reviewer.join(10)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert not User.objects.filter(pk=target.pk).exists()
+    assert llm.requests[1]["messages"][-1]["content"].startswith(f"Deleted user #{target.pk}")
+    assert "… delete_user is waiting for approval: " in out.out
