@@ -1,5 +1,6 @@
-"""The ``python -m qmcp_client`` command line.
+"""The ``qmcp`` command (also ``python -m qmcp_client``).
 
+    qmcp agent "Check if Arkadiy Dobkin is present as a user, if not then add him"
     python -m qmcp_client tools list
     python -m qmcp_client tools call echo --arg message=hi
     python -m qmcp_client requests list --status pending
@@ -43,15 +44,17 @@ def parse_arg(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m qmcp_client") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m qmcp_client", description="Call QMCP's tools and answer its reviews."
+        prog=prog, description="Call QMCP's tools and answer its reviews, or run the LLM agent."
     )
     parser.add_argument("--url", help=f"server URL (QMCP_URL, default {DEFAULT_URL})")
     parser.add_argument("--token", help="API token (QMCP_TOKEN)")
     parser.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout, seconds")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{tools,requests}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{tools,requests,agent}")
+    # Listed for --help only: main() hands `agent ...` to the agent's own parser.
+    groups.add_parser("agent", help="an LLM agent that uses the tools (qmcp agent --help)")
 
     tools = groups.add_parser("tools", help="list and call tools")
     tools_cmd = tools.add_subparsers(dest="command", required=True)
@@ -217,7 +220,13 @@ def run(args: argparse.Namespace, client: QMCPClient) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    prog = "qmcp" if os.path.basename(sys.argv[0]) == "qmcp" else "python -m qmcp_client"
+    if argv[:1] == ["agent"]:
+        from qmcp_client.agent.cli import main as agent_main
+
+        return agent_main(argv[1:], prog=f"{prog} agent")
+    parser = build_parser(prog)
     args = parser.parse_args(argv)  # exits 2 on bad usage
     url = args.url or os.environ.get("QMCP_URL") or DEFAULT_URL
     token = args.token or os.environ.get("QMCP_TOKEN")

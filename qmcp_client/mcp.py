@@ -5,8 +5,9 @@ Streamable HTTP server: it negotiates the version, keeps the ``Mcp-Session-Id`` 
 ``MCP-Protocol-Version``; reads JSON or SSE answers (SSE incrementally, line by line),
 hands progress and log notifications to callbacks, answers the server's own requests
 (``sampling/createMessage``, ``elicitation/create``, ``roots/list``, ``ping``) through
-handlers, resumes a stream that ended early with ``GET`` + ``Last-Event-ID``, and deletes
-its session on close. :class:`SyncMCPClient` wraps it for synchronous code.
+handlers, resumes a stream that ended early with ``GET`` + ``Last-Event-ID``, keeps the
+session's standalone ``GET`` stream open when asked (``get_stream=True``), and deletes its
+session on close. :class:`SyncMCPClient` wraps it for synchronous code.
 
 >>> async with MCPClient("http://127.0.0.1:8000/mcp", token) as mcp:
 ...     tools = await mcp.list_tools()
@@ -130,6 +131,11 @@ class MCPClient:
     - ``roots_handler(params) -> result`` for ``roots/list``.
 
     Offering a handler declares the matching client capability at initialize.
+
+    With ``get_stream=True``, :meth:`connect` also opens the session's standalone ``GET``
+    stream, where the server sends what belongs to no request (resource updates, list
+    changes, its own requests); it is reopened after ``Last-Event-ID`` when it ends, and
+    ``get_stream_status`` tells how the server answered it (405: it offers none).
     """
 
     def __init__(
@@ -148,6 +154,7 @@ class MCPClient:
         elicitation_handler: Handler | None = None,
         roots_handler: Handler | None = None,
         max_resumes: int = 10,
+        get_stream: bool = False,
         http_client: httpx.AsyncClient | None = None,
     ):
         self.url = url
@@ -177,6 +184,10 @@ class MCPClient:
         self._ids = itertools.count(1)
         self._progress: dict[Any, ProgressCallback] = {}
         self._closed = False
+        self.get_stream = get_stream
+        self.get_stream_status: int | None = None
+        self._get_stream_task: asyncio.Task | None = None
+        self._get_stream_open = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -217,6 +228,9 @@ class MCPClient:
         self.server_capabilities = result.get("capabilities") or {}
         self.instructions = result.get("instructions")
         await self.notify("notifications/initialized")
+        if self.get_stream and self.session_id:
+            self._get_stream_task = asyncio.create_task(self._listen(), name="mcp-get-stream")
+            await self._get_stream_open.wait()
         return result
 
     initialize = connect
@@ -226,6 +240,9 @@ class MCPClient:
         if self._closed:
             return
         self._closed = True
+        if self._get_stream_task is not None:
+            self._get_stream_task.cancel()
+            await asyncio.gather(self._get_stream_task, return_exceptions=True)
         try:
             if self.session_id:
                 try:
@@ -273,6 +290,13 @@ class MCPClient:
 
     async def read_resource(self, uri: str) -> dict[str, Any]:
         return await self.request("resources/read", {"uri": uri})
+
+    async def subscribe(self, uri: str) -> dict[str, Any]:
+        """``resources/subscribe``: the server tells of changes on the ``GET`` stream."""
+        return await self.request("resources/subscribe", {"uri": uri})
+
+    async def unsubscribe(self, uri: str) -> dict[str, Any]:
+        return await self.request("resources/unsubscribe", {"uri": uri})
 
     async def list_prompts(self) -> list[dict[str, Any]]:
         return await self._paginate("prompts/list", "prompts")
@@ -410,6 +434,35 @@ class MCPClient:
                 raise self._http_error(response.status_code, await response.aread())
             return await self._read_stream(response, rpc_id, state)
 
+    async def _listen(self) -> None:
+        """Keeps the standalone ``GET`` stream open until :meth:`close`.
+
+        Its messages go to the handlers as a POST stream's do. When it ends (the server
+        closes it now and then) it is reopened after its last event id; it stops for good
+        on an error answer (405 when the server offers none, 404 when the session ended).
+        """
+        state: dict[str, Any] = {"last_event_id": None}
+        try:
+            while not self._closed:
+                extra = {"Accept": "text/event-stream"}
+                if state["last_event_id"]:
+                    extra["Last-Event-ID"] = state["last_event_id"]
+                try:
+                    async with self.http.stream(
+                        "GET", self.url, headers=self._headers(extra)
+                    ) as response:
+                        self.get_stream_status = response.status_code
+                        self._get_stream_open.set()
+                        if response.status_code >= 400:
+                            logger.debug("no GET stream: HTTP %s", response.status_code)
+                            return
+                        await self._read_stream(response, None, state)
+                except httpx.HTTPError as exc:
+                    logger.debug("the GET stream broke: %r", exc)
+                await asyncio.sleep(self.retry_ms / 1000)
+        finally:
+            self._get_stream_open.set()
+
     async def _read_stream(
         self, response: httpx.Response, rpc_id: Any, state: dict[str, Any]
     ) -> dict[str, Any] | None:
@@ -442,7 +495,11 @@ class MCPClient:
                 await self._answer(message)
             elif "method" in message:
                 await self._on_notification(message)
-            elif message.get("id") == rpc_id and ("result" in message or "error" in message):
+            elif (
+                rpc_id is not None
+                and message.get("id") == rpc_id
+                and ("result" in message or "error" in message)
+            ):
                 found = message
             else:
                 logger.debug("ignoring an unexpected message: %r", message)

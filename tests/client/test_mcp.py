@@ -407,3 +407,71 @@ def test_sse_parsing_and_pagination_with_a_mock_server():
     assert posts[2][1]["mcp-protocol-version"] == "2025-06-18"
     assert "text/event-stream" in posts[2][1]["accept"]
     assert seen[-1][0] == "DELETE"
+
+
+def test_the_get_stream_hears_of_a_subscribed_resource(qmcp_server, secret, reviewer_token):
+    """With get_stream=True the client keeps the session's GET stream open; a change to a
+    subscribed resource (a gated call decided by a reviewer) arrives there."""
+    from qmcp_client import QMCPClient
+    from tests.factories import UserFactory
+
+    target = UserFactory()
+    with QMCPClient(qmcp_server.url, secret) as rest:
+        gated = rest.call_tool("delete_user", user_id=target.pk)
+    assert gated.awaiting_approval
+    uri = f"qmcp://invocations/{gated.id}"
+    notes = []
+
+    def approve():
+        with QMCPClient(qmcp_server.url, reviewer_token) as reviewer:
+            reviewer.approve(gated.human_request_id)
+
+    async def scenario():
+        async with MCPClient(
+            qmcp_server.mcp_url, secret, get_stream=True, notification_handler=notes.append
+        ) as mcp:
+            status = mcp.get_stream_status
+            await mcp.subscribe(uri)
+            await asyncio.to_thread(approve)
+            for _ in range(200):
+                if notes:
+                    break
+                await asyncio.sleep(0.05)
+            return status
+
+    assert run(scenario()) == 200
+    assert notes[0] == {
+        "jsonrpc": "2.0",
+        "method": "notifications/resources/updated",
+        "params": {"uri": uri},
+    }
+
+
+def test_a_server_without_a_get_stream_is_no_error():
+    """405 to the GET: the client says so in get_stream_status and works on."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method in ("GET", "DELETE"):
+            return httpx.Response(405)
+        body = json.loads(request.content)
+        if "id" not in body:
+            return httpx.Response(202)
+        result = (
+            {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "m"}}
+            if body["method"] == "initialize"
+            else {}
+        )
+        headers = {"Mcp-Session-Id": "s1"} if body["method"] == "initialize" else {}
+        return httpx.Response(
+            200, json={"jsonrpc": "2.0", "id": body["id"], "result": result}, headers=headers
+        )
+
+    async def scenario():
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with MCPClient("http://mock/mcp", http_client=http, get_stream=True) as mcp:
+            assert await mcp.ping() == {}
+            status = mcp.get_stream_status
+        await http.aclose()
+        return status
+
+    assert run(scenario()) == 405
