@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.urls import reverse
+
 from hitl.models import HumanRequest
 from hitl.services import human_request_cancel
 from mcp_transport.http import MISSING_CLIENT_CAPABILITY, STATELESS_VERSION
@@ -160,7 +162,7 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         return task_begin(invocation=invocation, principal=ex.principal)
     if invocation.status == ToolInvocation.Status.AWAITING_APPROVAL:
         ex.continuation = ApprovalWait(
-            ex.rpc_id, invocation.pk, f"'{invocation.tool_name}'", ex.outbound
+            ex.rpc_id, invocation.pk, _gated_title(invocation), ex.outbound
         )
         return None
     return tool_call_result(invocation, ex.protocol_version)
@@ -194,3 +196,13 @@ def call_withdraw(*, session: McpSession, params: Any) -> bool:
     except ApplicationError:  # decided in the meantime
         return False
     return True
+
+
+def _gated_title(invocation: ToolInvocation) -> str:
+    """What a waiting call's stream says it waits for: the tool, and the approval request
+    with the path of its page, so a client can show the reviewer's link."""
+    request = HumanRequest.objects.filter(invocation=invocation).only("pk").first()
+    if request is None:
+        return f"'{invocation.tool_name}'"
+    page = reverse("hitl:request", args=[request.pk])
+    return f"'{invocation.tool_name}' (approval request {request.pk}, {page})"

@@ -254,7 +254,11 @@ def test_a_gated_delete_waits_for_the_reviewer(
     link = f"{qmcp_server.url}/hitl/{request.pk}/"
     assert f"… delete_user is waiting for approval: {link}" in lines, "\n".join(lines)
     assert "… delete_user: Waiting for approval (0)" in lines
-    assert "[qmcp info] Waiting for a reviewer to approve 'delete_user'." in lines
+    waiting = (
+        f"[qmcp info] Waiting for a reviewer to approve 'delete_user' "
+        f"(approval request {request.pk}, /hitl/{request.pk}/)."
+    )
+    assert waiting in lines
     tool_message = llm.requests[1]["messages"][-1]
     assert tool_message["role"] == "tool"
     if decision == "approve":

@@ -7,6 +7,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import Permission
 
+from hitl.models import HumanRequest
 from hitl.services import human_request_respond
 from mcp_transport import consumers
 from qmcp_site.errors import ApplicationError
@@ -69,7 +70,14 @@ async def test_approval_answers_the_waiting_call_with_the_tool_result():
         session_id=session_id,
     )
     messages = await stream.read_until(lambda m: m.get("method") == "notifications/message")
-    assert "Waiting for a reviewer" in messages[-1]["params"]["data"]
+    request_id = await database_sync_to_async(
+        lambda: str(HumanRequest.objects.values_list("pk", flat=True).get())
+    )()
+    # The message names the request and its page, for a client to show the reviewer's link.
+    assert messages[-1]["params"]["data"] == (
+        f"Waiting for a reviewer to approve 'delete_user' "
+        f"(approval request {request_id}, /hitl/{request_id}/)."
+    )
     assert await state(target) == ("awaiting_approval", True)
     await decide(reviewer, "approve")
     messages = await stream.read_until(lambda m: m.get("id") == 9, timeout=5)
