@@ -37,8 +37,32 @@ def _text_problem(text: str) -> str | None:
     return "a NUL character" if found.group() == "\x00" else "a lone surrogate (not UTF-8)"
 
 
+def _plain(value: Any, depth: int = 0) -> bool:
+    """True when ``value`` is certainly storable: JSON's own types (exactly, not subclasses)
+    with nothing :func:`_problem` refuses. A walk that builds no paths, for the common case;
+    False sends the value to :func:`_problem`, which finds (and names) any problem."""
+    kind = type(value)
+    if kind is str:
+        return ("\x00" not in value) if value.isascii() else _BAD_CHARACTERS.search(value) is None
+    if kind is int:
+        return INT_MIN <= value <= INT_MAX
+    if value is None or kind is bool:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _plain(k) and _plain(v, depth + 1) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
 def _problem(value: Any) -> tuple[str, str] | None:
     """The first unstorable part of ``value``: (its path, what is wrong), or None."""
+    if _plain(value):
+        return None
     todo = [(value, "$", 0)]
     while todo:
         item, path, depth = todo.pop()
