@@ -95,7 +95,7 @@ class RateLimiter:
             options = REDIS_OPTIONS if self.is_redis else {}
             storage = storage_from_string(self.storage_uri, key_prefix=KEY_PREFIX, **options)
         self.sync = sync_strategies.SlidingWindowCounterRateLimiter(storage)
-        self.credits = Credits(enabled=self.is_redis)
+        self.credits = Credits()
         # Redis clients belong to one event loop; memory storage is shared by both APIs,
         # so MCP and Django count together in one process.
         self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -190,43 +190,48 @@ class SweptMemoryStorage(MemoryStorage):
 
 
 class Credits:
-    """Hits of a busy key taken from Redis a few at a time, so that one round trip serves
-    several requests of this process (a round trip costs more CPU than a whole MCP call).
+    """Hits of a busy key taken from the storage a few at a time, so that one count serves
+    several requests of this process: a Redis round trip costs more CPU than a whole MCP
+    call, and the library's bookkeeping for one hit in memory about a tenth of one.
 
     A key is busy when it was counted less than ``CREDIT_SECONDS`` ago; only then are up to
     ``CREDIT_BATCH`` hits taken at once (at most a hundredth of the limit, so small limits
     stay exact), and unused ones lapse after ``CREDIT_SECONDS``. A process thus counts at
-    most ``CREDIT_BATCH - 1`` hits per key and second that were never made; near the limit,
-    hits are taken one by one. Memory storage is exact and needs none of this.
+    most ``CREDIT_BATCH - 1`` hits per key and second that were never made (never fewer
+    than were made); near the limit, hits are taken one by one. Django's threads and the
+    event loop share the credits, so each use is taken under a lock.
     """
 
-    def __init__(self, *, enabled: bool):
-        self.enabled = enabled
-        self._keys: dict[tuple, tuple[int, float]] = {}  # key -> (credits left, taken at)
+    def __init__(self):
+        # (id of the limit, scope, key) -> (credits left, taken at). The limits are the
+        # limiter's own, alive as long as these credits: their ids are cheaper to hash
+        # than the items (whose __hash__ is Python code).
+        self._keys: dict[tuple, tuple[int, float]] = {}
+        self._lock = threading.Lock()
 
     def take(self, item: RateLimitItem, scope: str, key: str) -> bool:
         """Uses a credit of the key, if it has one."""
-        entry = self._keys.get((item, scope, key))
-        if entry is None or entry[0] <= 0 or time.monotonic() - entry[1] > CREDIT_SECONDS:
-            return False
-        self._keys[(item, scope, key)] = (entry[0] - 1, entry[1])
-        return True
+        with self._lock:
+            entry = self._keys.get((id(item), scope, key))
+            if entry is None or entry[0] <= 0 or time.monotonic() - entry[1] > CREDIT_SECONDS:
+                return False
+            self._keys[(id(item), scope, key)] = (entry[0] - 1, entry[1])
+            return True
 
     def batch(self, item: RateLimitItem, scope: str, key: str) -> int:
         """How many hits to take now: several for a busy key, else one."""
-        entry = self._keys.get((item, scope, key))
-        busy = entry is not None and time.monotonic() - entry[1] <= CREDIT_SECONDS
-        if not (self.enabled and busy):
-            if self.enabled:
-                self.store(item, scope, key, 0)
+        entry = self._keys.get((id(item), scope, key))
+        if entry is None or time.monotonic() - entry[1] > CREDIT_SECONDS:
+            self.store(item, scope, key, 0)
             return 1
         return max(1, min(CREDIT_BATCH, item.amount // 100))
 
     def store(self, item: RateLimitItem, scope: str, key: str, left: int) -> None:
-        if len(self._keys) > 10_000:
-            now = time.monotonic()
-            self._keys = {k: v for k, v in self._keys.items() if now - v[1] <= CREDIT_SECONDS}
-        self._keys[(item, scope, key)] = (left, time.monotonic())
+        with self._lock:
+            if len(self._keys) > 10_000:
+                now = time.monotonic()
+                self._keys = {k: v for k, v in self._keys.items() if now - v[1] <= CREDIT_SECONDS}
+            self._keys[(id(item), scope, key)] = (left, time.monotonic())
 
 
 def _refusal(scope: str, reset_time: float) -> Refusal:

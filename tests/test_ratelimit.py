@@ -270,3 +270,27 @@ def test_a_memory_limiter_drops_expired_counts_on_a_later_hit():
     limiter.check(address="10.0.0.3")
     assert not old & set(storage.storage)
     assert len(storage.storage) == 2  # the two later addresses' counts
+
+
+def test_a_memory_limiter_takes_busy_hits_in_batches_and_keeps_the_limit(monkeypatch):
+    from qmcp_site.ratelimit import CREDIT_BATCH, RateLimiter
+
+    limiter = RateLimiter(storage_uri="memory://", token="1000/minute", address="", login="")
+    counted = []
+    hit = limiter.sync.hit
+    monkeypatch.setattr(
+        limiter.sync, "hit", lambda *args, cost=1: counted.append(cost) or hit(*args, cost=cost)
+    )
+    authorization = f"Bearer {secrets.token_urlsafe()}"
+
+    def allowed(requests: int) -> int:
+        return sum(
+            limiter.check(address="10.0.0.1", authorization=authorization) is None
+            for _ in range(requests)
+        )
+
+    assert allowed(900) == 900
+    assert len(counted) <= 900 // CREDIT_BATCH + 1  # one count served several requests
+    assert sum(counted) >= 900  # and no request went uncounted
+    # Unused credits (at most a batch less one) are the only hits lost.
+    assert 1000 - (CREDIT_BATCH - 1) <= 900 + allowed(200) <= 1000
