@@ -42,21 +42,38 @@ def _plain(value: Any, depth: int = 0) -> bool:
     with nothing :func:`_problem` refuses. A walk that builds no paths, for the common case;
     False sends the value to :func:`_problem`, which finds (and names) any problem."""
     kind = type(value)
-    if kind is str:
-        return ("\x00" not in value) if value.isascii() else _BAD_CHARACTERS.search(value) is None
-    if kind is int:
-        return INT_MIN <= value <= INT_MAX
-    if value is None or kind is bool:
-        return True
-    if kind is float:
-        return math.isfinite(value)
-    if depth >= MAX_DEPTH:
-        return False
     if kind is dict:
-        return all(type(k) is str and _plain(k) and _plain(v, depth + 1) for k, v in value.items())
+        return depth < MAX_DEPTH and _plain_items(value, depth + 1, keys=True)
     if kind is list or kind is tuple:
-        return all(_plain(v, depth + 1) for v in value)
-    return False
+        return depth < MAX_DEPTH and _plain_items(value, depth + 1)
+    return _plain_items((value,), depth)
+
+
+def _plain_items(values, depth: int, *, keys: bool = False) -> bool:
+    """:func:`_plain` for each of ``values`` (a dict's keys and values with ``keys``) at
+    ``depth``; scalars are checked here, in the loop, containers by :func:`_plain`."""
+    if keys and not all(
+        type(key) is str and ((key.isascii() and "\x00" not in key) or _text_problem(key) is None)
+        for key in values
+    ):
+        return False
+    for item in values.values() if keys else values:
+        kind = type(item)
+        if kind is str:
+            if not (item.isascii() and "\x00" not in item) and _BAD_CHARACTERS.search(item):
+                return False
+        elif kind is dict or kind is list or kind is tuple:
+            if not _plain(item, depth):
+                return False
+        elif kind is int:
+            if not INT_MIN <= item <= INT_MAX:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif not (item is None or kind is bool):
+            return False
+    return True
 
 
 def _problem(value: Any) -> tuple[str, str] | None:
