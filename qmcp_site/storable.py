@@ -52,12 +52,14 @@ def _plain(value: Any, depth: int = 0) -> bool:
 def _plain_items(values, depth: int, *, keys: bool = False) -> bool:
     """:func:`_plain` for each of ``values`` (a dict's keys and values with ``keys``) at
     ``depth``; scalars are checked here, in the loop, containers by :func:`_plain`."""
-    if keys and not all(
-        type(key) is str and ((key.isascii() and "\x00" not in key) or _text_problem(key) is None)
-        for key in values
-    ):
-        return False
-    for item in values.values() if keys else values:
+    if keys:
+        for key in values:
+            if type(key) is not str or (
+                not (key.isascii() and "\x00" not in key) and _BAD_CHARACTERS.search(key)
+            ):
+                return False
+        values = values.values()
+    for item in values:
         kind = type(item)
         if kind is str:
             if not (item.isascii() and "\x00" not in item) and _BAD_CHARACTERS.search(item):
@@ -115,7 +117,7 @@ def _printable(text: str) -> str:
 def storable_check(value: Any, *, what: str = "arguments") -> None:
     """Raises ApplicationError ``unstorable_value`` (422) if any part of ``value`` cannot be
     stored and read back on every database; the details name the part (``$.a[0]``)."""
-    found = _problem(value)
+    found = None if _plain(value) else _problem(value)
     if found is not None:
         path, reason = found
         raise ApplicationError(
