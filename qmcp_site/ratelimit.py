@@ -100,15 +100,16 @@ class RateLimiter:
         # so MCP and Django count together in one process.
         self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _checks(self, *, address: str, authorization: str, login: bool):
+    def _checks(self, *, address: str, authorization: str, login: bool) -> list[tuple]:
+        """The (limit, scope, key) a request counts against."""
         if login:
-            yield from ((item, "login", address) for item in self.rules["login"])
-            return
+            return [(item, "login", address) for item in self.rules["login"]]
+        checks = [(item, "address", address) for item in self.rules["address"]]
         secret = bearer_secret(authorization)
         if secret:
             digest = hash_token(secret)[:32]
-            yield from ((item, "token", digest) for item in self.rules["token"])
-        yield from ((item, "address", address) for item in self.rules["address"])
+            checks[:0] = [(item, "token", digest) for item in self.rules["token"]]
+        return checks
 
     def check(self, *, address: str, authorization: str = "", login=False) -> Refusal | None:
         """Counts one request; a :class:`Refusal` when it is over a limit."""
