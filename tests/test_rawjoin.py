@@ -55,3 +55,19 @@ def test_insert_one_stores_a_row_as_save_does():
     assert by_session["inserted"] == by_session["saved"]
     assert by_session["inserted"]["principal_label"] == "42"
     assert by_session["inserted"]["request_id"] == "req-1"
+
+
+@pytest.mark.django_db
+def test_fetch_one_reads_a_row_with_a_literal_percent_and_parameters():
+    from qmcp_site.rawjoin import columns, fetch_one
+
+    call = ToolInvocation.objects.create(tool_name="echo", via="mcp", status="succeeded")
+    ToolInvocation.objects.create(tool_name="echo", via="mcp", status="failed")
+    table = ToolInvocation._meta.db_table
+    sql = (
+        f"SELECT {columns(ToolInvocation, 'i')} FROM {table} i "
+        "WHERE i.tool_name LIKE 'ec%%' AND i.status = %s AND i.via = %s"
+    )
+    found = fetch_one(sql, ["succeeded", "mcp"], ((ToolInvocation, None),))
+    assert found is not None and found[0].pk == call.pk
+    assert fetch_one(sql, ["refused", "mcp"], ((ToolInvocation, None),)) is None
