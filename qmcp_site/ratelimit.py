@@ -13,6 +13,9 @@ Behind a reverse proxy, the ASGI server must put the client's address in the sco
 
 If the storage fails (Redis down), requests are let through and the failure is logged: the
 limiter protects the service and must not become the reason it is down.
+
+Memory storage is the library's, with its expired keys swept on a hit at most once a
+second (:class:`SweptMemoryStorage`) instead of by a new timer thread every 10 ms.
 """
 
 import asyncio
@@ -30,7 +33,7 @@ from django.http import HttpResponse, JsonResponse
 from limits import RateLimitItem, parse_many
 from limits import strategies as sync_strategies
 from limits.aio import strategies as async_strategies
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 
 from qmcp_site.errors import error_body
 from users.models import hash_token
@@ -86,23 +89,27 @@ class RateLimiter:
         }
         self.storage_uri = storage_uri or "memory://"
         self.is_redis = self.storage_uri.startswith(("redis", "rediss"))
-        options = REDIS_OPTIONS if self.is_redis else {}
-        storage = storage_from_string(self.storage_uri, key_prefix=KEY_PREFIX, **options)
+        if self.storage_uri == "memory://":
+            storage = SweptMemoryStorage()
+        else:
+            options = REDIS_OPTIONS if self.is_redis else {}
+            storage = storage_from_string(self.storage_uri, key_prefix=KEY_PREFIX, **options)
         self.sync = sync_strategies.SlidingWindowCounterRateLimiter(storage)
-        self.credits = Credits(enabled=self.is_redis)
+        self.credits = Credits()
         # Redis clients belong to one event loop; memory storage is shared by both APIs,
         # so MCP and Django count together in one process.
         self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _checks(self, *, address: str, authorization: str, login: bool):
+    def _checks(self, *, address: str, authorization: str, login: bool) -> list[tuple]:
+        """The (limit, scope, key) a request counts against."""
         if login:
-            yield from ((item, "login", address) for item in self.rules["login"])
-            return
+            return [(item, "login", address) for item in self.rules["login"]]
+        checks = [(item, "address", address) for item in self.rules["address"]]
         secret = bearer_secret(authorization)
         if secret:
             digest = hash_token(secret)[:32]
-            yield from ((item, "token", digest) for item in self.rules["token"])
-        yield from ((item, "address", address) for item in self.rules["address"])
+            checks[:0] = [(item, "token", digest) for item in self.rules["token"]]
+        return checks
 
     def check(self, *, address: str, authorization: str = "", login=False) -> Refusal | None:
         """Counts one request; a :class:`Refusal` when it is over a limit."""
@@ -158,44 +165,74 @@ class RateLimiter:
         return limiter
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """The ``limits`` memory storage, counting exactly as it does, whose expired keys are
+    dropped on a hit at most every ``SWEEP_SECONDS``.
+
+    The library sweeps them in a ``threading.Timer`` of 10 ms that each hit starts anew
+    once the last one has run: under steady traffic, a thread started every 10 ms or so,
+    and each start holds the event loop until the new thread gets the GIL. A read never
+    sees an expired count either way (``get`` drops it); the sweep only bounds memory.
+    The hook overridden is the library's private ``__schedule_expiry`` (limits 5.8, pinned;
+    ``tests/test_ratelimit.py`` notices a change).
+    """
+
+    SWEEP_SECONDS = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self._swept_at = time.monotonic()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now - self._swept_at >= self.SWEEP_SECONDS:
+            self._swept_at = now
+            self._MemoryStorage__expire_events()
+
+
 class Credits:
-    """Hits of a busy key taken from Redis a few at a time, so that one round trip serves
-    several requests of this process (a round trip costs more CPU than a whole MCP call).
+    """Hits of a busy key taken from the storage a few at a time, so that one count serves
+    several requests of this process: a Redis round trip costs more CPU than a whole MCP
+    call, and the library's bookkeeping for one hit in memory about a tenth of one.
 
     A key is busy when it was counted less than ``CREDIT_SECONDS`` ago; only then are up to
     ``CREDIT_BATCH`` hits taken at once (at most a hundredth of the limit, so small limits
     stay exact), and unused ones lapse after ``CREDIT_SECONDS``. A process thus counts at
-    most ``CREDIT_BATCH - 1`` hits per key and second that were never made; near the limit,
-    hits are taken one by one. Memory storage is exact and needs none of this.
+    most ``CREDIT_BATCH - 1`` hits per key and second that were never made (never fewer
+    than were made); near the limit, hits are taken one by one. Django's threads and the
+    event loop share the credits, so each use is taken under a lock.
     """
 
-    def __init__(self, *, enabled: bool):
-        self.enabled = enabled
-        self._keys: dict[tuple, tuple[int, float]] = {}  # key -> (credits left, taken at)
+    def __init__(self):
+        # (id of the limit, scope, key) -> (credits left, taken at). The limits are the
+        # limiter's own, alive as long as these credits: their ids are cheaper to hash
+        # than the items (whose __hash__ is Python code).
+        self._keys: dict[tuple, tuple[int, float]] = {}
+        self._lock = threading.Lock()
 
     def take(self, item: RateLimitItem, scope: str, key: str) -> bool:
         """Uses a credit of the key, if it has one."""
-        entry = self._keys.get((item, scope, key))
-        if entry is None or entry[0] <= 0 or time.monotonic() - entry[1] > CREDIT_SECONDS:
-            return False
-        self._keys[(item, scope, key)] = (entry[0] - 1, entry[1])
-        return True
+        with self._lock:
+            entry = self._keys.get((id(item), scope, key))
+            if entry is None or entry[0] <= 0 or time.monotonic() - entry[1] > CREDIT_SECONDS:
+                return False
+            self._keys[(id(item), scope, key)] = (entry[0] - 1, entry[1])
+            return True
 
     def batch(self, item: RateLimitItem, scope: str, key: str) -> int:
         """How many hits to take now: several for a busy key, else one."""
-        entry = self._keys.get((item, scope, key))
-        busy = entry is not None and time.monotonic() - entry[1] <= CREDIT_SECONDS
-        if not (self.enabled and busy):
-            if self.enabled:
-                self.store(item, scope, key, 0)
+        entry = self._keys.get((id(item), scope, key))
+        if entry is None or time.monotonic() - entry[1] > CREDIT_SECONDS:
+            self.store(item, scope, key, 0)
             return 1
         return max(1, min(CREDIT_BATCH, item.amount // 100))
 
     def store(self, item: RateLimitItem, scope: str, key: str, left: int) -> None:
-        if len(self._keys) > 10_000:
-            now = time.monotonic()
-            self._keys = {k: v for k, v in self._keys.items() if now - v[1] <= CREDIT_SECONDS}
-        self._keys[(item, scope, key)] = (left, time.monotonic())
+        with self._lock:
+            if len(self._keys) > 10_000:
+                now = time.monotonic()
+                self._keys = {k: v for k, v in self._keys.items() if now - v[1] <= CREDIT_SECONDS}
+            self._keys[(id(item), scope, key)] = (left, time.monotonic())
 
 
 def _refusal(scope: str, reset_time: float) -> Refusal:

@@ -37,8 +37,51 @@ def _text_problem(text: str) -> str | None:
     return "a NUL character" if found.group() == "\x00" else "a lone surrogate (not UTF-8)"
 
 
+def _plain(value: Any, depth: int = 0) -> bool:
+    """True when ``value`` is certainly storable: JSON's own types (exactly, not subclasses)
+    with nothing :func:`_problem` refuses. A walk that builds no paths, for the common case;
+    False sends the value to :func:`_problem`, which finds (and names) any problem."""
+    kind = type(value)
+    if kind is dict:
+        return depth < MAX_DEPTH and _plain_items(value, depth + 1, keys=True)
+    if kind is list or kind is tuple:
+        return depth < MAX_DEPTH and _plain_items(value, depth + 1)
+    return _plain_items((value,), depth)
+
+
+def _plain_items(values, depth: int, *, keys: bool = False) -> bool:
+    """:func:`_plain` for each of ``values`` (a dict's keys and values with ``keys``) at
+    ``depth``; scalars are checked here, in the loop, containers by :func:`_plain`."""
+    if keys:
+        for key in values:
+            if type(key) is not str or (
+                not (key.isascii() and "\x00" not in key) and _BAD_CHARACTERS.search(key)
+            ):
+                return False
+        values = values.values()
+    for item in values:
+        kind = type(item)
+        if kind is str:
+            if not (item.isascii() and "\x00" not in item) and _BAD_CHARACTERS.search(item):
+                return False
+        elif kind is dict or kind is list or kind is tuple:
+            if not _plain(item, depth):
+                return False
+        elif kind is int:
+            if not INT_MIN <= item <= INT_MAX:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif not (item is None or kind is bool):
+            return False
+    return True
+
+
 def _problem(value: Any) -> tuple[str, str] | None:
     """The first unstorable part of ``value``: (its path, what is wrong), or None."""
+    if _plain(value):
+        return None
     todo = [(value, "$", 0)]
     while todo:
         item, path, depth = todo.pop()
@@ -74,7 +117,7 @@ def _printable(text: str) -> str:
 def storable_check(value: Any, *, what: str = "arguments") -> None:
     """Raises ApplicationError ``unstorable_value`` (422) if any part of ``value`` cannot be
     stored and read back on every database; the details name the part (``$.a[0]``)."""
-    found = _problem(value)
+    found = None if _plain(value) else _problem(value)
     if found is not None:
         path, reason = found
         raise ApplicationError(

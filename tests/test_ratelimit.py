@@ -235,3 +235,62 @@ def test_two_limiters_sharing_redis_take_busy_hits_in_batches_and_keep_the_limit
     for worker in workers:
         refusal = worker.check(address=random_address(), authorization=authorization)
         assert refusal is not None and refusal.scope == "token"
+
+
+def test_a_memory_limiter_counts_exactly_and_starts_no_thread_per_hit(monkeypatch):
+    import threading
+
+    from qmcp_site.ratelimit import RateLimiter
+
+    limiter = RateLimiter(storage_uri="memory://", token="5/minute", address="", login="")
+    storage = limiter.sync.storage
+    storage.timer.join()  # the library's first sweep timer, started with the storage
+    started = []
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: started.append(thread))
+    authorization = f"Bearer {secrets.token_urlsafe()}"
+    outcomes = [limiter.check(address="10.0.0.1", authorization=authorization) for _ in range(6)]
+    assert outcomes[:5] == [None] * 5
+    assert outcomes[5] is not None and outcomes[5].scope == "token"
+    assert started == []
+
+
+def test_a_memory_limiter_drops_expired_counts_on_a_later_hit():
+    from qmcp_site.ratelimit import RateLimiter
+
+    limiter = RateLimiter(storage_uri="memory://", token="", address="5/minute", login="")
+    storage = limiter.sync.storage
+    limiter.check(address="10.0.0.1")
+    old = set(storage.storage)
+    assert old
+    for key in old:
+        storage.expirations[key] = 0.0  # as if its window had passed
+    limiter.check(address="10.0.0.2")  # too soon after the last sweep: nothing swept
+    assert old <= set(storage.storage)
+    storage._swept_at -= storage.SWEEP_SECONDS
+    limiter.check(address="10.0.0.3")
+    assert not old & set(storage.storage)
+    assert len(storage.storage) == 2  # the two later addresses' counts
+
+
+def test_a_memory_limiter_takes_busy_hits_in_batches_and_keeps_the_limit(monkeypatch):
+    from qmcp_site.ratelimit import CREDIT_BATCH, RateLimiter
+
+    limiter = RateLimiter(storage_uri="memory://", token="1000/minute", address="", login="")
+    counted = []
+    hit = limiter.sync.hit
+    monkeypatch.setattr(
+        limiter.sync, "hit", lambda *args, cost=1: counted.append(cost) or hit(*args, cost=cost)
+    )
+    authorization = f"Bearer {secrets.token_urlsafe()}"
+
+    def allowed(requests: int) -> int:
+        return sum(
+            limiter.check(address="10.0.0.1", authorization=authorization) is None
+            for _ in range(requests)
+        )
+
+    assert allowed(900) == 900
+    assert len(counted) <= 900 // CREDIT_BATCH + 1  # one count served several requests
+    assert sum(counted) >= 900  # and no request went uncounted
+    # Unused credits (at most a batch less one) are the only hits lost.
+    assert 1000 - (CREDIT_BATCH - 1) <= 900 + allowed(200) <= 1000

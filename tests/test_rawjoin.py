@@ -1,5 +1,8 @@
 """The SQL that qmcp_site.rawjoin builds for the audit rows it inserts in groups."""
 
+import pytest
+from django.utils import timezone
+
 from qmcp_site.rawjoin import insert_statement
 from tools.models import ToolInvocation
 
@@ -17,3 +20,54 @@ def test_an_insert_of_several_rows_has_one_placeholder_per_value():
     assert values.startswith("($1, $2, ") and values.endswith(f", ${3 * width})")
     assert "%s" not in sql and params == rows[0] + rows[1] + rows[2]
     assert sql.startswith(f'INSERT INTO "{ToolInvocation._meta.db_table}" (')
+
+
+@pytest.mark.django_db
+def test_insert_one_stores_a_row_as_save_does():
+    from django.utils.functional import lazy
+
+    from qmcp_site.rawjoin import insert_one
+
+    def call(**fields) -> ToolInvocation:
+        return ToolInvocation(
+            tool_name="echo",
+            arguments={"message": "héllo"},
+            # Text as it is, a choice, a number and a lazy string in text columns.
+            principal_label=42,
+            via=ToolInvocation.Via.MCP,
+            status="succeeded",
+            request_id=lazy(lambda: "req-1", str)(),
+            correlation_id="",
+            attempts=1,
+            duration_ms=1.5,
+            started_at=timezone.now(),
+            **fields,
+        )
+
+    saved = call(mcp_session_id="saved")
+    saved.save(force_insert=True)
+    inserted = call(mcp_session_id="inserted")
+    insert_one(inserted)  # outside deferred_inserts: written at once
+    rows = ToolInvocation.objects.order_by("mcp_session_id").values()
+    by_session = {row.pop("mcp_session_id"): row for row in rows}
+    for row in by_session.values():
+        row.pop("id"), row.pop("created_at"), row.pop("started_at")
+    assert by_session["inserted"] == by_session["saved"]
+    assert by_session["inserted"]["principal_label"] == "42"
+    assert by_session["inserted"]["request_id"] == "req-1"
+
+
+@pytest.mark.django_db
+def test_fetch_one_reads_a_row_with_a_literal_percent_and_parameters():
+    from qmcp_site.rawjoin import columns, fetch_one
+
+    call = ToolInvocation.objects.create(tool_name="echo", via="mcp", status="succeeded")
+    ToolInvocation.objects.create(tool_name="echo", via="mcp", status="failed")
+    table = ToolInvocation._meta.db_table
+    sql = (
+        f"SELECT {columns(ToolInvocation, 'i')} FROM {table} i "
+        "WHERE i.tool_name LIKE 'ec%%' AND i.status = %s AND i.via = %s"
+    )
+    found = fetch_one(sql, ["succeeded", "mcp"], ((ToolInvocation, None),))
+    assert found is not None and found[0].pk == call.pk
+    assert fetch_one(sql, ["refused", "mcp"], ((ToolInvocation, None),)) is None

@@ -8,6 +8,10 @@ from qmcp_site.errors import ApplicationError
 from qmcp_site.storable import MAX_DEPTH, json_parse, storable_check, storable_copy
 
 
+class Text(str):
+    """A str subclass, as a caller's own type may be."""
+
+
 def nested(depth: int):
     value: list = []
     for _ in range(depth - 1):
@@ -26,6 +30,12 @@ def nested(depth: int):
         ({"n": -(2**63) - 1}, "$.n", "64 bits"),
         ({"n": 2**63}, "$.n", "64 bits"),
         (nested(MAX_DEPTH + 1), "$" + "[0]" * MAX_DEPTH, "deeper"),
+        # Past the quick walk for plain values: non-ASCII text, tuples, subclasses, int keys.
+        ({"message": "é\x00"}, "$.message", "NUL"),
+        ({"t": ("ok", "a\ud800")}, "$.t[1]", "surrogate"),
+        ({"s": Text("a\x00")}, "$.s", "NUL"),
+        ({"k": {1: "a\x00"}}, "$.k.1", "NUL"),
+        ({"k": [True, None, 2.5, {"n": 2**64}]}, "$.k[3].n", "64 bits"),
     ],
 )
 def test_storable_check_names_the_bad_part(value, path, reason):
