@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -210,3 +212,38 @@ class NonReader:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@contextmanager
+def mcp_script_server(script: Path) -> Iterator[str]:
+    """Runs ``script --port N`` (a Python MCP server, such as the official SDK's) in its own
+    process until it answers HTTP; yields its ``/mcp`` URL and stops it afterwards."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{script.name} exited: {process.stderr.read()}")
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{script.name} did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from hitl.models import HumanRequest
@@ -25,7 +24,7 @@ from tests.client.scripted_llm import (
     say,
 )
 from tests.factories import UserFactory
-from tests.live import free_port
+from tests.live import mcp_script_server
 from tools.models import ToolInvocation
 from users.models import User
 
@@ -114,35 +113,8 @@ def test_the_dobkin_scenario_adds_him_once(qmcp_server, agent_token, client, str
 @pytest.fixture(scope="module")
 def other_server():
     """The official SDK's MCPServer (tests/client/sdk_tool_server.py) in its own process."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "client" / "sdk_tool_server.py"),
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"the SDK server exited: {process.stderr.read()}")
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("the SDK server did not start") from None
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(10)
+    with mcp_script_server(ROOT / "tests" / "client" / "sdk_tool_server.py") as url:
+        yield url
 
 
 @pytest.mark.parametrize("client", ["sdk", "qmcp"])

@@ -2,8 +2,6 @@
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from qmcp_client import MCPClient, MCPError, SyncMCPClient, Tool, tools_to_openai
 from qmcp_client.mcp import CallToolResult, SessionNotFound
 from tests.factories import StaffFactory, make_token
-from tests.live import free_port
+from tests.live import mcp_script_server
 from tools.models import ToolInvocation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -274,34 +272,8 @@ def test_tools_to_openai(qmcp_server, secret):
 @pytest.fixture(scope="module")
 def sdk_server():
     """The official MCP SDK's own server (benchmarks/sdk_echo_server.py)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks" / "sdk_echo_server.py"), "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"SDK server exited: {process.stderr.read()}")
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("SDK server did not start") from None
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with mcp_script_server(ROOT / "benchmarks" / "sdk_echo_server.py") as url:
+        yield url
 
 
 @pytest.mark.django_db(transaction=False)
