@@ -119,6 +119,33 @@ def _text_attnames(model) -> tuple[str | None, ...]:
     )
 
 
+def build_new(model, **values):
+    """A new, unsaved ``model`` instance, built positionally as ``Model.from_db`` builds a
+    loaded row: several times cheaper than keyword construction, for the rows written on
+    every call (then :func:`insert_one`). ``values`` are by field name; a foreign key takes
+    the related object (or None), which is cached on the instance as the keyword form does.
+    Fields not given take their defaults."""
+    columns, relations = _build_plan(model)
+    related = []
+    for field in relations:
+        if field.name in values:
+            target = values.pop(field.name)
+            related.append((field, target))
+            values[field.attname] = None if target is None else target.pk
+    obj = model(*[values[name] if name in values else default() for name, default in columns])
+    for field, target in related:
+        field.set_cached_value(obj, target)
+    return obj
+
+
+@cache
+def _build_plan(model) -> tuple[tuple, tuple]:
+    """Each concrete field's attribute name and default maker, in order; the foreign keys."""
+    fields = model._meta.concrete_fields
+    columns = tuple((f.attname, f._get_default) for f in fields)
+    return columns, tuple(f for f in fields if f.many_to_one)
+
+
 def insert_one(obj, using: str = "default") -> None:
     """Inserts ``obj`` as ``save(force_insert=True)`` would, without compiling SQL each time.
 

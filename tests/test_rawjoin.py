@@ -71,3 +71,30 @@ def test_fetch_one_reads_a_row_with_a_literal_percent_and_parameters():
     found = fetch_one(sql, ["succeeded", "mcp"], ((ToolInvocation, None),))
     assert found is not None and found[0].pk == call.pk
     assert fetch_one(sql, ["refused", "mcp"], ((ToolInvocation, None),)) is None
+
+
+@pytest.mark.django_db
+def test_build_new_gives_what_keyword_construction_gives(django_assert_num_queries):
+    from qmcp_site.rawjoin import build_new
+    from tests.factories import UserFactory, make_token
+
+    user = UserFactory()
+    token, _ = make_token(user=user)
+    fields = {
+        "tool_name": "echo",
+        "arguments": {"message": "hi"},
+        "principal": user,
+        "token": token,
+        "via": ToolInvocation.Via.MCP,
+        "status": ToolInvocation.Status.RUNNING,
+        "started_at": timezone.now(),
+    }
+    built, keyword = build_new(ToolInvocation, **fields), ToolInvocation(**fields)
+    assert built.pk is not None and built.pk != keyword.pk  # each gets its own new id
+    attributes = [f.attname for f in ToolInvocation._meta.concrete_fields if f.name != "id"]
+    assert [getattr(built, a) for a in attributes] == [getattr(keyword, a) for a in attributes]
+    assert built._state.adding and built.principal_label == "" and built.attempts == 0
+    with django_assert_num_queries(0):  # the related objects are cached, as with keywords
+        assert (built.principal, built.token) == (user, token)
+    anonymous = build_new(ToolInvocation, tool_name="echo", principal=None, token=None)
+    assert anonymous.principal_id is None and anonymous.principal is None

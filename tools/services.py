@@ -16,7 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
-from qmcp_site.rawjoin import columns, fetch_one, insert_one
+from qmcp_site.rawjoin import build_new, columns, fetch_one, insert_one
 from qmcp_site.storable import storable_check, storable_copy, storable_text
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import (
@@ -172,7 +172,9 @@ def tool_invocation_prepare(*, reason: str = "", **call) -> tuple[ToolInvocation
             )
         return invocation, spec, args
 
-    invocation = ToolInvocation(**record, status=Status.RUNNING, started_at=timezone.now())
+    invocation = build_new(
+        ToolInvocation, **record, status=Status.RUNNING, started_at=timezone.now()
+    )
     return invocation, spec, args
 
 
