@@ -5,8 +5,10 @@ The 2026 replacement of a session's GET stream: the acknowledgement first, then
 resource's group by :mod:`mcp_transport.receivers` from whichever worker made the change.
 Every frame carries the listen request's id in ``_meta``. The stream is a
 :func:`~mcp_transport.streams.wait_for` loop with keepalive comments; it ends with the
-``SubscriptionsListenResult`` after ``LISTEN_MAX_SECONDS`` (the client listens again), or
-when the client goes (the consumer cancels it). Either way its stream is counted down.
+``SubscriptionsListenResult`` after ``LISTEN_MAX_SECONDS`` (the client listens again), as
+soon as a keepalive finds its caller's token revoked, expired or deleted (the client's next
+listen is then refused), or when the client goes (the consumer cancels it). Either way its
+stream is counted down.
 """
 
 import asyncio
@@ -18,6 +20,7 @@ from mcp_transport.jsonrpc import notification, rpc_result
 from mcp_transport.methods.exchange import Listen
 from mcp_transport.methods.results import stateless_result
 from mcp_transport.streams import Stream, resource_group, wait_for
+from users.services import principal_usable
 
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
@@ -30,7 +33,7 @@ async def run_listen(stream: Stream, listen: Listen) -> None:
     meta = {SUBSCRIPTION_ID: listen.rpc_id}
     acknowledged = False
 
-    async def check(message) -> None:
+    async def check(message) -> bool | None:
         nonlocal acknowledged
         if not acknowledged:  # the groups are joined: nothing from here on is missed
             acknowledged = True
@@ -38,6 +41,8 @@ async def run_listen(stream: Stream, listen: Listen) -> None:
                 notification(ACKNOWLEDGED, {"notifications": listen.honored, "_meta": meta})
             )
         elif message is None:
+            if not await run_batched(principal_usable, principal=listen.principal):
+                return True
             await stream.comment("keepalive")
         elif message["type"] == "mcp.resource.updated" and message["uri"] in listen.uris:
             await stream.send(notification(UPDATED, {"uri": message["uri"], "_meta": meta}))

@@ -153,6 +153,22 @@ def api_token_check(*, token: ApiToken) -> None:
         raise ApplicationError("The token's user is inactive.", "unauthenticated")
 
 
+def principal_usable(*, principal: Principal) -> bool:
+    """Whether ``principal`` may still act now, read afresh: its token usable (see
+    :func:`api_token_check`), or, for a logged-in user, the user still active. For what
+    outlives the request that authenticated it, such as a long-lived stream."""
+    if principal.token is None:
+        return User.objects.filter(pk=principal.user.pk, is_active=True).exists()
+    token = ApiToken.objects.select_related("user").filter(pk=principal.token.pk).first()
+    if token is None:
+        return False
+    try:
+        api_token_check(token=token)
+    except ApplicationError:
+        return False
+    return True
+
+
 def api_token_principal(*, token: ApiToken) -> Principal:
     """The principal of a token found by its hash; ``unauthenticated`` if it is not usable.
 

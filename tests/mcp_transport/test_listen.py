@@ -20,7 +20,8 @@ from tests.mcp_transport.test_consumers import (
 )
 from tests.mcp_transport.test_stateless import NEXT, body, post, request
 from tools.models import ToolInvocation, ToolPolicy
-from users.services import api_token_principal
+from users.principals import Principal
+from users.services import api_token_revoke
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -75,9 +76,20 @@ async def settled():
     await asyncio.gather(*consumers.BACKGROUND, return_exceptions=True)
 
 
+async def counted_down(caller) -> bool:
+    """Whether the caller's streams are all counted down once their tasks have finished
+    (the count-down is the last thing a stream's task does, after its response)."""
+    await settled()
+    for _ in range(100):
+        if await open_streams(caller) == 0:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
 @database_sync_to_async
 def open_streams(caller) -> int:
-    return streams_open(principal=api_token_principal(token=caller[0]), delta=0)
+    return streams_open(principal=Principal.for_token(caller[0]), delta=0)
 
 
 async def test_the_acknowledgement_comes_first_then_each_status_change_of_a_watched_call(
@@ -168,8 +180,31 @@ async def test_a_listen_stream_ends_with_its_result_and_is_counted_down(
         "result": {"_meta": {SUBSCRIPTION_ID: "l-1"}, "resultType": "complete"},
     }
     await stream.close()
-    await settled()
-    assert await open_streams(caller) == 0
+    assert await counted_down(caller)
+
+
+async def test_a_listen_stream_ends_at_its_next_keepalive_once_its_token_is_revoked(
+    caller, secret, monkeypatch
+):
+    monkeypatch.setattr(listen, "KEEPALIVE_SECONDS", 0.2)
+    stream = await open_listen(secret, {}, rpc_id="l-2")
+    await stream.read_until(lambda m: m.get("method") == ACK)
+    await database_sync_to_async(api_token_revoke)(token=caller[0])
+    await stream.read_to_end()  # long before LISTEN_MAX_SECONDS (300 s)
+    assert sse_messages(stream.body)[-1]["id"] == "l-2"
+    await stream.close()
+    assert await counted_down(caller)
+    again = await open_listen_refused(secret)
+    assert again["status"] == 401
+
+
+async def open_listen_refused(secret) -> dict:
+    return await send(
+        payload=request("subscriptions/listen", {"notifications": {}}, 8),
+        secret=secret,
+        mcp_protocol_version=NEXT,
+        mcp_method="subscriptions/listen",
+    )
 
 
 async def test_listen_streams_count_against_the_tokens_stream_cap(caller, secret, settings):
@@ -180,8 +215,7 @@ async def test_listen_streams_count_against_the_tokens_stream_cap(caller, secret
     assert refused["status"] == 429 and body(refused)["id"] == 8
     assert "open streams" in body(refused)["error"]["message"]
     await first.close()  # the client goes: the stream ends and is counted down
-    await settled()
-    assert await open_streams(caller) == 0
+    assert await counted_down(caller)
     again = await open_listen(secret, {})
     await again.read_until(lambda m: m.get("method") == ACK)
     await again.close()
