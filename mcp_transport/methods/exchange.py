@@ -119,6 +119,9 @@ class Exchange:
     correlation_id: str = ""
     outbound: Outbound = field(default_factory=Outbound)
     client_capabilities: dict[str, Any] = field(default_factory=dict)  # a 2026 request's
+    # The client's clientInfo.name (the session's, or a 2026 request's _meta), which
+    # approval rules may test.
+    client_name: str = ""
     notifications: list[dict[str, Any]] = field(default_factory=list)
     continuation: Continuation | ApprovalWait | Listen | None = None
     # 2026 tasks whose tools run (again) on the loop once the reply is out (tasks/update).
