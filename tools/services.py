@@ -144,12 +144,12 @@ def tool_invocation_prepare(
 
     Refusals are recorded and raised. The gate (``tools.gate.TOOL_GATE``) then decides what
     the call needs; the rule that decided is recorded in ``rule``, and a rule that denies
-    the call refuses it (``denied_by_rule``, with the rule's message). A gated call is saved
-    ``awaiting_approval`` with the tool's preview, unless the preview says the call cannot
-    succeed: it is then refused (``precondition_failed``) and no reviewer is asked. A call that may run comes back
-    ``running`` but not yet saved: a sync tool's run and its audit row then commit together
-    (:func:`tool_invocation_execute`), and an async tool's caller saves it first with
-    :func:`tool_invocation_start`.
+    the call refuses it (``denied_by_rule``, with the rule's message). A gated call is
+    saved ``awaiting_approval`` with the tool's preview, unless the preview says the call
+    cannot succeed: it is then refused (``precondition_failed``) and no reviewer is asked.
+    A call that may run comes back ``running`` but not yet saved: a sync tool's run and its
+    audit row then commit together (:func:`tool_invocation_execute`), and an async tool's
+    caller saves it first with :func:`tool_invocation_start`.
     """
     record = _invocation_record(**call)
     try:
