@@ -4,6 +4,7 @@ agent as isError, the cache, and POST /v1/policy/explain."""
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
@@ -14,11 +15,13 @@ from django.urls import reverse
 from django.utils import timezone
 from pydantic import Field
 
+from hitl.conditions import conditions_parse
 from hitl.models import ApprovalRule, HumanRequest
 from hitl.rules import RULES
+from mcp_transport.protocol import handle_post
 from qmcp_site.errors import ApplicationError
 from tests.factories import StaffFactory, UserFactory, grant, make_reviewer, make_token
-from tests.mcp_transport.sync_client import CLIENT_INFO, Mcp
+from tests.mcp_transport.sync_client import CLIENT_INFO, Mcp, rpc
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import tool, unregister
 from tools.schemas import ToolInput
@@ -437,6 +440,32 @@ def test_a_deny_reaches_an_mcp_agent_as_the_tools_error():
     assert ToolInvocation.objects.get().error["code"] == "denied_by_rule"
 
 
+def test_a_stateless_mcp_requests_client_name_is_what_a_client_rule_tests():
+    rule(outcome="deny", conditions={"caller": {"clients": ["ci-bot"]}})
+    _, secret = make_token(user=UserFactory())
+
+    def call_as(client_info):
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": client_info,
+        }
+        reply = handle_post(
+            headers={
+                "authorization": f"Bearer {secret}",
+                "mcp-protocol-version": "2026-07-28",
+                "mcp-method": "tools/call",
+                "mcp-name": TOOL,
+            },
+            payload=rpc("tools/call", {"name": TOOL, "arguments": {}, "_meta": meta}),
+        )
+        return reply.body["result"]["isError"]
+
+    assert call_as({"name": "ci-bot", "version": "1"}) is True
+    assert call_as({"name": "other", "version": "1"}) is False
+    assert call_as({"name": 7}) is False
+
+
 def test_the_request_page_shows_the_rule_that_asked_for_approval(client):
     rule(name="production deploys need 2 approvals", approvals_required=2)
     invocation = call({"environment": "production"})
@@ -444,6 +473,11 @@ def test_the_request_page_shows_the_rule_that_asked_for_approval(client):
     page = client.get(reverse("hitl:request", args=[invocation.human_request.pk]))
     assert page.status_code == 200
     assert "production deploys need 2 approvals" in page.content.decode()
+    client.force_login(StaffFactory(is_superuser=True))
+    admin_page = client.get(
+        reverse("admin:hitl_humanrequest_change", args=[invocation.human_request.pk])
+    )
+    assert "production deploys need 2 approvals" in admin_page.content.decode()
 
 
 # --- POST /v1/policy/explain -------------------------------------------------------------
@@ -507,3 +541,12 @@ def test_explain_refuses_what_a_call_would_refuse(api_for):
     ToolPolicy.objects.filter(tool_name=TOOL).update(enabled=False)
     disabled = explain(api, {"tool": TOOL}).json()
     assert (disabled["outcome"], disabled["why"]) == ("deny", "the tool is disabled by its policy")
+
+
+def test_the_readmes_example_rules_are_valid_conditions():
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    section = readme.read_text().split("### Approval rules", 1)[1].split("\n### ", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in section.split("```json\n")[1:]]
+    assert len(blocks) == 3
+    for block in blocks:
+        conditions_parse(json.loads(block))
