@@ -389,6 +389,8 @@ def test_the_admin_refuses_a_bad_rule_and_saves_a_good_one(client):
     )
     assert good.status_code == 302
     assert outcome_of(call({"environment": "production"})) == "approval"
+    listing = client.get("/admin/hitl/approvalrule/")
+    assert listing.status_code == 200 and "prod" in listing.content.decode()
 
 
 def test_a_stored_rule_that_no_longer_parses_never_matches():
