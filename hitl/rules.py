@@ -9,7 +9,8 @@ for ``POST /v1/policy/explain``.
 
 The rules are read once per ``QMCP_POLICY_CACHE_SECONDS`` in one query for all tools, and
 forgotten when one is saved or deleted: a call adds no query, unless a rule it reaches
-tests the caller's groups (one query for the user's group names).
+tests the caller's groups (one query for the user's group names) or, in an MCP session,
+the client's name (one read of the session's clientInfo).
 """
 
 import time
@@ -99,7 +100,7 @@ def decide(facts: CallFacts) -> GateDecision:
     """The decision for a call: the first matching rule's outcome, else the tool's policy's
     (see the module's docstring)."""
     now = timezone.now()
-    caller = _CallerFacts(facts.principal, facts.client_name)
+    caller = _CallerFacts(facts)
     for compiled in RULES.book().for_tool(facts.spec.name):
         why = _matches(compiled.conditions, facts, caller, now)
         if why is not None:
@@ -124,7 +125,7 @@ def explain(*, tool: str, arguments: Any, principal: Principal, client_name: str
         )
     else:
         args = spec.parse_arguments(arguments)
-        decision = decide(CallFacts(spec, policy, args, principal, client_name=client_name))
+        decision = decide(CallFacts(spec, policy, args, principal, client=client_name))
     return {"tool": spec.name, **decision.as_dict()}
 
 
@@ -166,11 +167,11 @@ def _outcome(compiled: CompiledRule, facts: CallFacts, why: str) -> GateDecision
 
 
 class _CallerFacts:
-    """The caller as rules see it; the user's group names are read once, when a rule
-    first asks for them."""
+    """The caller as rules see it; the user's group names (and the MCP client's name) are
+    read once, when a rule first asks for them."""
 
-    def __init__(self, principal: Principal, client_name: str):
-        self.principal, self.client_name = principal, client_name
+    def __init__(self, facts: CallFacts):
+        self.facts, self.principal = facts, facts.principal
         self._groups: frozenset[str] | None = None
 
     def groups(self) -> frozenset[str]:
@@ -183,6 +184,6 @@ class _CallerFacts:
         return (
             (test.users is None or self.principal.user.email.casefold() in test.users)
             and (test.tokens is None or (token is not None and token.prefix in test.tokens))
-            and (test.clients is None or self.client_name in test.clients)
+            and (test.clients is None or self.facts.client_name in test.clients)
             and (test.groups is None or not self.groups().isdisjoint(test.groups))
         )

@@ -130,7 +130,6 @@ def handle_post(
             http_request_id=request_id,
             correlation_id=correlation_id,
             outbound=Outbound(log_level=session.log_level if session else "info"),
-            client_name=session.client_name if session else "",
         )
         response = handle_request(ex, message.method, message.raw.get("params"))
         session = ex.session or session
@@ -215,7 +214,7 @@ def handle_stateless_post(
         correlation_id=correlation_id,
         outbound=Outbound(log_level=level if level in LOG_LEVELS else None),
         client_capabilities=meta.get(META_CAPABILITIES) or {},
-        client_name=_client_name(meta.get(META_CLIENT_INFO)),
+        meta_client_name=_client_name(meta.get(META_CLIENT_INFO)),
     )
     response = handle_request(ex, message.method, payload.get("params"), STATELESS_METHODS)
     if isinstance(ex.continuation, Listen):

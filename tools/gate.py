@@ -72,13 +72,20 @@ class GateDecision:
 @dataclass
 class CallFacts:
     """What a rule may look at: the tool, its validated arguments, the caller and the MCP
-    client's name ("" outside MCP)."""
+    client's name ("" outside MCP). Both the arguments' JSON and the client's name are
+    made when first read, so a call that no rule asks about pays nothing for them."""
 
     spec: ToolSpec
     policy: ToolPolicy
     args: pydantic.BaseModel
     principal: Principal
-    client_name: str = ""
+    client: str | Callable[[], str] = ""
+
+    @cached_property
+    def client_name(self) -> str:
+        """The MCP client's name; ``client`` may be a function that reads it (a session's
+        row) only when a rule asks for it."""
+        return self.client() if callable(self.client) else self.client
 
     @cached_property
     def arguments(self) -> dict[str, Any]:

@@ -103,13 +103,14 @@ def tool_invoke(
     request_id: str = "",
     correlation_id: str = "",
     reason: str = "",
-    client_name: str = "",
+    client_name: str | Callable[[], str] = "",
     notify: Callable[[str, dict], None] | None = None,
 ) -> ToolInvocation:
     """Records one tool call and runs it, or leaves it waiting for approval.
 
     ``reason`` is the agent's stated reason for the call, shown to the reviewers of a
-    gated call; ``client_name`` the MCP client's name, which approval rules may test.
+    gated call; ``client_name`` the MCP client's name (or a function that reads it), which
+    approval rules may test.
 
     Exactly one ToolInvocation row is written per call. A refusal (arguments no database
     can store, unknown tool, missing scope, disabled tool, invalid arguments) is recorded as
@@ -137,7 +138,7 @@ def tool_invoke(
 
 
 def tool_invocation_prepare(
-    *, reason: str = "", client_name: str = "", **call
+    *, reason: str = "", client_name: str | Callable[[], str] = "", **call
 ) -> tuple[ToolInvocation, ToolSpec, Any]:
     """Checks a call; see :func:`tool_invoke`. Returns the invocation, the tool and its
     validated arguments.
@@ -157,7 +158,7 @@ def tool_invocation_prepare(
         spec, policy = tool_call_check(name=call["name"], principal=call["principal"])
         args = spec.parse_arguments(call["arguments"])
         decision = TOOL_GATE.decide(
-            CallFacts(spec, policy, args, call["principal"], client_name=client_name)
+            CallFacts(spec, policy, args, call["principal"], client=client_name)
         )
         record["rule"] = decision.rule
         if decision.outcome == "deny":
