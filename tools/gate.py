@@ -30,9 +30,9 @@ class GateDecision:
     rule: str = ""
     why: str = ""
     approver_group: Group | None = None
-    approvals_required: int = 1
-    approval_timeout_seconds: int = 3600
-    risk_level: str = ToolPolicy.Risk.MEDIUM
+    approvals_required: int | None = None
+    approval_timeout_seconds: int | None = None
+    risk_level: str = ""
     message: str = ""
 
     @property
