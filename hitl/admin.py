@@ -20,7 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
-from hitl.models import HumanRequest, HumanResponse, ReviewerSettings
+from hitl.models import ApprovalRule, HumanRequest, HumanResponse, ReviewerSettings
 from hitl.services import (
     RESPOND_PERMISSION,
     human_request_reads_all,
@@ -140,6 +140,7 @@ class HumanRequestAdmin(admin.ModelAdmin):
             {
                 "fields": (
                     "tool",
+                    "rule",
                     "risk_level",
                     "invocation_link",
                     "requester",
@@ -173,6 +174,7 @@ class HumanRequestAdmin(admin.ModelAdmin):
         "answer",
         "approvals",
         "tool",
+        "rule",
         "invocation_link",
         "requester",
         "arguments",
@@ -252,6 +254,11 @@ class HumanRequestAdmin(admin.ModelAdmin):
     @admin.display(description="tool", ordering="invocation__tool_name")
     def tool(self, obj):
         return obj.invocation.tool_name if obj.invocation_id else None
+
+    @admin.display(description="rule")
+    def rule(self, obj):
+        """The approval rule that asked for this approval; empty: the tool's policy did."""
+        return (obj.invocation.rule or "the tool's policy") if obj.invocation_id else None
 
     @admin.display(description="requester", ordering="created_by__email")
     def requester(self, obj):
@@ -420,3 +427,35 @@ class ReviewerSettingsAdmin(admin.ModelAdmin):
     list_filter = ("notify_via",)
     search_fields = ("user__email",)
     autocomplete_fields = ("user",)
+
+
+@admin.register(ApprovalRule)
+class ApprovalRuleAdmin(admin.ModelAdmin):
+    """The approval policy's rules, in the order they are tried (edit positions in the
+    list). Conditions are JSON checked against ``hitl.conditions`` when saved: bad data is
+    refused with the field's error (the model's ``clean``)."""
+
+    list_display = ("name", "tool_label", "outcome", "position", "enabled", "updated_at")
+    list_editable = ("position", "enabled")
+    list_filter = ("outcome", "enabled", "tool_name")
+    search_fields = ("name", "tool_name")
+    ordering = ("position", "id")
+    fieldsets = (
+        (None, {"fields": ("name", "tool_name", "position", "enabled", "conditions")}),
+        ("Outcome", {"fields": ("outcome", "deny_message")}),
+        (
+            "Approval (empty fields: the tool's policy's)",
+            {
+                "fields": (
+                    "approver_group",
+                    "approvals_required",
+                    "approval_timeout_seconds",
+                    "risk_level",
+                )
+            },
+        ),
+    )
+
+    @admin.display(description="Tool", ordering="tool_name")
+    def tool_label(self, obj: ApprovalRule) -> str:
+        return obj.tool_name or "every tool"

@@ -9,6 +9,7 @@ from ninja.pagination import paginate
 from pydantic import ConfigDict, StrictInt
 
 from hitl.models import OPTION_MAX_LENGTH, OPTIONS_MAX, HumanRequest, HumanResponse
+from hitl.rules import explain
 from hitl.selectors import (
     human_request_get,
     human_request_visible_get,
@@ -19,10 +20,11 @@ from qmcp_site.errors import ApplicationError
 from qmcp_site.pagination import PageNumberPagination
 from tools.api import ErrorOut
 from tools.models import APPROVAL_TIMEOUT_MAX, APPROVAL_TIMEOUT_MIN, APPROVALS_MAX
-from users.models import ApiToken
+from users.models import ApiToken, User
 from users.principals import Principal
 
 router = Router(tags=["human"])
+policy_router = Router(tags=["policy"])
 
 Scope = ApiToken.Scope
 READ_SCOPES = (Scope.HITL_RESPOND, Scope.TOOLS_READ)
@@ -182,3 +184,65 @@ def responses_create(request, payload: HumanResponseIn):
     request.principal.require_scope(Scope.HITL_RESPOND)
     human_request = human_request_respond(responder=request.principal.user, **payload.model_dump())
     return Status(201, human_request_get(request_id=human_request.pk, expire=False))
+
+
+class CallerIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(None, max_length=254, description="An email; default: yourself.")
+    client: str = Field("", max_length=200, description="The MCP client's clientInfo.name.")
+
+
+class ExplainIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    tool: str = Field(..., max_length=100)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    caller: CallerIn = Field(default_factory=CallerIn)
+
+
+class ApprovalOut(Schema):
+    approver_group: str | None
+    approvals_required: int
+    approval_timeout_seconds: int
+    risk_level: str
+
+
+class ExplainOut(Schema):
+    tool: str
+    outcome: Literal["allow", "approval", "deny"]
+    rule: str = Field(description='The rule that matched ("#id name"); "" for the tool\'s policy.')
+    why: str
+    approval: ApprovalOut | None = None
+    message: str | None = None
+
+
+RULES_VIEW_PERMISSION = "hitl.view_approvalrule"
+
+
+@policy_router.post("/explain", response={200: ExplainOut, **ERRORS}, summary="Explain a call")
+def policy_explain(request, payload: ExplainIn):
+    """Which approval rule a call would match now, why, and what it would require; nothing
+    is run or recorded. Needs ``tools:read``; explaining another user's call needs staff with
+    the permission to view approval rules (a token's own scopes and prefix count only for
+    its own calls)."""
+    principal: Principal = request.principal
+    principal.require_scope(Scope.TOOLS_READ)
+    email = payload.caller.user
+    if email is not None and email.casefold() != principal.user.email.casefold():
+        user = principal.user
+        if not (user.is_active and user.is_staff and user.has_perm(RULES_VIEW_PERMISSION)):
+            raise ApplicationError(
+                "Explaining another caller's call needs the permission to view approval rules.",
+                "forbidden",
+            )
+        other = User.objects.filter(email__iexact=email).first()
+        if other is None:
+            raise ApplicationError(f"No user has the email {email!r}.", "not_found")
+        principal = Principal.for_user(other)
+    return explain(
+        tool=payload.tool,
+        arguments=payload.arguments,
+        principal=principal,
+        client_name=payload.caller.client,
+    )

@@ -7,7 +7,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from tools.models import APPROVALS_MAX, ToolPolicy
+from tools.models import APPROVAL_TIMEOUT_MAX, APPROVAL_TIMEOUT_MIN, APPROVALS_MAX, ToolPolicy
 from tools.registry import RISK_LEVELS
 
 # A chosen option is stored in HumanResponse.option (a varchar), so no option may be longer.
@@ -230,3 +230,102 @@ class ReviewerSettings(models.Model):
 
     def __str__(self):
         return f"{self.user}: {self.get_notify_via_display()}"
+
+
+class ApprovalRule(models.Model):
+    """One rule of the approval policy: when its conditions hold for a call, its outcome
+    decides the call instead of the tool's ``ToolPolicy`` default.
+
+    A call is tested against the enabled rules of its tool and those for every tool (no
+    tool name), in ``position`` order (then id); the first that matches wins. The
+    conditions are JSON data (``hitl.conditions``); approval parameters left empty come from
+    the tool's policy. Evaluated by ``hitl.rules``.
+    """
+
+    class Outcome(models.TextChoices):
+        ALLOW = "allow", "Allow"
+        APPROVAL = "approval", "Require approval"
+        DENY = "deny", "Deny"
+
+    name = models.CharField(
+        max_length=200, help_text='Shown to reviewers, e.g. "production deploys need 2 approvals".'
+    )
+    tool_name = models.CharField(
+        max_length=100, blank=True, help_text="Empty: the rule applies to every tool."
+    )
+    position = models.PositiveIntegerField(
+        default=100, help_text="Lower positions are tried first."
+    )
+    enabled = models.BooleanField(default=True)
+    conditions = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="JSON: arguments, caller and time tests (see the README's rules section).",
+    )
+    outcome = models.CharField(max_length=8, choices=Outcome.choices)
+    approver_group = models.ForeignKey(
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Approval: only its members approve; empty means the tool's policy's group.",
+    )
+    approvals_required = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(APPROVALS_MAX)],
+        help_text="Approval: M of N; empty means the tool's policy's.",
+    )
+    approval_timeout_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(APPROVAL_TIMEOUT_MIN),
+            MaxValueValidator(APPROVAL_TIMEOUT_MAX),
+        ],
+        help_text="Approval: between 10 seconds and 30 days; empty means the tool's policy's.",
+    )
+    risk_level = models.CharField(
+        max_length=8,
+        choices=ToolPolicy.Risk.choices,
+        blank=True,
+        help_text="Approval: empty means the tool's policy's.",
+    )
+    deny_message = models.TextField(
+        blank=True, max_length=2000, help_text="Deny: what the agent is told, as the tool's error."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+        indexes = [models.Index(fields=["tool_name", "position"])]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        """Refuses conditions that do not fit the schema, an unknown tool, a deny without a
+        message, and approval parameters on a rule that does not ask for approval."""
+        from hitl.conditions import conditions_parse
+        from tools.registry import get_tool
+
+        errors: dict[str, str] = {}
+        try:
+            conditions_parse(self.conditions)
+        except ValueError as exc:
+            errors["conditions"] = f"Invalid conditions: {exc}"
+        if self.tool_name and get_tool(self.tool_name) is None:
+            errors["tool_name"] = f"No tool is named {self.tool_name!r}."
+        if self.outcome == self.Outcome.DENY and not self.deny_message.strip():
+            errors["deny_message"] = "A deny rule needs the message the agent is told."
+        if self.outcome != self.Outcome.APPROVAL:
+            given = [
+                field
+                for field in ("approver_group", "approvals_required", "approval_timeout_seconds")
+                if getattr(self, field) is not None
+            ] + (["risk_level"] if self.risk_level else [])
+            for field in given:
+                errors[field] = "Only a rule that requires approval has approval parameters."
+        if errors:
+            raise ValidationError(errors)

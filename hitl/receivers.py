@@ -9,11 +9,11 @@ from tools.signals import approved_run_notes, invocation_finished, invocation_ga
 
 
 @receiver(invocation_gated, sender=ToolInvocation, dispatch_uid="hitl_gate_invocation")
-def gate_invocation(sender, invocation, policy, preview=None, reason="", **kwargs):
+def gate_invocation(sender, invocation, decision, preview=None, reason="", **kwargs):
     from hitl.services import human_request_for_invocation
 
     human_request_for_invocation(
-        invocation=invocation, policy=policy, preview=preview, reason=reason
+        invocation=invocation, decision=decision, preview=preview, reason=reason
     )
 
 

@@ -19,6 +19,7 @@ from hitl.models import HumanRequest, HumanRequestEvent, HumanResponse, validate
 from hitl.signals import human_request_changed
 from qmcp_site.errors import ApplicationError
 from qmcp_site.storable import storable_check
+from tools.gate import GateDecision
 from tools.models import (
     APPROVAL_TIMEOUT_MAX,
     APPROVAL_TIMEOUT_MIN,
@@ -147,10 +148,15 @@ def _full_clean(request: HumanRequest) -> None:
 
 
 def human_request_for_invocation(
-    *, invocation: ToolInvocation, policy, preview: dict | None = None, reason: str = ""
+    *,
+    invocation: ToolInvocation,
+    decision: GateDecision,
+    preview: dict | None = None,
+    reason: str = "",
 ) -> HumanRequest:
-    """The approval request that gates ``invocation``, from its tool's policy, with the
-    tool's ``preview`` and the agent's ``reason``."""
+    """The approval request that gates ``invocation``, with the parameters of the gate's
+    ``decision`` (the matching rule's, or the tool's policy's), the tool's ``preview`` and
+    the agent's ``reason``."""
     if preview and preview.get("summary"):
         summary = preview["summary"]
     else:
@@ -169,11 +175,11 @@ def human_request_for_invocation(
             "via": invocation.via,
         },
         created_by=invocation.principal,
-        timeout_seconds=policy.approval_timeout_seconds,
-        approvals_required=policy.approvals_required,
-        approver_group=policy.approver_group,
+        timeout_seconds=decision.approval_timeout_seconds,
+        approvals_required=decision.approvals_required,
+        approver_group=decision.approver_group,
         invocation=invocation,
-        risk_level=policy.risk_level,
+        risk_level=decision.risk_level,
         reason=reason,
         preview=preview,
     )

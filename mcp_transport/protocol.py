@@ -14,6 +14,7 @@ from django.conf import settings
 
 from mcp_transport.http import (
     META_CAPABILITIES,
+    META_CLIENT_INFO,
     META_LOG_LEVEL,
     STATELESS_VERSION,
     HttpFailure,
@@ -213,6 +214,7 @@ def handle_stateless_post(
         correlation_id=correlation_id,
         outbound=Outbound(log_level=level if level in LOG_LEVELS else None),
         client_capabilities=meta.get(META_CAPABILITIES) or {},
+        meta_client_name=_client_name(meta.get(META_CLIENT_INFO)),
     )
     response = handle_request(ex, message.method, payload.get("params"), STATELESS_METHODS)
     if isinstance(ex.continuation, Listen):
@@ -304,3 +306,9 @@ def handle_delete(*, headers: dict[str, str]) -> str:
     session, _ = session_and_principal(headers)
     session_close(session=session)
     return session.pk
+
+
+def _client_name(client_info) -> str:
+    """A 2026 request's ``clientInfo.name`` ("" when it sends none, or not a string)."""
+    name = client_info.get("name") if isinstance(client_info, dict) else None
+    return name[:200] if isinstance(name, str) else ""

@@ -79,3 +79,4 @@ def on_unexpected(request, exc):
 api.add_router("/tools", "tools.api.tools_router")
 api.add_router("/invocations", "tools.api.invocations_router")
 api.add_router("/human", "hitl.api.router")
+api.add_router("/policy", "hitl.api.policy_router")

@@ -14,6 +14,8 @@ HTTP_STATUS = {
     "forbidden": 403,
     "missing_scope": 403,
     "tool_disabled": 403,
+    # An approval rule denies the call; its message is the rule's (hitl.rules).
+    "denied_by_rule": 403,
     "not_found": 404,
     "unknown_tool": 404,
     "method_not_allowed": 405,

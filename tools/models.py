@@ -125,6 +125,11 @@ class ToolInvocation(models.Model):
         help_text="The MCP revision the call was made in (2026-07-28 calls have no session).",
     )
     request_id = models.CharField(max_length=128, blank=True)
+    rule = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The approval rule that decided the call; empty: the tool's policy did.",
+    )
     correlation_id = models.CharField(max_length=128, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices)
     result = models.JSONField(null=True, blank=True)

@@ -18,6 +18,7 @@ from django.utils import timezone
 from qmcp_site.errors import ApplicationError
 from qmcp_site.rawjoin import build_new, columns, fetch_one, insert_one
 from qmcp_site.storable import storable_check, storable_copy, storable_text
+from tools.gate import TOOL_GATE, CallFacts
 from tools.models import ToolInvocation, ToolPolicy
 from tools.registry import (
     AsyncToolContext,
@@ -102,12 +103,14 @@ def tool_invoke(
     request_id: str = "",
     correlation_id: str = "",
     reason: str = "",
+    client_name: str | Callable[[], str] = "",
     notify: Callable[[str, dict], None] | None = None,
 ) -> ToolInvocation:
     """Records one tool call and runs it, or leaves it waiting for approval.
 
     ``reason`` is the agent's stated reason for the call, shown to the reviewers of a
-    gated call.
+    gated call; ``client_name`` the MCP client's name (or a function that reads it), which
+    approval rules may test.
 
     Exactly one ToolInvocation row is written per call. A refusal (arguments no database
     can store, unknown tool, missing scope, disabled tool, invalid arguments) is recorded as
@@ -125,6 +128,7 @@ def tool_invoke(
         request_id=request_id,
         correlation_id=correlation_id,
         reason=reason,
+        client_name=client_name,
     )
     if invocation.status != Status.RUNNING:
         return invocation
@@ -133,23 +137,37 @@ def tool_invoke(
     )
 
 
-def tool_invocation_prepare(*, reason: str = "", **call) -> tuple[ToolInvocation, ToolSpec, Any]:
+def tool_invocation_prepare(
+    *, reason: str = "", client_name: str | Callable[[], str] = "", **call
+) -> tuple[ToolInvocation, ToolSpec, Any]:
     """Checks a call; see :func:`tool_invoke`. Returns the invocation, the tool and its
     validated arguments.
 
-    Refusals are recorded and raised. A gated call is saved ``awaiting_approval`` with the
-    tool's preview, unless the preview says the call cannot succeed: it is then refused
-    (``precondition_failed``) and no reviewer is asked. A call that may run comes back
-    ``running`` but not yet saved: a sync tool's run and its audit row then commit together
-    (:func:`tool_invocation_execute`), and an async tool's caller saves it first with
-    :func:`tool_invocation_start`.
+    Refusals are recorded and raised. The gate (``tools.gate.TOOL_GATE``) then decides what
+    the call needs; the rule that decided is recorded in ``rule``, and a rule that denies
+    the call refuses it (``denied_by_rule``, with the rule's message). A gated call is
+    saved ``awaiting_approval`` with the tool's preview, unless the preview says the call
+    cannot succeed: it is then refused (``precondition_failed``) and no reviewer is asked.
+    A call that may run comes back ``running`` but not yet saved: a sync tool's run and its
+    audit row then commit together (:func:`tool_invocation_execute`), and an async tool's
+    caller saves it first with :func:`tool_invocation_start`.
     """
     record = _invocation_record(**call)
     try:
         storable_check(record["arguments"])
         spec, policy = tool_call_check(name=call["name"], principal=call["principal"])
         args = spec.parse_arguments(call["arguments"])
-        preview = spec.make_preview(args) if policy.requires_approval else None
+        decision = TOOL_GATE.decide(
+            CallFacts(spec, policy, args, call["principal"], client=client_name)
+        )
+        record["rule"] = decision.rule
+        if decision.outcome == "deny":
+            raise ApplicationError(
+                decision.message,
+                "denied_by_rule",
+                {"tool": spec.name, "rule": decision.rule},
+            )
+        preview = spec.make_preview(args) if decision.requires_approval else None
         if preview is not None and preview.refusal:
             raise ApplicationError(
                 preview.refusal,
@@ -160,13 +178,13 @@ def tool_invocation_prepare(*, reason: str = "", **call) -> tuple[ToolInvocation
         _record_refusal(record, exc)
         raise
 
-    if policy.requires_approval:
+    if decision.requires_approval:
         with transaction.atomic():
             invocation = ToolInvocation.objects.create(**record, status=Status.AWAITING_APPROVAL)
             invocation_gated.send(
                 sender=ToolInvocation,
                 invocation=invocation,
-                policy=policy,
+                decision=decision,
                 preview=preview.as_dict() if preview is not None else None,
                 reason=str(reason or "")[:2000],
             )
@@ -218,6 +236,7 @@ def tool_invoke_refuse(*, error: ApplicationError, **call) -> None:
     """Records a call refused before it could be parsed (say, a malformed body), then raises
     ``error``. Takes the same keyword arguments as :func:`tool_invoke`."""
     call.pop("reason", None)
+    call.pop("client_name", None)
     _record_refusal(_invocation_record(**call), error)
     raise error
 

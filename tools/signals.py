@@ -1,7 +1,8 @@
 from django.dispatch import Signal
 
 # Sent inside the transaction that records a call needing approval, with ``invocation``,
-# ``policy``, the tool's ``preview`` (a dict, or None) and the agent's ``reason``. The hitl
+# the gate's ``decision`` (tools.gate.GateDecision: approver group, M of N, timeout, risk),
+# the tool's ``preview`` (a dict, or None) and the agent's ``reason``. The hitl
 # app receives it and creates the HumanRequest; tools knows nothing of hitl.
 invocation_gated = Signal()
 

@@ -119,10 +119,16 @@ class Exchange:
     correlation_id: str = ""
     outbound: Outbound = field(default_factory=Outbound)
     client_capabilities: dict[str, Any] = field(default_factory=dict)  # a 2026 request's
+    meta_client_name: str = ""  # a 2026 request's _meta clientInfo.name
     notifications: list[dict[str, Any]] = field(default_factory=list)
     continuation: Continuation | ApprovalWait | Listen | None = None
     # 2026 tasks whose tools run (again) on the loop once the reply is out (tasks/update).
     task_runs: list[TaskRun] = field(default_factory=list)
+
+    def client_name(self) -> str:
+        """The client's clientInfo.name, which approval rules may test: the session's (read
+        from its row only when asked: the hot path's join leaves it out) or the request's."""
+        return self.session.client_name if self.session is not None else self.meta_client_name
 
     @property
     def supports_tasks(self) -> bool:

@@ -110,6 +110,7 @@ def handle_tools_call(ex: Exchange, params: dict) -> dict | None:
         "correlation_id": ex.correlation_id,
         # The agent's reason for a gated call, shown to reviewers (README: Human approval).
         "reason": _meta_text(params, "qmcp.dev/reason"),
+        "client_name": ex.client_name,
     }
     required = get_tool(name)
     try:

@@ -366,14 +366,15 @@ def test_logs_all_dropped_gives_plain_json(mcp, chatty):
 # --- the hot path ---------------------------------------------------------------------------
 
 
-def test_a_tool_call_costs_one_join_one_policy_read_and_one_insert(
+def test_a_tool_call_costs_one_join_one_policy_and_one_rules_read_and_one_insert(
     mcp, django_assert_num_queries, settings
 ):
-    """Session, token and user come from one join (no fallback to the slow checks)."""
+    """Session, token and user come from one join (no fallback to the slow checks); the
+    approval rules of every tool come in one query (none when cached)."""
     settings.QMCP_AUTH_CACHE_SECONDS = 0
     settings.QMCP_POLICY_CACHE_SECONDS = 0
     mcp.result("tools/call", {"name": "echo", "arguments": {"message": "warm"}})
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(4):
         result = mcp.result("tools/call", {"name": "echo", "arguments": {"message": "hi"}})
     assert result["content"][0]["text"] == "hi"
 

@@ -133,8 +133,8 @@ def test_policy_requiring_approval_gates_any_tool_and_signals(principal):
     ToolPolicy.objects.filter(tool_name="echo").update(requires_approval=True)
     received = []
 
-    def receiver(sender, invocation, policy, **kwargs):
-        received.append((invocation.pk, policy.tool_name))
+    def receiver(sender, invocation, decision, **kwargs):
+        received.append((invocation.pk, decision.outcome, decision.rule))
 
     invocation_gated.connect(receiver)
     try:
@@ -143,7 +143,7 @@ def test_policy_requiring_approval_gates_any_tool_and_signals(principal):
         invocation_gated.disconnect(receiver)
     assert invocation.status == "awaiting_approval"
     assert invocation.result is None
-    assert received == [(invocation.pk, "echo")]
+    assert received == [(invocation.pk, "approval", "")]
 
 
 def test_policies_are_created_from_registry_defaults():
