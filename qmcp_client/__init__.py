@@ -30,6 +30,7 @@ from qmcp_client.models import (
     InvocationSummary,
     Page,
     Policy,
+    PolicyExplanation,
     Tool,
 )
 from qmcp_client.rest import OPERATIONS, AsyncQMCPClient, QMCPClient
@@ -54,6 +55,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "Policy",
+    "PolicyExplanation",
     "QMCPClient",
     "QMCPConnectionError",
     "QMCPError",

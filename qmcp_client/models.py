@@ -132,6 +132,26 @@ class HumanRequest(_Model):
         return self.status == "pending"
 
 
+class PolicyApproval(_Model):
+    approver_group: str | None = None
+    approvals_required: int
+    approval_timeout_seconds: int
+    risk_level: str = ""
+
+
+class PolicyExplanation(_Model):
+    """What the approval rules would do with a call: ``outcome`` (allow, approval or deny),
+    the ``rule`` that decided it ("" for the tool's policy), ``why``, and the approval it
+    would need or the message a denial gives."""
+
+    tool: str
+    outcome: str
+    rule: str = ""
+    why: str = ""
+    approval: PolicyApproval | None = None
+    message: str | None = None
+
+
 class Page(_Model, Generic[T]):
     """One page of a paginated list: ``items`` and the total ``count``."""
 

@@ -28,7 +28,7 @@ from qmcp_client.errors import (
     WaitTimeout,
     error_for,
 )
-from qmcp_client.models import Health, HumanRequest, Invocation, Page, Tool
+from qmcp_client.models import Health, HumanRequest, Invocation, Page, PolicyExplanation, Tool
 
 __all__ = ["OPERATIONS", "AsyncQMCPClient", "QMCPClient"]
 
@@ -49,6 +49,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/human/requests"): "list_human_requests",
     ("GET", "/v1/human/requests/{request_id}"): "get_human_request",
     ("POST", "/v1/human/responses"): "respond",
+    ("POST", "/v1/policy/explain"): "explain_policy",
 }
 
 _ALWAYS_RETRY_STATUS = {502, 503, 504}
@@ -236,6 +237,18 @@ class _Base:
             "POST", "/v1/human/responses", HumanRequest.model_validate, json=body, send_json=True
         )
 
+    def _op_explain_policy(self, tool, arguments, user, client) -> _Op:
+        body = {"tool": tool, "arguments": arguments or {}, "caller": _clean({"user": user})}
+        if client:
+            body["caller"]["client"] = client
+        return _Op(
+            "POST",
+            "/v1/policy/explain",
+            PolicyExplanation.model_validate,
+            json=body,
+            send_json=True,
+        )
+
 
 class QMCPClient(_Base):
     """The synchronous client. Use as a context manager, or call :meth:`close`.
@@ -356,6 +369,19 @@ class QMCPClient(_Base):
     ) -> HumanRequest:
         """Approves, rejects or answers a request (``decision``: approve, reject, answer)."""
         return self._send(self._op_respond(request_id, decision, option, answer, comment))
+
+    def explain_policy(
+        self,
+        tool: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        user: str | None = None,
+        client: str = "",
+    ) -> PolicyExplanation:
+        """Which approval rule a call would match now, and what it would need; nothing runs.
+        ``user`` (an email) explains another caller's call (staff only), ``client`` sets
+        the MCP client name the rules see."""
+        return self._send(self._op_explain_policy(tool, arguments, user, client))
 
     def approve(self, request_id: str | UUID, comment: str = "") -> HumanRequest:
         return self.respond(request_id, "approve", comment=comment)
@@ -540,6 +566,17 @@ class AsyncQMCPClient(_Base):
         comment: str = "",
     ) -> HumanRequest:
         return await self._send(self._op_respond(request_id, decision, option, answer, comment))
+
+    async def explain_policy(
+        self,
+        tool: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        user: str | None = None,
+        client: str = "",
+    ) -> PolicyExplanation:
+        """See :meth:`QMCPClient.explain_policy`."""
+        return await self._send(self._op_explain_policy(tool, arguments, user, client))
 
     async def approve(self, request_id: str | UUID, comment: str = "") -> HumanRequest:
         return await self.respond(request_id, "approve", comment=comment)

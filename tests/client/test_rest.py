@@ -21,6 +21,7 @@ from qmcp_client import (
     NotFound,
     Page,
     PermissionDenied,
+    PolicyExplanation,
     QMCPClient,
     QMCPConnectionError,
     QMCPError,
@@ -70,6 +71,16 @@ def test_operations_table_covers_the_openapi_document(qmcp_server):
 def test_health(client):
     health = client.health()
     assert isinstance(health, Health) and health.status == "ok"
+
+
+def test_explain_policy_says_what_a_call_would_need_and_runs_nothing(client):
+    echo = client.explain_policy("echo", {"message": "hi"})
+    assert isinstance(echo, PolicyExplanation)
+    assert (echo.tool, echo.outcome, echo.rule, echo.approval) == ("echo", "allow", "", None)
+    delete = client.explain_policy("delete_user", {"user_id": 1})
+    assert delete.outcome == "approval" and delete.approval.approvals_required >= 1
+    assert "policy" in delete.why
+    assert not ToolInvocation.objects.exists()  # explaining is not calling
 
 
 def test_list_tools_is_typed(client):
