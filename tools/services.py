@@ -31,7 +31,7 @@ from tools.registry import (
 from tools.signals import approved_run_notes, invocation_finished, invocation_gated
 from users.models import ApiToken
 from users.principals import Principal
-from users.services import api_token_check
+from users.services import caller_check
 
 logger = logging.getLogger(__name__)
 
@@ -648,19 +648,10 @@ class _LeaseKeeper:
 
 
 def _approved_caller(invocation: ToolInvocation) -> Principal:
-    """The caller of an approved call as they are now; ``unauthenticated`` if they may no
-    longer call (user deleted or inactive, token revoked, expired or deleted)."""
-    user = invocation.principal
-    if user is None:
-        raise ApplicationError("The caller's account no longer exists.", "unauthenticated")
-    if invocation.token_id is None:
-        if not user.is_active:
-            raise ApplicationError("The caller's account is inactive.", "unauthenticated")
-        return Principal.for_user(user)
-    if invocation.token is None:
-        raise ApplicationError("The caller's API token no longer exists.", "unauthenticated")
-    api_token_check(token=invocation.token)
-    return Principal.for_token(invocation.token)
+    """The caller of an approved call as they are now (see :func:`caller_check`)."""
+    return caller_check(
+        user=invocation.principal, token_id=invocation.token_id, token=invocation.token
+    )
 
 
 def tool_invocation_run_approved(*, invocation_id, lease: str = "") -> ToolInvocation | None:

@@ -153,17 +153,34 @@ def api_token_check(*, token: ApiToken) -> None:
         raise ApplicationError("The token's user is inactive.", "unauthenticated")
 
 
-def principal_usable(*, principal: Principal) -> bool:
-    """Whether ``principal`` may still act now, read afresh: its token usable (see
-    :func:`api_token_check`), or, for a logged-in user, the user still active. For what
-    outlives the request that authenticated it, such as a long-lived stream."""
-    if principal.token is None:
-        return User.objects.filter(pk=principal.user.pk, is_active=True).exists()
-    token = ApiToken.objects.select_related("user").filter(pk=principal.token.pk).first()
+def caller_check(*, user: User | None, token_id: int | None, token: ApiToken | None) -> Principal:
+    """The principal of a caller recorded earlier (its user, and the id of its token and the
+    token as loaded now, None once deleted), if they may still call now; ``unauthenticated``
+    otherwise (user deleted or inactive, token revoked, expired or deleted)."""
+    if user is None:
+        raise ApplicationError("The caller's account no longer exists.", "unauthenticated")
+    if token_id is None:
+        if not user.is_active:
+            raise ApplicationError("The caller's account is inactive.", "unauthenticated")
+        return Principal.for_user(user)
     if token is None:
-        return False
+        raise ApplicationError("The caller's API token no longer exists.", "unauthenticated")
+    api_token_check(token=token)
+    return Principal.for_token(token)
+
+
+def principal_usable(*, principal: Principal) -> bool:
+    """Whether ``principal`` may still act now, read afresh (see :func:`caller_check`). For
+    what outlives the request that authenticated it, such as a long-lived stream."""
+    token_id = principal.token.pk if principal.token is not None else None
     try:
-        api_token_check(token=token)
+        caller_check(
+            user=User.objects.filter(pk=principal.user.pk).first(),
+            token_id=token_id,
+            token=ApiToken.objects.select_related("user").filter(pk=token_id).first()
+            if token_id is not None
+            else None,
+        )
     except ApplicationError:
         return False
     return True
