@@ -5,11 +5,15 @@ Both serve an ``echo`` tool over Streamable HTTP; QMCP writes an audit row per c
 time; in the 2026-07-28 era (stateless, the SDK's own 2026 path on its side) every call
 carries its ``_meta`` and routing headers instead. Each level runs against each server and
 era in turn. Prints calls per second, p50 and p99
-latency, and the ratio QMCP/SDK.
+latency, the server CPU per call (user + system time of the server's processes), and the
+ratio QMCP/SDK; at the end, that QMCP wrote exactly one audit row per call it answered.
+``--audit-rows N`` fills the audit table with N rows first (by doubling, in SQL), to see
+what a large table costs each call.
 
     .venv/bin/python benchmarks/mcp_bench.py                      # SQLite
     .venv/bin/python benchmarks/mcp_bench.py --postgres postgres://postgres@127.0.0.1:5432/postgres
     .venv/bin/python benchmarks/mcp_bench.py --pin 0 1   # server on core 0, load on core 1
+    .venv/bin/python benchmarks/mcp_bench.py --pin 0 1 --audit-rows 1000000
 
 QMCP runs with the environment of this process, so settings such as
 ``QMCP_AUDIT_SYNCHRONOUS_COMMIT=0`` apply to it.
@@ -68,6 +72,28 @@ def run(cmd: list[str], env: dict[str, str], probe: str):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and all its descendants (uvicorn or daphne
+    workers), read from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state, ppid, ... utime is field 14 and stime 15 of stat(5).
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    tree, total = {pid}, 0.0
+    for _ in range(4):  # a few levels of children are enough for any server here
+        tree |= {child for child, (parent, _) in stats.items() if parent in tree}
+    for member in tree:
+        total += stats.get(member, (0, 0.0))[1]
+    return total
 
 
 def postgres_database(admin_url: str) -> str:
@@ -137,6 +163,35 @@ def prepare_qmcp(env: dict[str, str]) -> str:
         "print(api_token_create(user=u, name='bench', scopes=['tools:call', 'tools:read'])[1])"
     )
     return manage_shell(env, code)[-1]
+
+
+AUDIT_COUNT = "from tools.models import ToolInvocation; print(ToolInvocation.objects.count())"
+
+# Fills the audit table by doubling one finished echo row until it holds the wanted count:
+# one INSERT ... SELECT per doubling, with fresh ids made by the database.
+PREFILL = """
+from django.db import connection
+from django.utils import timezone
+from tools.models import ToolInvocation
+now = timezone.now()
+ToolInvocation.objects.create(tool_name='echo', arguments={'message': 'hello'},
+    principal_label='prefill', via='mcp', status='succeeded', result={'text': 'hello'},
+    started_at=now, finished_at=now, duration_ms=0.1)
+columns = [f.column for f in ToolInvocation._meta.concrete_fields if f.column != 'id']
+new_id = ('gen_random_uuid()' if connection.vendor == 'postgresql'
+          else "lower(hex(randomblob(16)))")
+names = ', '.join(connection.ops.quote_name(c) for c in columns)
+table = ToolInvocation._meta.db_table
+wanted = WANTED
+with connection.cursor() as cursor:
+    while (have := ToolInvocation.objects.count()) < wanted:
+        cursor.execute(f'INSERT INTO {table} (id, {names}) SELECT {new_id}, {names} '
+                       f'FROM {table} LIMIT {min(have, wanted - have)}')
+if connection.vendor == 'postgresql':
+    with connection.cursor() as cursor:
+        cursor.execute(f'VACUUM ANALYZE {table}')
+print(ToolInvocation.objects.count())
+"""
 
 
 def parse_reply(response: httpx.Response, rpc_id: int) -> dict:
@@ -254,6 +309,12 @@ def main() -> None:
     )
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     parser.add_argument(
+        "--audit-rows",
+        type=int,
+        default=0,
+        help="fill QMCP's audit table with this many rows before the runs",
+    )
+    parser.add_argument(
         "--era",
         nargs="+",
         choices=["2025", "2026"],
@@ -268,6 +329,11 @@ def main() -> None:
 
     database, env = server_env(args.postgres, args.redis)
     token = prepare_qmcp(env)
+    if args.audit_rows:
+        filled = manage_shell(env, PREFILL.replace("WANTED", str(args.audit_rows)))[-1]
+        print(f"audit table filled: {filled} rows")
+    rows_before = int(manage_shell(env, AUDIT_COUNT)[-1])
+    qmcp_calls = 0
     qmcp_port, sdk_port = free_port(), free_port()
     qmcp_cmd = [*pin, *qmcp_command(args.server, qmcp_port)]
     sdk_cmd = [*pin, PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
@@ -286,34 +352,52 @@ def main() -> None:
         f"{args.seconds:.0f} s, the servers taking turns; era 2025 = a session per client, "
         "2026 = stateless 2026-07-28"
     )
-    print(f"{'conc':>5} {'server':>9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'conc':>5} {'server':>9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/call':>12}"
+    )
     with (
-        run(qmcp_cmd, env, f"http://127.0.0.1:{qmcp_port}/health"),
-        run(sdk_cmd, os.environ.copy(), f"http://127.0.0.1:{sdk_port}/"),
+        run(qmcp_cmd, env, f"http://127.0.0.1:{qmcp_port}/health") as qmcp_process,
+        run(sdk_cmd, os.environ.copy(), f"http://127.0.0.1:{sdk_port}/") as sdk_process,
     ):
+        pids = {"qmcp": qmcp_process.pid, "sdk": sdk_process.pid}
+
+        def measured(name: str, url: str, headers: dict, concurrency: int, seconds: float, era):
+            nonlocal qmcp_calls
+            pid = pids[name.split("-")[0]]
+            cpu = cpu_seconds(pid)
+            figures = asyncio.run(load(url, headers, concurrency, seconds, era))
+            figures["cpu"] = (cpu_seconds(pid) - cpu) / figures["calls"] * 1e6
+            if name.startswith("qmcp"):
+                qmcp_calls += figures["calls"]
+            return figures
+
         for concurrency in args.concurrency:
             runs: dict[str, list[dict]] = {name: [] for name in servers}
-            for url, auth, era in servers.values():
-                asyncio.run(load(url, {**base, **auth}, concurrency, 2, era))  # warm up
+            for name, (url, auth, era) in servers.items():
+                measured(name, url, {**base, **auth}, concurrency, 2, era)  # warm up
             # The servers take turns, so both see the same machine, noise included.
             for _ in range(args.repeat):
                 for name, (url, auth, era) in servers.items():
                     runs[name].append(
-                        asyncio.run(load(url, {**base, **auth}, concurrency, args.seconds, era))
+                        measured(name, url, {**base, **auth}, concurrency, args.seconds, era)
                     )
             figures = {}
             for name in servers:
                 figures[name] = {
                     key: statistics.median(r[key] for r in runs[name])
-                    for key in ("rps", "p50", "p99")
+                    for key in ("rps", "p50", "p99", "cpu")
                 }
                 f = figures[name]
                 print(
-                    f"{concurrency:>5} {name:>9} {f['rps']:>9.0f} {f['p50']:>8.2f} {f['p99']:>8.2f}"
+                    f"{concurrency:>5} {name:>9} {f['rps']:>9.0f} {f['p50']:>8.2f} "
+                    f"{f['p99']:>8.2f} {f['cpu']:>12.0f}"
                 )
             for era in args.era:
                 ratio = figures[f"qmcp-{era}"]["rps"] / figures[f"sdk-{era}"]["rps"]
                 print(f"{concurrency:>5} {'ratio-' + era:>9} {ratio:>9.2f}  (QMCP/SDK calls/s)")
+    rows = int(manage_shell(env, AUDIT_COUNT)[-1]) - rows_before
+    verdict = "one per call" if rows == qmcp_calls else "MISMATCH"
+    print(f"audit rows written: {rows} for {qmcp_calls} QMCP calls answered ({verdict})")
 
 
 if __name__ == "__main__":
