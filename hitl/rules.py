@@ -101,7 +101,8 @@ def decide(facts: CallFacts) -> GateDecision:
     (see the module's docstring)."""
     now = timezone.now()
     caller = _CallerFacts(facts)
-    for compiled in RULES.book().for_tool(facts.spec.name):
+    book = rule_book_load() if facts.fresh else RULES.book()
+    for compiled in book.for_tool(facts.spec.name):
         why = _matches(compiled.conditions, facts, caller, now)
         if why is not None:
             return _outcome(compiled, facts, why)

@@ -19,6 +19,7 @@ from hitl.models import HumanRequest, HumanRequestEvent, HumanResponse, validate
 from hitl.signals import human_request_changed
 from qmcp_site.errors import ApplicationError
 from qmcp_site.storable import storable_check
+from tools.binding import arguments_digest
 from tools.gate import GateDecision
 from tools.models import (
     APPROVAL_TIMEOUT_MAX,
@@ -321,6 +322,20 @@ def _edit_arguments(request: HumanRequest, responder: User, arguments: Any) -> N
     )
 
 
+def approved_digest(request: HumanRequest) -> str:
+    """The digest (``tools.binding``) an approval of ``request``'s call binds: that of the
+    arguments a reviewer edited the call to, else the one the call was gated with."""
+    invocation = request.invocation
+    if request.edited_arguments is None and invocation.arguments_digest:
+        return invocation.arguments_digest
+    edited = request.edited_arguments
+    arguments = invocation.arguments if edited is None else edited
+    spec = get_tool(invocation.tool_name)
+    if spec is not None:
+        arguments = spec.parse_arguments(arguments).model_dump(mode="json")
+    return arguments_digest(invocation.tool_name, arguments)
+
+
 def edit_note(*, invocation_id) -> str:
     """What the agent is told when a reviewer changed its approved call's arguments, read
     from the stored request on every run of the call; "" when nobody changed them."""
@@ -411,7 +426,9 @@ def _settle(
             invocation_id = str(request.invocation_id)
             if request.edited_arguments is not None:
                 tool_invocation_rebind(
-                    invocation_id=invocation_id, arguments=request.edited_arguments
+                    invocation_id=invocation_id,
+                    arguments=request.edited_arguments,
+                    digest=approved_digest(request),
                 )
             transaction.on_commit(lambda: tool_invocation_run_task.delay(invocation_id))
         elif request.outcome == HumanRequest.Outcome.REJECTED:
