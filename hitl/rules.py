@@ -4,8 +4,9 @@
 that passed its tool's policy check is tested against the tool's enabled rules and those
 for every tool, in order; the first whose conditions (``hitl.conditions``) hold decides
 (allow, require approval with its parameters, or deny with a message), and the tool's
-``ToolPolicy`` default decides when none does. :func:`explain` answers the same question
-for ``POST /v1/policy/explain``.
+``ToolPolicy`` default decides when none does. Grants (``hitl.grants``: allow rules that
+name their caller and expire) answer a call that would need approval, whichever rule
+asked. :func:`explain` answers the same question for ``POST /v1/policy/explain``.
 
 The rules are read once per ``QMCP_POLICY_CACHE_SECONDS`` in one query for all tools, and
 forgotten when one is saved or deleted: a call adds no query, unless a rule it reaches
@@ -42,12 +43,38 @@ class CompiledRule:
         return f"#{self.rule.pk} {self.rule.name}"[:200]
 
 
+@dataclass(frozen=True)
+class CompiledGrant:
+    """A grant (``ApprovalRule.is_grant``) as the cache holds it: whose calls it lets
+    through, with which arguments' digest ("" for any), until ``expires`` (a Unix time,
+    compared with the clock on every call: a cached grant stops matching when it expires)."""
+
+    label: str
+    user_id: int
+    token_id: int | None
+    digest: str
+    expires: float
+    until: str
+
+    def matches(self, facts: CallFacts, now: float) -> bool:
+        principal = facts.principal
+        token_id = principal.token.pk if principal.token is not None else None
+        return (
+            now < self.expires
+            and principal.user.pk == self.user_id
+            and token_id == self.token_id
+            and (not self.digest or self.digest == facts.digest)
+        )
+
+
 @dataclass
 class RuleBook:
-    """The enabled rules, by tool name ("" for the rules of every tool), each list in order;
-    loaded at ``loaded`` (time.monotonic)."""
+    """The enabled rules, by tool name ("" for the rules of every tool), each list in order,
+    and the grants not yet expired or revoked, by tool name; loaded at ``loaded``
+    (time.monotonic)."""
 
     by_tool: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    grants: dict[str, list[CompiledGrant]] = field(default_factory=dict)
     loaded: float = 0.0
 
     def for_tool(self, name: str) -> list[CompiledRule]:
@@ -83,10 +110,25 @@ RULES = RuleCache()
 
 
 def rule_book_load() -> RuleBook:
-    """Every enabled rule, in one query. A stored rule whose conditions no longer parse
-    (written around the admin) never matches: it is left out, not guessed at."""
+    """Every enabled rule, in one query, and the live grants in another. A stored rule whose
+    conditions no longer parse (written around the admin) never matches: it is left out,
+    not guessed at."""
     book = RuleBook(loaded=time.monotonic())
-    rules = ApprovalRule.objects.filter(enabled=True).select_related("approver_group")
+    grants = ApprovalRule.objects.filter(
+        enabled=True, caller__isnull=False, revoked_at=None, expires_at__gt=timezone.now()
+    ).select_related("caller", "caller_token")
+    for grant in grants.order_by("id"):
+        book.grants.setdefault(grant.tool_name, []).append(
+            CompiledGrant(
+                label=grant.grant_label,
+                user_id=grant.caller_id,
+                token_id=grant.caller_token_id,
+                digest=grant.arguments_digest,
+                expires=grant.expires_at.timestamp(),
+                until=grant.expires_at.isoformat(),
+            )
+        )
+    rules = ApprovalRule.objects.filter(enabled=True, caller=None).select_related("approver_group")
     for rule in rules.order_by("position", "id"):
         try:
             conditions = conditions_parse(rule.conditions)
@@ -105,8 +147,8 @@ def decide(facts: CallFacts) -> GateDecision:
     for compiled in book.for_tool(facts.spec.name):
         why = _matches(compiled.conditions, facts, caller, now)
         if why is not None:
-            return _outcome(compiled, facts, why)
-    return GateDecision.of_policy(facts.policy)
+            return _unless_granted(book, facts, now, _outcome(compiled, facts, why))
+    return _unless_granted(book, facts, now, GateDecision.of_policy(facts.policy))
 
 
 def explain(*, tool: str, arguments: Any, principal: Principal, client_name: str = "") -> dict:
@@ -128,6 +170,24 @@ def explain(*, tool: str, arguments: Any, principal: Principal, client_name: str
         args = spec.parse_arguments(arguments)
         decision = decide(CallFacts(spec, policy, args, principal, client=client_name))
     return {"tool": spec.name, **decision.as_dict()}
+
+
+def _unless_granted(
+    book: RuleBook, facts: CallFacts, now: datetime, decision: GateDecision
+) -> GateDecision:
+    """``decision``, unless it asks for approval and a live grant lets this caller through:
+    then an allow that names the grant. A grant stands for the approval it spares, so it
+    never overrides a denial (a change freeze, say), and a call that needs no approval
+    never looks at grants."""
+    grants = book.grants.get(facts.spec.name) if decision.requires_approval else None
+    if grants:
+        stamp = now.timestamp()
+        for grant in grants:
+            if grant.matches(facts, stamp):
+                scope = "these exact arguments" if grant.digest else "any arguments"
+                why = f"a reviewer granted this caller the tool with {scope} until {grant.until}"
+                return GateDecision("allow", rule=grant.label, why=why)
+    return decision
 
 
 def _matches(
