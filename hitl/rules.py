@@ -50,18 +50,16 @@ class CompiledGrant:
     compared with the clock on every call: a cached grant stops matching when it expires)."""
 
     label: str
-    user_id: int
     token_id: int | None
     digest: str
     expires: float
     until: str
 
-    def matches(self, facts: CallFacts, now: float) -> bool:
-        principal = facts.principal
-        token_id = principal.token.pk if principal.token is not None else None
+    def matches(self, facts: CallFacts, token_id: int | None, now: float) -> bool:
+        """Whether it lets this call of its tool by its user, with the token ``token_id``
+        (None: a session), through at ``now``."""
         return (
             now < self.expires
-            and principal.user.pk == self.user_id
             and token_id == self.token_id
             and (not self.digest or self.digest == facts.digest)
         )
@@ -70,11 +68,11 @@ class CompiledGrant:
 @dataclass
 class RuleBook:
     """The enabled rules, by tool name ("" for the rules of every tool), each list in order,
-    and the grants not yet expired or revoked, by tool name; loaded at ``loaded``
-    (time.monotonic)."""
+    and the grants not yet expired or revoked, by tool name and user id (so a call looks
+    only at its own caller's); loaded at ``loaded`` (time.monotonic)."""
 
     by_tool: dict[str, list[CompiledRule]] = field(default_factory=dict)
-    grants: dict[str, list[CompiledGrant]] = field(default_factory=dict)
+    grants: dict[tuple[str, int], list[CompiledGrant]] = field(default_factory=dict)
     loaded: float = 0.0
 
     def for_tool(self, name: str) -> list[CompiledRule]:
@@ -118,10 +116,9 @@ def rule_book_load() -> RuleBook:
         enabled=True, caller__isnull=False, revoked_at=None, expires_at__gt=timezone.now()
     ).select_related("caller", "caller_token")
     for grant in grants.order_by("id"):
-        book.grants.setdefault(grant.tool_name, []).append(
+        book.grants.setdefault((grant.tool_name, grant.caller_id), []).append(
             CompiledGrant(
                 label=grant.grant_label,
-                user_id=grant.caller_id,
                 token_id=grant.caller_token_id,
                 digest=grant.arguments_digest,
                 expires=grant.expires_at.timestamp(),
@@ -179,11 +176,15 @@ def _unless_granted(
     then an allow that names the grant. A grant stands for the approval it spares, so it
     never overrides a denial (a change freeze, say), and a call that needs no approval
     never looks at grants."""
-    grants = book.grants.get(facts.spec.name) if decision.requires_approval else None
+    if not (decision.requires_approval and book.grants):
+        return decision
+    principal = facts.principal
+    grants = book.grants.get((facts.spec.name, principal.user.pk))
     if grants:
         stamp = now.timestamp()
+        token_id = principal.token.pk if principal.token is not None else None
         for grant in grants:
-            if grant.matches(facts, stamp):
+            if grant.matches(facts, token_id, stamp):
                 scope = "these exact arguments" if grant.digest else "any arguments"
                 why = f"a reviewer granted this caller the tool with {scope} until {grant.until}"
                 return GateDecision("allow", rule=grant.label, why=why)
