@@ -508,6 +508,7 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
     list_filter = (GrantFilter, "outcome", "enabled", "tool_name")
     search_fields = ("name", "tool_name", "caller__email")
     ordering = ("position", "id")
+    list_select_related = ("revoked_by",)
     actions = ["revoke_grants"]
     fieldsets = (
         (None, {"fields": ("name", "tool_name", "position", "enabled", "conditions")}),

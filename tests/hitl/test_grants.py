@@ -315,7 +315,12 @@ def test_the_admin_decision_grants_and_the_admin_lists_and_revokes_grants(
     django_capture_on_commit_callbacks, agent
 ):
     first = call(agent)
-    admin_user = grant(make_reviewer(), "hitl.view_humanrequest", "hitl.change_approvalrule")
+    admin_user = grant(
+        make_reviewer(),
+        "hitl.view_humanrequest",
+        "hitl.change_approvalrule",
+        "tools.view_toolinvocation",
+    )
     browser = Client()
     browser.force_login(admin_user)
     approve_url = reverse("admin:hitl_humanrequest_approve", args=[first.human_request.pk])
@@ -327,6 +332,12 @@ def test_the_admin_decision_grants_and_the_admin_lists_and_revokes_grants(
     rules_url = reverse("admin:hitl_approvalrule_changelist")
     assert rule.name in browser.get(rules_url, {"grants": "live"}).content.decode()
     assert rule.name not in browser.get(rules_url, {"grants": "rules"}).content.decode()
+    let_through = call(agent)
+    audit = browser.get(
+        reverse("admin:tools_toolinvocation_changelist"), {"q": f"grant #{rule.pk} "}
+    )
+    assert str(let_through.pk) in audit.content.decode()
+    assert audit.context["cl"].result_count == 1
     browser.post(rules_url, {"action": "revoke_grants", "_selected_action": [rule.pk], "index": 0})
     rule.refresh_from_db()
     assert rule.revoked_by == admin_user
