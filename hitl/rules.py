@@ -8,8 +8,9 @@ for every tool, in order; the first whose conditions (``hitl.conditions``) hold 
 name their caller and expire) answer a call that would need approval, whichever rule
 asked. :func:`explain` answers the same question for ``POST /v1/policy/explain``.
 
-The rules are read once per ``QMCP_POLICY_CACHE_SECONDS`` in one query for all tools, and
-forgotten when one is saved or deleted: a call adds no query, unless a rule it reaches
+The rules (grants included) are read once per ``QMCP_POLICY_CACHE_SECONDS`` in one query
+for all tools, and forgotten when one is saved or deleted: a call adds no query, unless a
+rule it reaches
 tests the caller's groups (one query for the user's group names) or, in an MCP session,
 the client's name (one read of the session's clientInfo).
 """
@@ -54,6 +55,16 @@ class CompiledGrant:
     digest: str
     expires: float
     until: str
+
+    @classmethod
+    def of(cls, rule: ApprovalRule) -> "CompiledGrant":
+        return cls(
+            label=rule.grant_label,
+            token_id=rule.caller_token_id,
+            digest=rule.arguments_digest,
+            expires=rule.expires_at.timestamp(),
+            until=rule.expires_at.isoformat(),
+        )
 
     def matches(self, facts: CallFacts, token_id: int | None, now: float) -> bool:
         """Whether it lets this call of its tool by its user, with the token ``token_id``
@@ -108,25 +119,19 @@ RULES = RuleCache()
 
 
 def rule_book_load() -> RuleBook:
-    """Every enabled rule, in one query, and the live grants in another. A stored rule whose
-    conditions no longer parse (written around the admin) never matches: it is left out,
-    not guessed at."""
+    """Every enabled rule and live grant, in one query. A stored rule whose conditions no
+    longer parse (written around the admin) never matches: it is left out, not guessed at."""
     book = RuleBook(loaded=time.monotonic())
-    grants = ApprovalRule.objects.filter(
-        enabled=True, caller__isnull=False, revoked_at=None, expires_at__gt=timezone.now()
-    ).select_related("caller", "caller_token")
-    for grant in grants.order_by("id"):
-        book.grants.setdefault((grant.tool_name, grant.caller_id), []).append(
-            CompiledGrant(
-                label=grant.grant_label,
-                token_id=grant.caller_token_id,
-                digest=grant.arguments_digest,
-                expires=grant.expires_at.timestamp(),
-                until=grant.expires_at.isoformat(),
-            )
-        )
-    rules = ApprovalRule.objects.filter(enabled=True, caller=None).select_related("approver_group")
+    now = timezone.now()
+    rules = ApprovalRule.objects.filter(enabled=True).select_related(
+        "approver_group", "caller", "caller_token"
+    )
     for rule in rules.order_by("position", "id"):
+        if rule.is_grant:
+            if rule.revoked_at is None and rule.expires_at is not None and rule.expires_at > now:
+                key = (rule.tool_name, rule.caller_id)
+                book.grants.setdefault(key, []).append(CompiledGrant.of(rule))
+            continue
         try:
             conditions = conditions_parse(rule.conditions)
         except ValueError:
