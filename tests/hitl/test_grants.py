@@ -343,3 +343,24 @@ def test_the_admin_decision_grants_and_the_admin_lists_and_revokes_grants(
     assert rule.revoked_by == admin_user
     assert rule.name in browser.get(rules_url, {"grants": "revoked"}).content.decode()
     assert call(agent).status == "awaiting_approval"
+
+
+def test_explain_names_the_grant_that_would_let_the_callers_next_call_through(
+    django_capture_on_commit_callbacks,
+):
+    token, secret = make_token(user=UserFactory(), scopes=["tools:call", "tools:read"])
+    rule = granted(django_capture_on_commit_callbacks, Principal.for_token(token))
+    body = {"tool": TOOL, "arguments": {"service": "web"}}
+    answer = ApiClient(secret).post("/v1/policy/explain", body).json()
+    assert (answer["outcome"], answer["rule"]) == ("allow", rule.grant_label)
+    assert "exact arguments" in answer["why"]
+    other = ApiClient(secret).post("/v1/policy/explain", {**body, "arguments": {"service": "db"}})
+    assert other.json()["outcome"] == "approval"
+
+
+def test_no_grant_is_made_for_a_call_whose_token_was_deleted(agent):
+    first = call(agent)
+    agent.token.delete()
+    with pytest.raises(ApplicationError, match="token this call came with no longer exists"):
+        approve_with_grant(first)
+    assert not ApprovalRule.objects.exists()
