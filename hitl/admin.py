@@ -18,8 +18,10 @@ from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
+from hitl.grants import GRANT_HOURS_OFFERED, GrantTerms, grants_revoke
 from hitl.models import ApprovalRule, HumanRequest, HumanResponse, ReviewerSettings
 from hitl.services import (
     RESPOND_PERMISSION,
@@ -29,6 +31,7 @@ from hitl.services import (
     human_requests_respond,
     requests_phrase,
 )
+from qmcp_site.errors import ApplicationError
 
 Decision = HumanResponse.Decision
 
@@ -377,12 +380,21 @@ class HumanRequestAdmin(admin.ModelAdmin):
         return self._confirmation(request, [obj], decision)
 
     def _decide(self, request, requests, decision):
-        """Responds to each request through the service; reports successes and refusals."""
+        """Responds to each request through the service (with the grant the confirmation
+        page offers an approval); reports successes and refusals."""
+        try:
+            grant = GrantTerms.of(
+                request.POST.get("grant_hours"), request.POST.get("grant_arguments") or "exact"
+            )
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return
         outcome = human_requests_respond(
             request_ids=[obj.pk for obj in requests],
             responder=request.user,
             decision=decision,
             comment=request.POST.get("comment", "").strip(),
+            grant=grant,
         )
         levels = {"success": messages.SUCCESS, "error": messages.ERROR}
         for level, text in outcome.messages(decision):
@@ -403,6 +415,12 @@ class HumanRequestAdmin(admin.ModelAdmin):
             "original": single,
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "queryset": requests,
+            "may_grant": decision == Decision.APPROVE
+            and all(obj.invocation_id and obj.approvals_required == 1 for obj in requests),
+            "grant_hours_offered": GRANT_HOURS_OFFERED,
+            "grant_tool": ", ".join(
+                sorted({obj.invocation.tool_name for obj in requests if obj.invocation_id})
+            ),
             "items": [
                 {
                     "request": obj,
@@ -429,17 +447,69 @@ class ReviewerSettingsAdmin(admin.ModelAdmin):
     autocomplete_fields = ("user",)
 
 
+class GrantFilter(admin.SimpleListFilter):
+    """Rules written in the admin, or grants made by reviewers (live, expired, revoked)."""
+
+    title = "kind"
+    parameter_name = "grants"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("rules", "Rules"),
+            ("all", "Grants"),
+            ("live", "Grants: live"),
+            ("expired", "Grants: expired"),
+            ("revoked", "Grants: revoked"),
+        ]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        grants = queryset.filter(caller__isnull=False)
+        return {
+            "rules": queryset.filter(caller=None),
+            "all": grants,
+            "live": grants.filter(revoked_at=None, expires_at__gt=now),
+            "expired": grants.filter(revoked_at=None, expires_at__lte=now),
+            "revoked": grants.exclude(revoked_at=None),
+        }.get(self.value(), queryset)
+
+
+GRANT_FIELDS = (
+    "caller",
+    "caller_token",
+    "arguments_digest",
+    "expires_at",
+    "granted_by",
+    "granted_from",
+    "revoked_at",
+    "revoked_by",
+)
+
+
 @admin.register(ApprovalRule)
 class ApprovalRuleAdmin(admin.ModelAdmin):
     """The approval policy's rules, in the order they are tried (edit positions in the
     list). Conditions are JSON checked against ``hitl.conditions`` when saved: bad data is
-    refused with the field's error (the model's ``clean``)."""
+    refused with the field's error (the model's ``clean``).
 
-    list_display = ("name", "tool_label", "outcome", "position", "enabled", "updated_at")
+    Grants (``hitl.grants``) are listed here too (the "kind" filter): made by reviewers
+    when approving, read-only here, ended with the "revoke" action, which records who."""
+
+    list_display = (
+        "name",
+        "tool_label",
+        "outcome",
+        "position",
+        "enabled",
+        "grant_state",
+        "updated_at",
+    )
     list_editable = ("position", "enabled")
-    list_filter = ("outcome", "enabled", "tool_name")
-    search_fields = ("name", "tool_name")
+    list_filter = (GrantFilter, "outcome", "enabled", "tool_name")
+    search_fields = ("name", "tool_name", "caller__email")
     ordering = ("position", "id")
+    list_select_related = ("revoked_by",)
+    actions = ["revoke_grants"]
     fieldsets = (
         (None, {"fields": ("name", "tool_name", "position", "enabled", "conditions")}),
         ("Outcome", {"fields": ("outcome", "deny_message")}),
@@ -454,8 +524,29 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
                 )
             },
         ),
+        ("Grant (made by a reviewer when approving)", {"fields": GRANT_FIELDS}),
     )
+    readonly_fields = GRANT_FIELDS
 
     @admin.display(description="Tool", ordering="tool_name")
     def tool_label(self, obj: ApprovalRule) -> str:
         return obj.tool_name or "every tool"
+
+    @admin.display(description="Grant")
+    def grant_state(self, obj: ApprovalRule) -> str:
+        if not obj.is_grant:
+            return "—"
+        if obj.revoked_at is not None:
+            return f"revoked by {obj.revoked_by.email if obj.revoked_by_id else '?'}"
+        if obj.expires_at <= timezone.now():
+            return "expired"
+        return f"live until {timezone.localtime(obj.expires_at):%Y-%m-%d %H:%M}"
+
+    @admin.action(permissions=["change"], description="Revoke selected grants")
+    def revoke_grants(self, request, queryset):
+        try:
+            count = grants_revoke(grants=queryset, by=request.user)
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return
+        self.message_user(request, f"Revoked {count} grant{'' if count == 1 else 's'}.")

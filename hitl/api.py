@@ -8,6 +8,7 @@ from ninja import Field, Router, Schema, Status
 from ninja.pagination import paginate
 from pydantic import ConfigDict, StrictInt
 
+from hitl.grants import GRANT_HOURS_MAX, GRANT_HOURS_MIN, GrantTerms
 from hitl.models import OPTION_MAX_LENGTH, OPTIONS_MAX, HumanRequest, HumanResponse
 from hitl.rules import explain
 from hitl.selectors import (
@@ -53,6 +54,18 @@ class HumanResponseIn(Schema):
     option: str = Field("", max_length=OPTION_MAX_LENGTH)
     answer: str = ""
     comment: str = ""
+    grant_hours: StrictInt | None = Field(
+        None,
+        ge=GRANT_HOURS_MIN,
+        le=GRANT_HOURS_MAX,
+        description=(
+            "With 'approve' of a call that needs one approval: also let its caller (the same "
+            "user, with the same token) run this tool for this many hours without asking."
+        ),
+    )
+    grant_arguments: Literal["exact", "any"] = Field(
+        "exact", description="The grant's calls: with these exact arguments, or any."
+    )
 
 
 class HumanRequestOut(Schema):
@@ -179,10 +192,13 @@ def responses_create(request, payload: HumanResponseIn):
     """Approves, rejects or answers a request as a reviewer; returns the updated request.
 
     403: not a reviewer, one's own request, or outside its approver group; 409: already
-    decided, expired or cancelled, or this reviewer has already responded.
+    decided, expired or cancelled, or this reviewer has already responded; 400: a grant on
+    a rejection, or on a request that needs more than one approval.
     """
     request.principal.require_scope(Scope.HITL_RESPOND)
-    human_request = human_request_respond(responder=request.principal.user, **payload.model_dump())
+    data = payload.model_dump()
+    grant = GrantTerms.of(data.pop("grant_hours"), data.pop("grant_arguments"))
+    human_request = human_request_respond(responder=request.principal.user, grant=grant, **data)
     return Status(201, human_request_get(request_id=human_request.pk, expire=False))
 
 

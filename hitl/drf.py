@@ -8,6 +8,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from hitl.grants import GRANT_HOURS_MAX, GRANT_HOURS_MIN, GrantTerms
 from hitl.models import OPTION_MAX_LENGTH, HumanRequest, HumanResponse
 from hitl.selectors import human_request_get, human_request_visible_get, human_request_visible_list
 from hitl.services import human_request_respond
@@ -95,6 +96,21 @@ class HumanRequestViewSet(viewsets.ReadOnlyModelViewSet):
     class DecisionInputSerializer(serializers.Serializer):
         comment = serializers.CharField(required=False, allow_blank=True, default="")
 
+    class ApproveInputSerializer(DecisionInputSerializer):
+        """An approval, with an optional grant (``hitl.grants``), as /v1/human/responses."""
+
+        grant_hours = serializers.IntegerField(
+            required=False,
+            allow_null=True,
+            default=None,
+            min_value=GRANT_HOURS_MIN,
+            max_value=GRANT_HOURS_MAX,
+            help_text="Also let this caller run this tool for this many hours without asking.",
+        )
+        grant_arguments = serializers.ChoiceField(
+            choices=["exact", "any"], required=False, default="exact"
+        )
+
     class RespondInputSerializer(serializers.Serializer):
         decision = serializers.ChoiceField(choices=Decision.choices)
         option = serializers.CharField(
@@ -104,7 +120,9 @@ class HumanRequestViewSet(viewsets.ReadOnlyModelViewSet):
         comment = serializers.CharField(required=False, allow_blank=True, default="")
 
     def get_serializer_class(self):
-        if self.action in ("approve", "reject"):
+        if self.action == "approve":
+            return self.ApproveInputSerializer
+        if self.action == "reject":
             return self.DecisionInputSerializer
         if self.action == "respond":
             return self.RespondInputSerializer
@@ -122,8 +140,9 @@ class HumanRequestViewSet(viewsets.ReadOnlyModelViewSet):
 
     @action(detail=True, methods=["post"])
     def approve(self, request, pk=None):
-        """Approves the request (an approved tool call then runs as its caller)."""
-        return self._respond(request, pk, self.DecisionInputSerializer, Decision.APPROVE)
+        """Approves the request (an approved tool call then runs as its caller), with a
+        grant when ``grant_hours`` is given."""
+        return self._respond(request, pk, self.ApproveInputSerializer, Decision.APPROVE)
 
     @action(detail=True, methods=["post"])
     def reject(self, request, pk=None):
@@ -142,6 +161,8 @@ class HumanRequestViewSet(viewsets.ReadOnlyModelViewSet):
         data = dict(serializer.validated_data)
         if decision is not None:
             data["decision"] = decision
+        if "grant_hours" in data:
+            data["grant"] = GrantTerms.of(data.pop("grant_hours"), data.pop("grant_arguments"))
         human_request = human_request_respond(request_id=pk, responder=request.user, **data)
         human_request = human_request_get(request_id=human_request.pk, expire=False)
         return Response(HumanRequestDetailSerializer(human_request).data)

@@ -22,6 +22,9 @@ class ResponseForm(forms.Form):
     option = forms.CharField(required=False, max_length=200, strip=False)
     answer = forms.CharField(required=False)
     comment = forms.CharField(required=False)
+    # With an approval: a grant (hitl.grants), checked by GrantTerms.of.
+    grant_hours = forms.CharField(required=False)
+    grant_arguments = forms.CharField(required=False)
 
 
 class ExtendForm(forms.Form):

@@ -1,4 +1,5 @@
 import uuid
+from datetime import UTC
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -184,6 +185,8 @@ class HumanRequestEvent(models.Model):
         DECIDED = "decided", "Decided"
         EXPIRED = "expired", "Expired"
         CANCELLED = "cancelled", "Cancelled"
+        GRANTED = "granted", "Grant made"
+        REVOKED = "revoked", "Grant revoked"
 
     request = models.ForeignKey(HumanRequest, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -295,6 +298,42 @@ class ApprovalRule(models.Model):
     deny_message = models.TextField(
         blank=True, max_length=2000, help_text="Deny: what the agent is told, as the tool's error."
     )
+    # A grant ("approve and allow this caller for N hours", hitl.grants): an allow rule made
+    # by a reviewer while approving a call, for that call's caller (the same user, through
+    # the same token or, for a call made in a browser session, without one), until
+    # ``expires_at``; tried before every other rule, and never after it expires or is revoked.
+    caller = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="A grant: the user whose calls it lets through.",
+    )
+    caller_token = models.ForeignKey(
+        "users.ApiToken",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="A grant: the token those calls must come with; empty: no token.",
+    )
+    arguments_digest = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="A grant for exact arguments: their sha256 (tools.binding); empty: any.",
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="A grant: until when.")
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    granted_from = models.ForeignKey(
+        HumanRequest, null=True, blank=True, on_delete=models.SET_NULL, related_name="grants"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -303,6 +342,19 @@ class ApprovalRule(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def is_grant(self) -> bool:
+        return self.caller_id is not None
+
+    @property
+    def grant_label(self) -> str:
+        """What the audit row of a call the grant lets through names it by."""
+        who = self.caller.email if self.caller_id else "?"
+        if self.caller_token_id:
+            who += f" (token {self.caller_token.prefix}…)"
+        until = timezone.localtime(self.expires_at, UTC) if self.expires_at else None
+        return f"grant #{self.pk} for {who} until {until:%Y-%m-%d %H:%M} UTC"[:200]
 
     def clean(self):
         """Refuses conditions that do not fit the schema, an unknown tool, a deny without a
@@ -327,5 +379,10 @@ class ApprovalRule(models.Model):
             ] + (["risk_level"] if self.risk_level else [])
             for field in given:
                 errors[field] = "Only a rule that requires approval has approval parameters."
+        if self.is_grant:
+            if self.outcome != self.Outcome.ALLOW or self.expires_at is None or self.conditions:
+                errors["caller"] = "A grant allows, expires, and has no other conditions."
+        elif self.expires_at is not None or self.arguments_digest or self.caller_token_id:
+            errors["expires_at"] = "Only a grant (a rule naming its caller) has grant fields."
         if errors:
             raise ValidationError(errors)

@@ -4,11 +4,13 @@
 that passed its tool's policy check is tested against the tool's enabled rules and those
 for every tool, in order; the first whose conditions (``hitl.conditions``) hold decides
 (allow, require approval with its parameters, or deny with a message), and the tool's
-``ToolPolicy`` default decides when none does. :func:`explain` answers the same question
-for ``POST /v1/policy/explain``.
+``ToolPolicy`` default decides when none does. Grants (``hitl.grants``: allow rules that
+name their caller and expire) answer a call that would need approval, whichever rule
+asked. :func:`explain` answers the same question for ``POST /v1/policy/explain``.
 
-The rules are read once per ``QMCP_POLICY_CACHE_SECONDS`` in one query for all tools, and
-forgotten when one is saved or deleted: a call adds no query, unless a rule it reaches
+The rules (grants included) are read once per ``QMCP_POLICY_CACHE_SECONDS`` in one query
+for all tools, and forgotten when one is saved or deleted: a call adds no query, unless a
+rule it reaches
 tests the caller's groups (one query for the user's group names) or, in an MCP session,
 the client's name (one read of the session's clientInfo).
 """
@@ -42,12 +44,46 @@ class CompiledRule:
         return f"#{self.rule.pk} {self.rule.name}"[:200]
 
 
+@dataclass(frozen=True)
+class CompiledGrant:
+    """A grant (``ApprovalRule.is_grant``) as the cache holds it: whose calls it lets
+    through, with which arguments' digest ("" for any), until ``expires`` (a Unix time,
+    compared with the clock on every call: a cached grant stops matching when it expires)."""
+
+    label: str
+    token_id: int | None
+    digest: str
+    expires: float
+    until: str
+
+    @classmethod
+    def of(cls, rule: ApprovalRule) -> "CompiledGrant":
+        return cls(
+            label=rule.grant_label,
+            token_id=rule.caller_token_id,
+            digest=rule.arguments_digest,
+            expires=rule.expires_at.timestamp(),
+            until=rule.expires_at.isoformat(),
+        )
+
+    def matches(self, facts: CallFacts, token_id: int | None, now: float) -> bool:
+        """Whether it lets this call of its tool by its user, with the token ``token_id``
+        (None: a session), through at ``now``."""
+        return (
+            now < self.expires
+            and token_id == self.token_id
+            and (not self.digest or self.digest == facts.digest)
+        )
+
+
 @dataclass
 class RuleBook:
-    """The enabled rules, by tool name ("" for the rules of every tool), each list in order;
-    loaded at ``loaded`` (time.monotonic)."""
+    """The enabled rules, by tool name ("" for the rules of every tool), each list in order,
+    and the grants not yet expired or revoked, by tool name and user id (so a call looks
+    only at its own caller's); loaded at ``loaded`` (time.monotonic)."""
 
     by_tool: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    grants: dict[tuple[str, int], list[CompiledGrant]] = field(default_factory=dict)
     loaded: float = 0.0
 
     def for_tool(self, name: str) -> list[CompiledRule]:
@@ -83,11 +119,19 @@ RULES = RuleCache()
 
 
 def rule_book_load() -> RuleBook:
-    """Every enabled rule, in one query. A stored rule whose conditions no longer parse
-    (written around the admin) never matches: it is left out, not guessed at."""
+    """Every enabled rule and live grant, in one query. A stored rule whose conditions no
+    longer parse (written around the admin) never matches: it is left out, not guessed at."""
     book = RuleBook(loaded=time.monotonic())
-    rules = ApprovalRule.objects.filter(enabled=True).select_related("approver_group")
+    now = timezone.now()
+    rules = ApprovalRule.objects.filter(enabled=True).select_related(
+        "approver_group", "caller", "caller_token"
+    )
     for rule in rules.order_by("position", "id"):
+        if rule.is_grant:
+            if rule.revoked_at is None and rule.expires_at is not None and rule.expires_at > now:
+                key = (rule.tool_name, rule.caller_id)
+                book.grants.setdefault(key, []).append(CompiledGrant.of(rule))
+            continue
         try:
             conditions = conditions_parse(rule.conditions)
         except ValueError:
@@ -101,11 +145,12 @@ def decide(facts: CallFacts) -> GateDecision:
     (see the module's docstring)."""
     now = timezone.now()
     caller = _CallerFacts(facts)
-    for compiled in RULES.book().for_tool(facts.spec.name):
+    book = rule_book_load() if facts.fresh else RULES.book()
+    for compiled in book.for_tool(facts.spec.name):
         why = _matches(compiled.conditions, facts, caller, now)
         if why is not None:
-            return _outcome(compiled, facts, why)
-    return GateDecision.of_policy(facts.policy)
+            return _unless_granted(book, facts, now, _outcome(compiled, facts, why))
+    return _unless_granted(book, facts, now, GateDecision.of_policy(facts.policy))
 
 
 def explain(*, tool: str, arguments: Any, principal: Principal, client_name: str = "") -> dict:
@@ -127,6 +172,28 @@ def explain(*, tool: str, arguments: Any, principal: Principal, client_name: str
         args = spec.parse_arguments(arguments)
         decision = decide(CallFacts(spec, policy, args, principal, client=client_name))
     return {"tool": spec.name, **decision.as_dict()}
+
+
+def _unless_granted(
+    book: RuleBook, facts: CallFacts, now: datetime, decision: GateDecision
+) -> GateDecision:
+    """``decision``, unless it asks for approval and a live grant lets this caller through:
+    then an allow that names the grant. A grant stands for the approval it spares, so it
+    never overrides a denial (a change freeze, say), and a call that needs no approval
+    never looks at grants."""
+    if not (decision.requires_approval and book.grants):
+        return decision
+    principal = facts.principal
+    grants = book.grants.get((facts.spec.name, principal.user.pk))
+    if grants:
+        stamp = now.timestamp()
+        token_id = principal.token.pk if principal.token is not None else None
+        for grant in grants:
+            if grant.matches(facts, token_id, stamp):
+                scope = "these exact arguments" if grant.digest else "any arguments"
+                why = f"a reviewer granted this caller the tool with {scope} until {grant.until}"
+                return GateDecision("allow", rule=grant.label, why=why)
+    return decision
 
 
 def _matches(

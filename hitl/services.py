@@ -15,10 +15,12 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from hitl.grants import GrantTerms, grant_check, grant_create
 from hitl.models import HumanRequest, HumanRequestEvent, HumanResponse, validate_options
 from hitl.signals import human_request_changed
 from qmcp_site.errors import ApplicationError
 from qmcp_site.storable import storable_check
+from tools.binding import arguments_digest
 from tools.gate import GateDecision
 from tools.models import (
     APPROVAL_TIMEOUT_MAX,
@@ -223,13 +225,17 @@ def human_request_respond(
     answer: str = "",
     comment: str = "",
     arguments: dict[str, Any] | None = None,
+    grant: GrantTerms | None = None,
 ) -> HumanRequest:
     """Records one reviewer's response and settles the request when it is decided.
 
     ``arguments``, with an approval of a gated call, approves it with edits: they are
     validated by the tool's input model, and the call runs with them (the original
     arguments stay in the request's context, the edit in its trail). A critical request
-    needs a comment to be approved.
+    needs a comment to be approved. ``grant``, with an approval, also lets the call's
+    caller run the tool for some hours without asking (``hitl.grants``; ``invalid`` when
+    this request may not have one, and then nothing is recorded); it binds the approved
+    arguments, the edited ones included.
 
     Runs with the request row locked (SELECT FOR UPDATE, and SQLite's single writer), so
     of two reviewers deciding at once one wins and the other gets ``conflict``. An
@@ -243,17 +249,23 @@ def human_request_respond(
         if request.is_overdue:
             _expire(request)  # committed: the refusal below is raised after this block
         elif request.is_pending:
-            _respond(request, responder, decision, option, answer, comment, arguments)
+            _respond(request, responder, decision, option, answer, comment, arguments, grant)
             return request
     raise ApplicationError(
         closed_message(request), "conflict", {"status": request.status, "outcome": request.outcome}
     )
 
 
-def _respond(request, responder, decision, option, answer, comment, arguments=None) -> None:
+def _respond(
+    request, responder, decision, option, answer, comment, arguments=None, grant=None
+) -> None:
     """Records a response and settles the request; the caller holds the request's lock."""
     reviewer_check(user=responder, request=request)
     option, answer = _validate_response(request, decision, option, answer)
+    if grant is not None:
+        if decision != Decision.APPROVE:
+            raise ApplicationError("Only an approval can come with a grant.", "invalid")
+        grant_check(request=request, terms=grant)
     if (
         decision == Decision.APPROVE
         and request.risk_level == HumanRequest.Risk.CRITICAL
@@ -275,6 +287,10 @@ def _respond(request, responder, decision, option, answer, comment, arguments=No
     except IntegrityError as exc:
         raise ApplicationError("You have already responded to this request.", "conflict") from exc
     _settle(request, decision, answer or option, comment, responder)
+    if grant is not None and request.outcome == HumanRequest.Outcome.APPROVED:
+        grant_create(
+            request=request, granted_by=responder, terms=grant, digest=approved_digest(request)
+        )
 
 
 def arguments_diff(before: dict | None, after: dict | None) -> list[dict[str, Any]]:
@@ -319,6 +335,20 @@ def _edit_arguments(request: HumanRequest, responder: User, arguments: Any) -> N
         edited=edited,
         diff=arguments_diff(original, edited),
     )
+
+
+def approved_digest(request: HumanRequest) -> str:
+    """The digest (``tools.binding``) an approval of ``request``'s call binds: that of the
+    arguments a reviewer edited the call to, else the one the call was gated with."""
+    invocation = request.invocation
+    if request.edited_arguments is None and invocation.arguments_digest:
+        return invocation.arguments_digest
+    edited = request.edited_arguments
+    arguments = invocation.arguments if edited is None else edited
+    spec = get_tool(invocation.tool_name)
+    if spec is not None:
+        arguments = spec.parse_arguments(arguments).model_dump(mode="json")
+    return arguments_digest(invocation.tool_name, arguments)
 
 
 def edit_note(*, invocation_id) -> str:
@@ -411,7 +441,9 @@ def _settle(
             invocation_id = str(request.invocation_id)
             if request.edited_arguments is not None:
                 tool_invocation_rebind(
-                    invocation_id=invocation_id, arguments=request.edited_arguments
+                    invocation_id=invocation_id,
+                    arguments=request.edited_arguments,
+                    digest=approved_digest(request),
                 )
             transaction.on_commit(lambda: tool_invocation_run_task.delay(invocation_id))
         elif request.outcome == HumanRequest.Outcome.REJECTED:
@@ -546,16 +578,25 @@ def requests_phrase(count: int) -> str:
 
 
 def human_requests_respond(
-    *, request_ids, responder: User, decision: str, comment: str = ""
+    *,
+    request_ids,
+    responder: User,
+    decision: str,
+    comment: str = "",
+    grant: GrantTerms | None = None,
 ) -> BulkOutcome:
-    """One reviewer's decision and comment on several requests, each through
+    """One reviewer's decision, comment (and grant) on several requests, each through
     :func:`human_request_respond` in its own transaction: every request is checked by the
     rules on its own, and one refused leaves the others decided."""
     outcome = BulkOutcome()
     for request_id in request_ids:
         try:
             result = human_request_respond(
-                request_id=request_id, responder=responder, decision=decision, comment=comment
+                request_id=request_id,
+                responder=responder,
+                decision=decision,
+                comment=comment,
+                grant=grant,
             )
         except ApplicationError as exc:
             found = HumanRequest.objects.filter(pk=_request_pk_or_none(request_id)).first()

@@ -27,6 +27,7 @@ from hitl.forms import (
     argument_fields,
     edited_arguments,
 )
+from hitl.grants import GRANT_HOURS_OFFERED, GrantTerms, grants_of_request
 from hitl.models import HumanRequest, HumanResponse, ReviewerSettings
 from hitl.selectors import (
     QUEUE_STATES,
@@ -242,6 +243,10 @@ def _trail(human_request: HumanRequest, responses, invocation) -> list[dict]:
             text = f"Extended to {event.detail.get('after', '')[:19].replace('T', ' ')}"
         elif event.kind in ("expired", "cancelled"):
             text = f"{text}: {event.detail.get('message', '')}"
+        elif event.kind in ("granted", "revoked"):
+            text = f"{text}: {event.detail.get('label', '')}"
+            if event.detail.get("arguments"):
+                text += f" ({event.detail['arguments']} arguments)"
         lines.append({"at": event.created_at, "what": text, "who": event.actor})
     for response in responses:
         what = response.get_decision_display()
@@ -317,6 +322,9 @@ def request_detail(request, request_id):
         if spec is not None and why_not is None and human_request.kind == "approval"
         else [],
         extend_form=ExtendForm(),
+        may_grant=invocation is not None and human_request.approvals_required == 1,
+        grant_hours_offered=GRANT_HOURS_OFFERED,
+        grants=grants_of_request(request=human_request),
     )
     return render(request, "hitl/request.html", context)
 
@@ -353,6 +361,7 @@ def request_respond(request, request_id):
         messages.error(request, "Choose approve, reject or answer.")
         return redirect(_next_url(request, request_id))
     data = dict(form.cleaned_data)
+    grant_fields = (data.pop("grant_hours"), data.pop("grant_arguments") or "exact")
     if request.GET.get("edit") and data["decision"] == Decision.APPROVE:
         arguments = _posted_arguments(request, request_id)
         if isinstance(arguments, str):
@@ -360,6 +369,7 @@ def request_respond(request, request_id):
             return redirect(_next_url(request, request_id))
         data["arguments"] = arguments
     try:
+        data["grant"] = GrantTerms.of(*grant_fields)
         human_request = human_request_respond(request_id=request_id, responder=request.user, **data)
     except ApplicationError as exc:
         if exc.code == "not_found":

@@ -225,7 +225,9 @@ class _Base:
     def _op_get_human_request(self, request_id: str | UUID) -> _Op:
         return _Op("GET", f"/v1/human/requests/{request_id}", HumanRequest.model_validate)
 
-    def _op_respond(self, request_id, decision, option, answer, comment) -> _Op:
+    def _op_respond(
+        self, request_id, decision, option, answer, comment, grant_hours, grant_arguments
+    ) -> _Op:
         body = {
             "request_id": str(request_id),
             "decision": decision,
@@ -233,6 +235,8 @@ class _Base:
             "answer": answer,
             "comment": comment,
         }
+        if grant_hours is not None:
+            body.update(grant_hours=grant_hours, grant_arguments=grant_arguments)
         return _Op(
             "POST", "/v1/human/responses", HumanRequest.model_validate, json=body, send_json=True
         )
@@ -366,9 +370,17 @@ class QMCPClient(_Base):
         option: str = "",
         answer: str = "",
         comment: str = "",
+        grant_hours: int | None = None,
+        grant_arguments: str = "exact",
     ) -> HumanRequest:
-        """Approves, rejects or answers a request (``decision``: approve, reject, answer)."""
-        return self._send(self._op_respond(request_id, decision, option, answer, comment))
+        """Approves, rejects or answers a request (``decision``: approve, reject, answer).
+        With an approval, ``grant_hours`` (1 to 720) also lets the call's caller run the
+        tool that long without asking, with the ``"exact"`` arguments or ``"any"``."""
+        return self._send(
+            self._op_respond(
+                request_id, decision, option, answer, comment, grant_hours, grant_arguments
+            )
+        )
 
     def explain_policy(
         self,
@@ -564,8 +576,15 @@ class AsyncQMCPClient(_Base):
         option: str = "",
         answer: str = "",
         comment: str = "",
+        grant_hours: int | None = None,
+        grant_arguments: str = "exact",
     ) -> HumanRequest:
-        return await self._send(self._op_respond(request_id, decision, option, answer, comment))
+        """See :meth:`QMCPClient.respond`."""
+        return await self._send(
+            self._op_respond(
+                request_id, decision, option, answer, comment, grant_hours, grant_arguments
+            )
+        )
 
     async def explain_policy(
         self,

@@ -1,4 +1,5 @@
-"""Writes PNGs of what a reviewer sees: the queue and a request page, at 1400 and 375 px.
+"""Writes PNGs of what a reviewer sees: the queue, request pages (one approved with a grant)
+and the admin's approval confirmation, at 1400 and 375 px.
 
     .venv/bin/python scripts/screenshots.py [--out screenshots]
 
@@ -22,6 +23,7 @@ def build_data() -> dict[str, str]:
     """The demo accounts and some requests; returns the page paths to capture."""
     from django.core.management import call_command
 
+    from hitl.grants import GrantTerms
     from hitl.services import human_request_create, human_request_respond
     from tools.models import ToolPolicy
     from tools.services import tool_invoke, tool_policies_sync
@@ -41,7 +43,7 @@ def build_data() -> dict[str, str]:
             email=f"{first.lower()}@example.com",
             defaults={"name": first, "surname": last, "company": "Initech"},
         )[0]
-        for first, last in [("Grace", "Hopper"), ("Alan", "Turing")]
+        for first, last in [("Grace", "Hopper"), ("Alan", "Turing"), ("Ada", "Lovelace")]
     ]
 
     def call(name, arguments, reason):
@@ -73,7 +75,19 @@ def build_data() -> dict[str, str]:
         decision="reject",
         comment="Keep the record for the audit.",
     )
-    return {"queue": "/hitl/", "request": f"/hitl/{delete.human_request.pk}/"}
+    granted = call("update_user", {"user_id": others[2].pk, "company": "Acme EU"}, "Moved.")
+    human_request_respond(
+        request_id=granted.human_request.pk,
+        responder=User.objects.get(email="reviewer@example.com"),
+        decision="approve",
+        grant=GrantTerms.of(8, "exact"),
+    )
+    return {
+        "queue": "/hitl/",
+        "request": f"/hitl/{delete.human_request.pk}/",
+        "granted": f"/hitl/{granted.human_request.pk}/",
+        "admin-approve": f"/admin/hitl/humanrequest/{delete.human_request.pk}/approve/",
+    }
 
 
 def capture(server_url: str, pages: dict[str, str], out: Path) -> list[Path]:

@@ -38,6 +38,7 @@ class ToolInvocationAdmin(admin.ModelAdmin):
         "request_id",
         "correlation_id",
         "mcp_session_id",
+        "rule",  # "grant #12 " finds the calls a grant let through
     )
     date_hierarchy = "created_at"
     list_select_related = ("principal",)

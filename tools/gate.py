@@ -13,6 +13,7 @@ from typing import Any, Literal
 import pydantic
 from django.contrib.auth.models import Group
 
+from tools.binding import arguments_digest
 from tools.models import ToolPolicy
 from tools.registry import ToolSpec
 from users.principals import Principal
@@ -80,6 +81,9 @@ class CallFacts:
     args: pydantic.BaseModel
     principal: Principal
     client: str | Callable[[], str] = ""
+    # True when an approved call is checked again before it runs: the rules are read from
+    # the database, not from this process's cache.
+    fresh: bool = False
 
     @cached_property
     def client_name(self) -> str:
@@ -92,6 +96,12 @@ class CallFacts:
         """The validated arguments as JSON, defaults included (made once, when a rule
         looks at them), so a rule on an argument the caller left out sees its default."""
         return self.args.model_dump(mode="json")
+
+    @cached_property
+    def digest(self) -> str:
+        """``tools.binding.arguments_digest`` of the tool and :attr:`arguments` (made once,
+        when a gated call is bound or a grant for exact arguments looks at it)."""
+        return arguments_digest(self.spec.name, self.arguments)
 
 
 Decide = Callable[[CallFacts], GateDecision]

@@ -131,6 +131,16 @@ class ToolInvocation(models.Model):
         help_text="The approval rule that decided the call; empty: the tool's policy did.",
     )
     correlation_id = models.CharField(max_length=128, blank=True)
+    # Set only on a call that waits for approval (tools.binding): the approval is bound to
+    # this digest of the tool and its arguments (re-bound by an approve-with-edits), and the
+    # approved run refuses arguments that do not match it. Empty on a call made before
+    # digests were kept and never gated: such a call runs with its stored arguments.
+    arguments_digest = models.CharField(
+        max_length=64, blank=True, help_text="sha256 of the tool and arguments approved."
+    )
+    # The MCP client's clientInfo.name, kept only for a gated call, so that the approved run
+    # is checked against the rules with the same caller facts as the call was.
+    client_name = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices)
     result = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)

@@ -157,9 +157,8 @@ def tool_invocation_prepare(
         storable_check(record["arguments"])
         spec, policy = tool_call_check(name=call["name"], principal=call["principal"])
         args = spec.parse_arguments(call["arguments"])
-        decision = TOOL_GATE.decide(
-            CallFacts(spec, policy, args, call["principal"], client=client_name)
-        )
+        facts = CallFacts(spec, policy, args, call["principal"], client=client_name)
+        decision = TOOL_GATE.decide(facts)
         record["rule"] = decision.rule
         if decision.outcome == "deny":
             raise ApplicationError(
@@ -179,6 +178,9 @@ def tool_invocation_prepare(
         raise
 
     if decision.requires_approval:
+        # The approval is bound to these arguments; the run is checked with this client.
+        record["arguments_digest"] = facts.digest
+        record["client_name"] = facts.client_name[:200]
         with transaction.atomic():
             invocation = ToolInvocation.objects.create(**record, status=Status.AWAITING_APPROVAL)
             invocation_gated.send(
@@ -605,12 +607,13 @@ class EdgeLeases:
 EDGE_LEASES = EdgeLeases()
 
 
-def tool_invocation_rebind(*, invocation_id, arguments: dict[str, Any]) -> bool:
+def tool_invocation_rebind(*, invocation_id, arguments: dict[str, Any], digest: str) -> bool:
     """Replaces a waiting call's arguments with those a reviewer approved (already validated
-    by the tool's input model); False if the call was no longer waiting."""
+    by the tool's input model) and binds its approval to their ``digest``
+    (``tools.binding.arguments_digest``); False if the call was no longer waiting."""
     return bool(
         ToolInvocation.objects.filter(pk=invocation_id, status=Status.AWAITING_APPROVAL).update(
-            arguments=arguments
+            arguments=arguments, arguments_digest=digest
         )
     )
 
@@ -654,14 +657,50 @@ def _approved_caller(invocation: ToolInvocation) -> Principal:
     )
 
 
+def approved_call_check(
+    *, invocation: ToolInvocation, principal: Principal
+) -> tuple[ToolSpec, Any]:
+    """The checks an approved call passes again before each run (its first, a retry, one
+    queued by the recovery pass); returns the tool and the arguments to run it with.
+
+    Raises what :func:`tool_call_check` raises (the policy read from the database, so a
+    tool disabled since the approval is refused), ``invalid_arguments``,
+    ``arguments_changed`` when the arguments it would run with no longer have the digest
+    its approval was bound to (``tools.binding``; a call gated before digests were kept
+    has none, and runs with its stored arguments), and ``denied_by_rule`` when the gate,
+    with the rules read from the database and the caller and MCP client of the call, now
+    denies it.
+
+    A rule that now merely requires approval does not gate the call again: it was approved
+    under the rules of its time, by the reviewers they named. Only what forbids the call
+    outright since then (a disabled tool, a rule that denies) wins over that approval.
+    """
+    spec, policy = tool_call_check(name=invocation.tool_name, principal=principal, fresh=True)
+    args = spec.parse_arguments(invocation.arguments)
+    facts = CallFacts(spec, policy, args, principal, client=invocation.client_name, fresh=True)
+    if invocation.arguments_digest and facts.digest != invocation.arguments_digest:
+        raise ApplicationError(
+            "its arguments are not the ones that were approved.",
+            "arguments_changed",
+            {"tool": spec.name},
+        )
+    decision = TOOL_GATE.decide(facts)
+    if decision.outcome == "deny":
+        raise ApplicationError(
+            decision.message, "denied_by_rule", {"tool": spec.name, "rule": decision.rule}
+        )
+    return spec, args
+
+
 def tool_invocation_run_approved(*, invocation_id, lease: str = "") -> ToolInvocation | None:
     """Runs an approved call as its caller: once per attempt, never twice at once.
 
     The run holds a lease on the call (see :func:`tool_invocation_claim`), renewed while the
     tool runs, and records its outcome only while it still holds it: a run whose lease was
-    taken records nothing and its writes are rolled back. The caller and the tool are
-    checked again first (:func:`tool_call_check`, the token and the user): a call that may
-    no longer run ends ``failed`` with the reason, unrun. The notes the receivers of
+    taken records nothing and its writes are rolled back. The caller, the tool, the
+    arguments' digest and the rules are checked again first (:func:`approved_call_check`,
+    the token and the user): a call that may no longer run ends ``failed`` with the reason
+    (its code in ``error``), unrun. The notes the receivers of
     ``approved_run_notes`` return (say, that a reviewer changed the arguments), read from
     stored state on every attempt, are added to the result's text, so the agent reads them
     after a retry too. Returns None when this delivery had nothing to run (another run
@@ -678,8 +717,7 @@ def tool_invocation_run_approved(*, invocation_id, lease: str = "") -> ToolInvoc
     try:
         try:
             principal = _approved_caller(invocation)
-            spec, _ = tool_call_check(name=invocation.tool_name, principal=principal, fresh=True)
-            args = spec.parse_arguments(invocation.arguments)
+            spec, args = approved_call_check(invocation=invocation, principal=principal)
         except ApplicationError as exc:
             logger.warning("approved call %s not run: %s", invocation_id, exc.message)
             result = ToolResult.text(f"The approved call was not run: {exc.message}")

@@ -274,6 +274,17 @@ def test_invoke_and_wait_rejected(client, qmcp_server, reviewer_token):
     assert invocation.status == "rejected"
 
 
+def test_an_approval_with_a_grant_lets_the_same_call_run_at_once_afterwards(client, reviewer):
+    first = client.invoke("deploy", service="api", version="9.9.9")
+    assert first.status == "awaiting_approval"
+    decided = reviewer.respond(first.human_request_id, "approve", grant_hours=1)
+    assert decided.outcome == "approved"
+    again = client.invoke("deploy", service="api", version="9.9.9")
+    assert again.status == "succeeded", again
+    assert again.human_request_id is None
+    assert client.invoke("deploy", service="api", version="9.9.8").status == "awaiting_approval"
+
+
 def test_gated_call_answers_202_and_invoke_and_wait_times_out(client):
     target = UserFactory()
     invocation = client.call_tool("delete_user", user_id=target.pk)
