@@ -14,15 +14,15 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, Count, IntegerField, Q, Value, When
+from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
 from hitl.models import ApprovalRule, HumanRequest, HumanResponse, ReviewerSettings
+from hitl.rules import APPROVAL_COUNT, RESPOND_PERMISSION, approvals_count
 from hitl.services import (
-    RESPOND_PERMISSION,
     human_request_reads_all,
     human_requests_expire,
     human_requests_expire_soon,
@@ -196,9 +196,7 @@ class HumanRequestAdmin(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .select_related("invocation", "created_by", "approver_group")
-            .annotate(
-                approval_count=Count("responses", filter=Q(responses__decision=Decision.APPROVE))
-            )
+            .annotate(approval_count=APPROVAL_COUNT)
         )
 
     def changelist_view(self, request, extra_context=None):
@@ -268,10 +266,7 @@ class HumanRequestAdmin(admin.ModelAdmin):
     def approvals(self, obj):
         if obj.kind != HumanRequest.Kind.APPROVAL:
             return None
-        count = getattr(obj, "approval_count", None)
-        if count is None:
-            count = obj.responses.filter(decision=Decision.APPROVE).count()
-        return f"{count} of {obj.approvals_required}"
+        return f"{approvals_count(obj)} of {obj.approvals_required}"
 
     @admin.display(description="invocation")
     def invocation_link(self, obj):

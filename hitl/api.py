@@ -9,7 +9,7 @@ from ninja.pagination import paginate
 from pydantic import ConfigDict, StrictInt
 
 from hitl.models import OPTION_MAX_LENGTH, OPTIONS_MAX, HumanRequest, HumanResponse
-from hitl.rules import explain
+from hitl.rules import approvals_count, explain
 from hitl.selectors import (
     human_request_get,
     human_request_visible_get,
@@ -88,12 +88,7 @@ class HumanRequestOut(Schema):
 
     @staticmethod
     def resolve_approvals(obj: HumanRequest) -> int:
-        count = getattr(obj, "approval_count", None)
-        if count is None:
-            # Counted in Python so a prefetched ``responses`` costs no query.
-            approve = HumanResponse.Decision.APPROVE
-            count = sum(1 for r in obj.responses.all() if r.decision == approve)
-        return count
+        return approvals_count(obj)
 
 
 class HumanResponseOut(Schema):

@@ -105,6 +105,14 @@ class HumanRequest(models.Model):
     decided_at = models.DateTimeField(null=True, blank=True)
     # When reviewers were told that the request is about to expire (once per request).
     expiry_warned_at = models.DateTimeField(null=True, blank=True)
+    # Escalation (from the rule that asked for the approval): when the request is still
+    # pending at ``escalate_at``, the beat task sets ``escalated_at`` (once) and the members
+    # of ``escalation_group`` may decide it too (see hitl.rules.decider_refusal).
+    escalation_group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    escalate_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    escalated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at"]
@@ -184,6 +192,8 @@ class HumanRequestEvent(models.Model):
         DECIDED = "decided", "Decided"
         EXPIRED = "expired", "Expired"
         CANCELLED = "cancelled", "Cancelled"
+        ESCALATED = "escalated", "Escalated"
+        DELEGATED = "delegated", "Handed on"
 
     request = models.ForeignKey(HumanRequest, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -199,6 +209,31 @@ class HumanRequestEvent(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class HumanRequestDelegation(models.Model):
+    """A reviewer handed a request to a named colleague: ``delegate`` may now decide it
+    (approver group or not), and ``delegated_by`` may not any more (one person, one say)."""
+
+    request = models.ForeignKey(HumanRequest, on_delete=models.CASCADE, related_name="delegations")
+    delegate = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    delegated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request", "delegate"], name="hitl_one_delegation_per_delegate"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.request} handed to {self.delegate}"
 
 
 class ReviewerSettings(models.Model):
@@ -295,6 +330,28 @@ class ApprovalRule(models.Model):
     deny_message = models.TextField(
         blank=True, max_length=2000, help_text="Deny: what the agent is told, as the tool's error."
     )
+    escalate_after_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(APPROVAL_TIMEOUT_MIN),
+            MaxValueValidator(APPROVAL_TIMEOUT_MAX),
+        ],
+        help_text="Approval: undecided this long after it was asked, the request is escalated.",
+    )
+    escalation_group = models.ForeignKey(
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Approval: once escalated, its members may decide too, and are notified.",
+    )
+    audit_only = models.BooleanField(
+        default=False,
+        help_text="Tried in shadow: the call is decided by the other rules, and its audit row "
+        "records what this rule would have required.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -322,10 +379,32 @@ class ApprovalRule(models.Model):
         if self.outcome != self.Outcome.APPROVAL:
             given = [
                 field
-                for field in ("approver_group", "approvals_required", "approval_timeout_seconds")
+                for field in (
+                    "approver_group",
+                    "approvals_required",
+                    "approval_timeout_seconds",
+                    "escalate_after_seconds",
+                    "escalation_group",
+                )
                 if getattr(self, field) is not None
             ] + (["risk_level"] if self.risk_level else [])
             for field in given:
                 errors[field] = "Only a rule that requires approval has approval parameters."
+        errors.update(self._escalation_errors())
         if errors:
             raise ValidationError(errors)
+
+    def _escalation_errors(self) -> dict[str, str]:
+        """A deadline needs a group and a group a deadline; the deadline comes before the
+        rule's own timeout."""
+        if self.outcome != self.Outcome.APPROVAL:
+            return {}
+        after, group = self.escalate_after_seconds, self.escalation_group_id
+        if after is not None and group is None:
+            return {"escalation_group": "An escalation deadline needs the group to escalate to."}
+        if group is not None and after is None:
+            return {"escalate_after_seconds": "Escalating needs a deadline."}
+        timeout = self.approval_timeout_seconds
+        if after is not None and timeout is not None and after >= timeout:
+            return {"escalate_after_seconds": "Escalate before the request times out."}
+        return {}

@@ -28,6 +28,7 @@ from hitl.forms import (
     edited_arguments,
 )
 from hitl.models import HumanRequest, HumanResponse, ReviewerSettings
+from hitl.rules import approvals_count, decider_refusal
 from hitl.selectors import (
     QUEUE_STATES,
     human_request_get,
@@ -42,7 +43,6 @@ from hitl.services import (
     human_request_respond,
     human_request_viewed,
     human_requests_respond,
-    reviewer_check,
 )
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
@@ -165,10 +165,9 @@ def _why_not_decide(user, human_request: HumanRequest) -> str | None:
     the request is settled)."""
     if not human_request.is_pending:
         return ""
-    try:
-        reviewer_check(user=user, request=human_request)
-    except ApplicationError as exc:
-        return exc.message
+    refusal = decider_refusal(user=user, request=human_request)
+    if refusal is not None:
+        return refusal
     if any(r.responder_id == user.pk for r in human_request.responses.all()):
         return "You have already responded; the request waits for other reviewers."
     return None
@@ -292,7 +291,7 @@ def request_detail(request, request_id):
         human_request.title,
         human_request=human_request,
         responses=responses,
-        approvals=sum(1 for r in responses if r.decision == Decision.APPROVE),
+        approvals=approvals_count(human_request),
         invocation=invocation,
         arguments=_pretty_json(original) if invocation else None,
         edited=_pretty_json(human_request.edited_arguments)
@@ -323,9 +322,9 @@ def request_detail(request, request_id):
 
 def _decided_message(human_request: HumanRequest) -> str:
     if human_request.is_pending:
-        approvals = human_request.responses.filter(decision=Decision.APPROVE).count()
+        count = approvals_count(human_request)
         return (
-            f"Your approval is recorded ({approvals} of {human_request.approvals_required}); "
+            f"Your approval is recorded ({count} of {human_request.approvals_required}); "
             "the request waits for more reviewers."
         )
     if human_request.outcome == HumanRequest.Outcome.APPROVED:

@@ -130,6 +130,9 @@ class ToolInvocation(models.Model):
         blank=True,
         help_text="The approval rule that decided the call; empty: the tool's policy did.",
     )
+    # What the first matching audit-only rule would have decided (the call was decided by
+    # the enforced rules): {"rule_id", "rule", "outcome", "text"}; null when none matched.
+    would_require = models.JSONField(null=True, blank=True)
     correlation_id = models.CharField(max_length=128, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices)
     result = models.JSONField(null=True, blank=True)

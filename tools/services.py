@@ -161,6 +161,7 @@ def tool_invocation_prepare(
             CallFacts(spec, policy, args, call["principal"], client=client_name)
         )
         record["rule"] = decision.rule
+        record["would_require"] = decision.would_require
         if decision.outcome == "deny":
             raise ApplicationError(
                 decision.message,
