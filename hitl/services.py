@@ -28,6 +28,7 @@ from hitl.rules import (
     approvals_count,
     decider_check,
     reviewer_refusal,
+    reviewers,
 )
 from hitl.signals import human_request_changed
 from qmcp_site.errors import ApplicationError
@@ -661,6 +662,24 @@ def human_request_delegate(*, request_id, by: User, to: User, comment: str = "")
         _trail(request, Event.DELEGATED, by, to=to.email, by=by.email, comment=comment)
         _announce(request, "delegated", user_ids=[to.pk])
     return request
+
+
+def delegate_candidates(*, request: HumanRequest, by: User):
+    """The colleagues ``by`` could hand ``request`` to: reviewers other than ``by``, its
+    requester, those who responded and those it was handed to or by."""
+    taken = {by.pk, request.created_by_id}
+    taken |= set(request.responses.values_list("responder_id", flat=True))
+    for delegate_id, by_id in request.delegations.values_list("delegate_id", "delegated_by_id"):
+        taken |= {delegate_id, by_id}
+    return reviewers().exclude(pk__in=[pk for pk in taken if pk is not None]).distinct()
+
+
+def reviewer_by_email(*, email: str) -> User:
+    """The user with ``email`` (any case), to hand a request to; ``not_found`` if none."""
+    user = User.objects.filter(email__iexact=email.strip()).first()
+    if user is None:
+        raise ApplicationError(f"No user has the email {email!r}.", "not_found")
+    return user
 
 
 def _delegate_check(request: HumanRequest, by: User, to: User) -> None:

@@ -21,6 +21,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from hitl.forms import (
+    DelegateForm,
     ExtendForm,
     ResponseForm,
     ReviewerSettingsForm,
@@ -38,6 +39,8 @@ from hitl.selectors import (
 )
 from hitl.services import (
     arguments_diff,
+    delegate_candidates,
+    human_request_delegate,
     human_request_extend,
     human_request_reads_all,
     human_request_respond,
@@ -241,6 +244,12 @@ def _trail(human_request: HumanRequest, responses, invocation) -> list[dict]:
             text = f"Extended to {event.detail.get('after', '')[:19].replace('T', ' ')}"
         elif event.kind in ("expired", "cancelled"):
             text = f"{text}: {event.detail.get('message', '')}"
+        elif event.kind == "escalated":
+            text = f"Escalated to {event.detail.get('group', '')}"
+        elif event.kind == "delegated":
+            text = f"Handed to {event.detail.get('to', '')} by {event.detail.get('by', '')}"
+            if event.detail.get("comment"):
+                text += f" — “{event.detail['comment']}”"
         lines.append({"at": event.created_at, "what": text, "who": event.actor})
     for response in responses:
         what = response.get_decision_display()
@@ -316,6 +325,11 @@ def request_detail(request, request_id):
         if spec is not None and why_not is None and human_request.kind == "approval"
         else [],
         extend_form=ExtendForm(),
+        delegate_form=DelegateForm(
+            candidates=delegate_candidates(request=human_request, by=request.user)
+        )
+        if why_not is None
+        else None,
     )
     return render(request, "hitl/request.html", context)
 
@@ -402,6 +416,32 @@ def request_extend(request, request_id):
         messages.success(
             request, f"Extended: it now expires at {extended.expires_at:%Y-%m-%d %H:%M:%S} UTC."
         )
+    return redirect("hitl:request", request_id=request_id)
+
+
+@require_POST
+@staff_page
+def request_delegate(request, request_id):
+    """Hands the request to the chosen colleague, through the service."""
+    try:
+        human_request = human_request_get(request_id=request_id, expire=False)
+    except ApplicationError as exc:
+        raise Http404(exc.message) from exc
+    form = DelegateForm(
+        request.POST, candidates=delegate_candidates(request=human_request, by=request.user)
+    )
+    if not form.is_valid():
+        messages.error(request, "Choose a colleague who may be handed this request.")
+        return redirect("hitl:request", request_id=request_id)
+    to = form.cleaned_data["to"]
+    try:
+        human_request_delegate(
+            request_id=request_id, by=request.user, to=to, comment=form.cleaned_data["comment"]
+        )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Handed to {to.email}; they are notified and decide it now.")
     return redirect("hitl:request", request_id=request_id)
 
 
