@@ -686,14 +686,14 @@ def _delegate_check(request: HumanRequest, by: User, to: User) -> None:
     """Why ``to`` cannot be handed ``request`` by ``by``; the caller holds the lock."""
     if to.pk == by.pk:
         raise ApplicationError("Hand the request to someone else than yourself.", "invalid")
+    if request.created_by_id == to.pk:
+        raise ApplicationError("Nobody may decide on their own request.", "forbidden")
     if reviewer_refusal(to) is not None:
         raise ApplicationError(
             f"{to.email} is not a reviewer: only active staff with the permission to respond "
             "to requests can be handed one.",
             "invalid",
         )
-    if request.created_by_id == to.pk:
-        raise ApplicationError("Nobody may decide on their own request.", "forbidden")
     responded = set(request.responses.values_list("responder_id", flat=True))
     if by.pk in responded:
         raise ApplicationError(
