@@ -388,15 +388,19 @@ class HumanRequestAdmin(admin.ModelAdmin):
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if request.method == "POST" and request.POST.get("post") == "yes":
             self._decide(request, [obj], decision)
-            opts = self.opts
-            return HttpResponseRedirect(
-                reverse(
-                    f"admin:{opts.app_label}_{opts.model_name}_change",
-                    args=[quote(obj.pk)],
-                    current_app=self.admin_site.name,
-                )
-            )
+            return self._back_to(obj)
         return self._confirmation(request, [obj], decision)
+
+    def _back_to(self, obj) -> HttpResponseRedirect:
+        """To the request's page in the admin."""
+        opts = self.opts
+        return HttpResponseRedirect(
+            reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_change",
+                args=[quote(obj.pk)],
+                current_app=self.admin_site.name,
+            )
+        )
 
     def delegate_view(self, request, object_id):
         """A form to hand one request to a colleague; on POST, the service and a redirect to
@@ -418,17 +422,11 @@ class HumanRequestAdmin(admin.ModelAdmin):
                 self.message_user(request, exc.message, messages.ERROR)
             else:
                 self.message_user(request, f"Handed to {to.email}.", messages.SUCCESS)
-            opts = self.opts
-            return HttpResponseRedirect(
-                reverse(
-                    f"admin:{opts.app_label}_{opts.model_name}_change",
-                    args=[quote(obj.pk)],
-                    current_app=self.admin_site.name,
-                )
-            )
+            return self._back_to(obj)
         context = {
             **self.admin_site.each_context(request),
             "title": f"Hand “{obj}” to a colleague",
+            "crumb": "Hand to a colleague",
             "opts": self.opts,
             "original": obj,
             "form": form,
@@ -563,6 +561,7 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "title": "Audit-only rules: what they would have required",
+            "crumb": "Audit-only report",
             "opts": self.opts,
             "form": form,
             "start": start,

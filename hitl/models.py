@@ -267,6 +267,13 @@ class ReviewerSettings(models.Model):
         return f"{self.user}: {self.get_notify_via_display()}"
 
 
+# A rule's timeout and escalation deadline: between 10 seconds and 30 days.
+TIMEOUT_VALIDATORS = [
+    MinValueValidator(APPROVAL_TIMEOUT_MIN),
+    MaxValueValidator(APPROVAL_TIMEOUT_MAX),
+]
+
+
 class ApprovalRule(models.Model):
     """One rule of the approval policy: when its conditions hold for a call, its outcome
     decides the call instead of the tool's ``ToolPolicy`` default.
@@ -274,7 +281,9 @@ class ApprovalRule(models.Model):
     A call is tested against the enabled rules of its tool and those for every tool (no
     tool name), in ``position`` order (then id); the first that matches wins. The
     conditions are JSON data (``hitl.conditions``); approval parameters left empty come from
-    the tool's policy. Evaluated by ``hitl.rules``.
+    the tool's policy. An approval may name an escalation deadline and group. An
+    ``audit_only`` rule decides nothing: it is tried in shadow, and the call's audit row
+    records what it would have done. Evaluated by ``hitl.rules``.
     """
 
     class Outcome(models.TextChoices):
@@ -315,10 +324,7 @@ class ApprovalRule(models.Model):
     approval_timeout_seconds = models.PositiveIntegerField(
         null=True,
         blank=True,
-        validators=[
-            MinValueValidator(APPROVAL_TIMEOUT_MIN),
-            MaxValueValidator(APPROVAL_TIMEOUT_MAX),
-        ],
+        validators=TIMEOUT_VALIDATORS,
         help_text="Approval: between 10 seconds and 30 days; empty means the tool's policy's.",
     )
     risk_level = models.CharField(
@@ -333,10 +339,7 @@ class ApprovalRule(models.Model):
     escalate_after_seconds = models.PositiveIntegerField(
         null=True,
         blank=True,
-        validators=[
-            MinValueValidator(APPROVAL_TIMEOUT_MIN),
-            MaxValueValidator(APPROVAL_TIMEOUT_MAX),
-        ],
+        validators=TIMEOUT_VALIDATORS,
         help_text="Approval: undecided this long after it was asked, the request is escalated.",
     )
     escalation_group = models.ForeignKey(

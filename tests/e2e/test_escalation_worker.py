@@ -4,7 +4,6 @@ group's member through the ordinary notification task."""
 
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
@@ -13,20 +12,9 @@ from django.utils import timezone
 from hitl.models import HumanRequest, HumanRequestEvent
 from hitl.services import human_request_create
 from tests.factories import make_reviewer
-from tests.live import CeleryWorker, RedisServer
+from tests.live import CeleryWorker, RedisServer, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def wait_for(condition, seconds, what, log: Path):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
 def test_the_beat_on_a_real_worker_escalates_an_overdue_request_once_and_emails_the_backup(
@@ -65,7 +53,7 @@ def test_the_beat_on_a_real_worker_escalates_an_overdue_request_once_and_emails_
             ).exists(),
             90,
             "the escalation email",
-            log,
+            logs=lambda: log.read_text(errors="replace") if log.exists() else "",
         )
         time.sleep(3)  # three more sweeps: none escalates it again
     finally:
