@@ -1,4 +1,6 @@
-"""Human requests: create, respond (approve, reject, answer), cancel and expire.
+"""Human requests: create, respond (approve, reject, answer), hand to a colleague,
+escalate, cancel and expire. Who may decide and how approvals are counted are
+``hitl.rules``'s (:func:`~hitl.rules.decider_check`, :func:`~hitl.rules.approvals_count`).
 
 A decision on a gated tool call is carried out through tools' services: approval queues
 the run (a Celery task, after commit), rejection and expiry end the call with the reason.

@@ -1,6 +1,6 @@
 """The reviewer pages under /hitl/: the live queue (filters, search, keyboard triage, bulk
 decisions), one request with what the call would do, who asked and why, its trail and the
-decision forms, and the reviewer's notification settings.
+decision forms (and "hand to a colleague"), and the reviewer's notification settings.
 
 Staff only, in the admin's look. Every decision goes through ``human_request_respond``,
 which decides who may respond; the pages only hide forms that would be refused.
