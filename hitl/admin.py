@@ -9,22 +9,27 @@ call; the admin only shows its message.
 
 import json
 import uuid
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, Count, IntegerField, Q, Value, When
+from django.db.models import Case, IntegerField, Value, When
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from hitl.audit_report import audit_only_report, period_bounds
+from hitl.forms import DelegateForm, ReportPeriodForm
 from hitl.grants import GRANT_HOURS_OFFERED, GrantTerms, grants_revoke
 from hitl.models import ApprovalRule, HumanRequest, HumanResponse, ReviewerSettings
+from hitl.rules import APPROVAL_COUNT, RESPOND_PERMISSION, approvals_count
 from hitl.services import (
-    RESPOND_PERMISSION,
+    delegate_candidates,
+    human_request_delegate,
     human_request_reads_all,
     human_requests_expire,
     human_requests_expire_soon,
@@ -34,6 +39,7 @@ from hitl.services import (
 from qmcp_site.errors import ApplicationError
 
 Decision = HumanResponse.Decision
+INVOCATION_VIEW_PERMISSION = "tools.view_toolinvocation"
 
 # The admin index starts with a link to the reviewer queue and its pending count.
 admin.site.index_template = "hitl/admin/index.html"
@@ -162,6 +168,8 @@ class HumanRequestAdmin(admin.ModelAdmin):
                     "approver_group",
                     "approvals_required",
                     ("created_at", "expires_at", "decided_at"),
+                    ("escalation_group", "escalate_at", "escalated_at"),
+                    "delegates",
                 )
             },
         ),
@@ -189,6 +197,10 @@ class HumanRequestAdmin(admin.ModelAdmin):
         "created_at",
         "expires_at",
         "decided_at",
+        "escalation_group",
+        "escalate_at",
+        "escalated_at",
+        "delegates",
         "invocation_status",
         "result",
         "error",
@@ -199,9 +211,7 @@ class HumanRequestAdmin(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .select_related("invocation", "created_by", "approver_group")
-            .annotate(
-                approval_count=Count("responses", filter=Q(responses__decision=Decision.APPROVE))
-            )
+            .annotate(approval_count=APPROVAL_COUNT)
         )
 
     def changelist_view(self, request, extra_context=None):
@@ -271,10 +281,15 @@ class HumanRequestAdmin(admin.ModelAdmin):
     def approvals(self, obj):
         if obj.kind != HumanRequest.Kind.APPROVAL:
             return None
-        count = getattr(obj, "approval_count", None)
-        if count is None:
-            count = obj.responses.filter(decision=Decision.APPROVE).count()
-        return f"{count} of {obj.approvals_required}"
+        return f"{approvals_count(obj)} of {obj.approvals_required}"
+
+    @admin.display(description="handed to")
+    def delegates(self, obj):
+        lines = [
+            f"{d.delegate.email} by {d.delegated_by.email if d.delegated_by else '(deleted)'}"
+            for d in obj.delegations.select_related("delegate", "delegated_by")
+        ]
+        return ", ".join(lines) or self.get_empty_value_display()
 
     @admin.display(description="invocation")
     def invocation_link(self, obj):
@@ -357,6 +372,11 @@ class HumanRequestAdmin(admin.ModelAdmin):
                 {"decision": Decision.REJECT},
                 name=f"{prefix}_reject",
             ),
+            path(
+                "<path:object_id>/delegate/",
+                self.admin_site.admin_view(self.delegate_view),
+                name=f"{prefix}_delegate",
+            ),
             *super().get_urls(),
         ]
 
@@ -369,15 +389,51 @@ class HumanRequestAdmin(admin.ModelAdmin):
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if request.method == "POST" and request.POST.get("post") == "yes":
             self._decide(request, [obj], decision)
-            opts = self.opts
-            return HttpResponseRedirect(
-                reverse(
-                    f"admin:{opts.app_label}_{opts.model_name}_change",
-                    args=[quote(obj.pk)],
-                    current_app=self.admin_site.name,
-                )
-            )
+            return self._back_to(obj)
         return self._confirmation(request, [obj], decision)
+
+    def _back_to(self, obj) -> HttpResponseRedirect:
+        """To the request's page in the admin."""
+        opts = self.opts
+        return HttpResponseRedirect(
+            reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_change",
+                args=[quote(obj.pk)],
+                current_app=self.admin_site.name,
+            )
+        )
+
+    def delegate_view(self, request, object_id):
+        """A form to hand one request to a colleague; on POST, the service and a redirect to
+        the request (its refusal, if any, shown as a message)."""
+        if not self.has_respond_permission(request):
+            raise PermissionDenied
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        candidates = delegate_candidates(request=obj, by=request.user)
+        form = DelegateForm(request.POST or None, candidates=candidates)
+        if request.method == "POST" and form.is_valid():
+            to = form.cleaned_data["to"]
+            try:
+                human_request_delegate(
+                    request_id=obj.pk, by=request.user, to=to, comment=form.cleaned_data["comment"]
+                )
+            except ApplicationError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+            else:
+                self.message_user(request, f"Handed to {to.email}.", messages.SUCCESS)
+            return self._back_to(obj)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Hand “{obj}” to a colleague",
+            "crumb": "Hand to a colleague",
+            "opts": self.opts,
+            "original": obj,
+            "form": form,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "hitl/admin/delegate.html", context)
 
     def _decide(self, request, requests, decision):
         """Responds to each request through the service (with the grant the confirmation
@@ -495,6 +551,7 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
     Grants (``hitl.grants``) are listed here too (the "kind" filter): made by reviewers
     when approving, read-only here, ended with the "revoke" action, which records who."""
 
+    change_list_template = "hitl/admin/rule_change_list.html"
     list_display = (
         "name",
         "tool_label",
@@ -502,16 +559,20 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
         "position",
         "enabled",
         "grant_state",
+        "audit_only",
         "updated_at",
     )
     list_editable = ("position", "enabled")
-    list_filter = (GrantFilter, "outcome", "enabled", "tool_name")
+    list_filter = (GrantFilter, "outcome", "enabled", "audit_only", "tool_name")
     search_fields = ("name", "tool_name", "caller__email")
     ordering = ("position", "id")
     list_select_related = ("revoked_by",)
     actions = ["revoke_grants"]
     fieldsets = (
-        (None, {"fields": ("name", "tool_name", "position", "enabled", "conditions")}),
+        (
+            None,
+            {"fields": ("name", "tool_name", "position", "enabled", "audit_only", "conditions")},
+        ),
         ("Outcome", {"fields": ("outcome", "deny_message")}),
         (
             "Approval (empty fields: the tool's policy's)",
@@ -525,8 +586,53 @@ class ApprovalRuleAdmin(admin.ModelAdmin):
             },
         ),
         ("Grant (made by a reviewer when approving)", {"fields": GRANT_FIELDS}),
+        (
+            "Escalation (approval): undecided in time, the backup group may decide too",
+            {"fields": ("escalate_after_seconds", "escalation_group")},
+        ),
     )
     readonly_fields = GRANT_FIELDS
+
+    def get_urls(self):
+        return [
+            path(
+                "audit-only-report/",
+                self.admin_site.admin_view(self.audit_report_view),
+                name="hitl_approvalrule_audit_report",
+            ),
+            *super().get_urls(),
+        ]
+
+    def audit_report_view(self, request):
+        """Per rule, the calls of a period that its audit-only mode would have sent for
+        approval or denied, each count linking to those calls in the audit log. Needs the
+        permission to view invocations."""
+        if not request.user.has_perm(INVOCATION_VIEW_PERMISSION):
+            raise PermissionDenied
+        form = ReportPeriodForm(request.GET, today=timezone.localdate())
+        start, end = form.period()
+        since, until = period_bounds(start, end)
+        changelist = reverse("admin:tools_toolinvocation_changelist")
+        period = {"created_at__gte": since.isoformat(), "created_at__lt": until.isoformat()}
+        rows = [
+            {
+                "row": row,
+                "link": f"{changelist}?{urlencode({'audit_rule': row.rule_id, **period})}",
+            }
+            for row in audit_only_report(start=start, end=end)
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Audit-only rules: what they would have required",
+            "crumb": "Audit-only report",
+            "opts": self.opts,
+            "form": form,
+            "start": start,
+            "end": end,
+            "rows": rows,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "hitl/admin/audit_report.html", context)
 
     @admin.display(description="Tool", ordering="tool_name")
     def tool_label(self, obj: ApprovalRule) -> str:

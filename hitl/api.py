@@ -10,13 +10,18 @@ from pydantic import ConfigDict, StrictInt
 
 from hitl.grants import GRANT_HOURS_MAX, GRANT_HOURS_MIN, GrantTerms
 from hitl.models import OPTION_MAX_LENGTH, OPTIONS_MAX, HumanRequest, HumanResponse
-from hitl.rules import explain
+from hitl.rules import approvals_count, explain
 from hitl.selectors import (
     human_request_get,
     human_request_visible_get,
     human_request_visible_list,
 )
-from hitl.services import human_request_create, human_request_respond
+from hitl.services import (
+    human_request_create,
+    human_request_delegate,
+    human_request_respond,
+    reviewer_by_email,
+)
 from qmcp_site.errors import ApplicationError
 from qmcp_site.pagination import PageNumberPagination
 from tools.api import ErrorOut
@@ -101,12 +106,7 @@ class HumanRequestOut(Schema):
 
     @staticmethod
     def resolve_approvals(obj: HumanRequest) -> int:
-        count = getattr(obj, "approval_count", None)
-        if count is None:
-            # Counted in Python so a prefetched ``responses`` costs no query.
-            approve = HumanResponse.Decision.APPROVE
-            count = sum(1 for r in obj.responses.all() if r.decision == approve)
-        return count
+        return approvals_count(obj)
 
 
 class HumanResponseOut(Schema):
@@ -202,6 +202,36 @@ def responses_create(request, payload: HumanResponseIn):
     return Status(201, human_request_get(request_id=human_request.pk, expire=False))
 
 
+class DelegationIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(..., max_length=254, description="The colleague's email.")
+    comment: str = Field("", max_length=2000)
+
+
+@router.post(
+    "/requests/{request_id}/delegate",
+    response={200: HumanRequestDetailOut, **ERRORS, 409: ErrorOut},
+    summary="Hand a human request to a colleague",
+)
+def requests_delegate(request, request_id: str, payload: DelegationIn):
+    """Hands a pending request you may decide to the colleague ``to`` (a reviewer): they may
+    then decide it and are notified; you may not any more.
+
+    403: you may not decide it, or ``to`` made it; 404: no such request or user; 422: ``to``
+    is yourself or not a reviewer; 409: it is settled, you or ``to`` already responded, or
+    it was handed to or by ``to`` before.
+    """
+    request.principal.require_scope(Scope.HITL_RESPOND)
+    human_request = human_request_delegate(
+        request_id=request_id,
+        by=request.principal.user,
+        to=reviewer_by_email(email=payload.to),
+        comment=payload.comment,
+    )
+    return human_request_get(request_id=human_request.pk, expire=False)
+
+
 class CallerIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
@@ -222,6 +252,15 @@ class ApprovalOut(Schema):
     approvals_required: int
     approval_timeout_seconds: int
     risk_level: str
+    escalate_after_seconds: int | None = None
+    escalation_group: str | None = None
+
+
+class AuditOnlyOut(Schema):
+    rule_id: int
+    rule: str
+    outcome: Literal["allow", "approval", "deny"]
+    text: str = Field(description='What it would have required: "approval 2 of ops", ...')
 
 
 class ExplainOut(Schema):
@@ -231,6 +270,9 @@ class ExplainOut(Schema):
     why: str
     approval: ApprovalOut | None = None
     message: str | None = None
+    audit_only: AuditOnlyOut | None = Field(
+        None, description="The first matching audit-only rule's would-be outcome."
+    )
 
 
 RULES_VIEW_PERMISSION = "hitl.view_approvalrule"

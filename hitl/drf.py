@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from hitl.grants import GRANT_HOURS_MAX, GRANT_HOURS_MIN, GrantTerms
 from hitl.models import OPTION_MAX_LENGTH, HumanRequest, HumanResponse
+from hitl.rules import approvals_count
 from hitl.selectors import human_request_get, human_request_visible_get, human_request_visible_list
 from hitl.services import human_request_respond
 from users.models import ApiToken
@@ -59,11 +60,7 @@ class HumanRequestSerializer(serializers.ModelSerializer):
         ]
 
     def get_approvals(self, obj: HumanRequest) -> int:
-        count = getattr(obj, "approval_count", None)
-        if count is None:
-            # Counted in Python so the prefetched ``responses`` cost no query.
-            count = sum(1 for r in obj.responses.all() if r.decision == Decision.APPROVE)
-        return count
+        return approvals_count(obj)
 
 
 class InvocationSummarySerializer(serializers.Serializer):

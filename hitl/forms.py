@@ -8,6 +8,7 @@ authority on what a call may carry.
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django import forms
@@ -32,6 +33,46 @@ class ExtendForm(forms.Form):
         coerce=int,
         choices=[(900, "15 minutes"), (3600, "1 hour"), (4 * 3600, "4 hours"), (86400, "1 day")],
     )
+
+
+class DelegateForm(forms.Form):
+    """Hand a request to a colleague: one of ``candidates`` (see
+    ``hitl.services.delegate_candidates``), with an optional note."""
+
+    to = forms.ModelChoiceField(queryset=None, label="Hand to", empty_label="Choose a colleague")
+    comment = forms.CharField(required=False, max_length=2000, label="Note (optional)")
+
+    def __init__(self, *args, candidates, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["to"].queryset = candidates.order_by("email")
+        self.fields["to"].label_from_instance = lambda user: user.email
+
+
+class ReportPeriodForm(forms.Form):
+    """The audit-only report's period: two dates, both included; the last 7 days unless
+    given."""
+
+    DEFAULT_DAYS = 7
+
+    start = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, data=None, *, today):
+        self.default = {"start": today - timedelta(days=self.DEFAULT_DAYS - 1), "end": today}
+        given = data is not None and any(data.get(name) for name in ("start", "end"))
+        super().__init__(data if given else None, initial=self.default)
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("start") and cleaned.get("end") and cleaned["start"] > cleaned["end"]:
+            raise forms.ValidationError("The period must start before it ends.")
+        return cleaned
+
+    def period(self):
+        """(start, end): the valid dates given, else the default."""
+        if self.is_bound and self.is_valid():
+            return self.cleaned_data["start"], self.cleaned_data["end"]
+        return self.default["start"], self.default["end"]
 
 
 class ReviewerSettingsForm(forms.ModelForm):

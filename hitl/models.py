@@ -106,6 +106,14 @@ class HumanRequest(models.Model):
     decided_at = models.DateTimeField(null=True, blank=True)
     # When reviewers were told that the request is about to expire (once per request).
     expiry_warned_at = models.DateTimeField(null=True, blank=True)
+    # Escalation (from the rule that asked for the approval): when the request is still
+    # pending at ``escalate_at``, the beat task sets ``escalated_at`` (once) and the members
+    # of ``escalation_group`` may decide it too (see hitl.rules.decider_refusal).
+    escalation_group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    escalate_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    escalated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at"]
@@ -187,6 +195,8 @@ class HumanRequestEvent(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         GRANTED = "granted", "Grant made"
         REVOKED = "revoked", "Grant revoked"
+        ESCALATED = "escalated", "Escalated"
+        DELEGATED = "delegated", "Handed on"
 
     request = models.ForeignKey(HumanRequest, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -202,6 +212,31 @@ class HumanRequestEvent(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class HumanRequestDelegation(models.Model):
+    """A reviewer handed a request to a named colleague: ``delegate`` may now decide it
+    (approver group or not), and ``delegated_by`` may not any more (one person, one say)."""
+
+    request = models.ForeignKey(HumanRequest, on_delete=models.CASCADE, related_name="delegations")
+    delegate = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    delegated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request", "delegate"], name="hitl_one_delegation_per_delegate"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.request} handed to {self.delegate}"
 
 
 class ReviewerSettings(models.Model):
@@ -235,6 +270,13 @@ class ReviewerSettings(models.Model):
         return f"{self.user}: {self.get_notify_via_display()}"
 
 
+# A rule's timeout and escalation deadline: between 10 seconds and 30 days.
+TIMEOUT_VALIDATORS = [
+    MinValueValidator(APPROVAL_TIMEOUT_MIN),
+    MaxValueValidator(APPROVAL_TIMEOUT_MAX),
+]
+
+
 class ApprovalRule(models.Model):
     """One rule of the approval policy: when its conditions hold for a call, its outcome
     decides the call instead of the tool's ``ToolPolicy`` default.
@@ -242,7 +284,9 @@ class ApprovalRule(models.Model):
     A call is tested against the enabled rules of its tool and those for every tool (no
     tool name), in ``position`` order (then id); the first that matches wins. The
     conditions are JSON data (``hitl.conditions``); approval parameters left empty come from
-    the tool's policy. Evaluated by ``hitl.rules``.
+    the tool's policy. An approval may name an escalation deadline and group. An
+    ``audit_only`` rule decides nothing: it is tried in shadow, and the call's audit row
+    records what it would have done. Evaluated by ``hitl.rules``.
     """
 
     class Outcome(models.TextChoices):
@@ -283,10 +327,7 @@ class ApprovalRule(models.Model):
     approval_timeout_seconds = models.PositiveIntegerField(
         null=True,
         blank=True,
-        validators=[
-            MinValueValidator(APPROVAL_TIMEOUT_MIN),
-            MaxValueValidator(APPROVAL_TIMEOUT_MAX),
-        ],
+        validators=TIMEOUT_VALIDATORS,
         help_text="Approval: between 10 seconds and 30 days; empty means the tool's policy's.",
     )
     risk_level = models.CharField(
@@ -334,6 +375,25 @@ class ApprovalRule(models.Model):
     revoked_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    escalate_after_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=TIMEOUT_VALIDATORS,
+        help_text="Approval: undecided this long after it was asked, the request is escalated.",
+    )
+    escalation_group = models.ForeignKey(
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Approval: once escalated, its members may decide too, and are notified.",
+    )
+    audit_only = models.BooleanField(
+        default=False,
+        help_text="Tried in shadow: the call is decided by the other rules, and its audit row "
+        "records what this rule would have required.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -374,7 +434,13 @@ class ApprovalRule(models.Model):
         if self.outcome != self.Outcome.APPROVAL:
             given = [
                 field
-                for field in ("approver_group", "approvals_required", "approval_timeout_seconds")
+                for field in (
+                    "approver_group",
+                    "approvals_required",
+                    "approval_timeout_seconds",
+                    "escalate_after_seconds",
+                    "escalation_group",
+                )
                 if getattr(self, field) is not None
             ] + (["risk_level"] if self.risk_level else [])
             for field in given:
@@ -384,5 +450,21 @@ class ApprovalRule(models.Model):
                 errors["caller"] = "A grant allows, expires, and has no other conditions."
         elif self.expires_at is not None or self.arguments_digest or self.caller_token_id:
             errors["expires_at"] = "Only a grant (a rule naming its caller) has grant fields."
+        errors.update(self._escalation_errors())
         if errors:
             raise ValidationError(errors)
+
+    def _escalation_errors(self) -> dict[str, str]:
+        """A deadline needs a group and a group a deadline; the deadline comes before the
+        rule's own timeout."""
+        if self.outcome != self.Outcome.APPROVAL:
+            return {}
+        after, group = self.escalate_after_seconds, self.escalation_group_id
+        if after is not None and group is None:
+            return {"escalation_group": "An escalation deadline needs the group to escalate to."}
+        if group is not None and after is None:
+            return {"escalate_after_seconds": "Escalating needs a deadline."}
+        timeout = self.approval_timeout_seconds
+        if after is not None and timeout is not None and after >= timeout:
+            return {"escalate_after_seconds": "Escalate before the request times out."}
+        return {}

@@ -3,12 +3,14 @@ and an HMAC-signed webhook.
 
 Reviewers who may decide a request hear when it is created, is about to expire
 (``QMCP_NOTIFY_EXPIRY_WARNING_SECONDS`` before, by a beat task) and is decided, expired or
-cancelled, each by their choice on /hitl/settings/: email (Django's mail machinery; the
-console backend unless SMTP is configured), a chat incoming webhook (Slack or Teams format;
-their own URL or ``QMCP_CHAT_WEBHOOK_URL``), or nothing. A message carries a title, the
-tool, the requester, the risk and a link to the request page, never the call's arguments
-(or a preview made from them). Each message is sent by a Celery task that retries; a
-failure is logged and never reaches the request or the decision.
+cancelled; the members of its escalation group when it is escalated, and a colleague it
+is handed to (only they). Each by their choice on /hitl/settings/: email (Django's mail
+machinery; the console backend unless SMTP is configured), a chat incoming webhook
+(Slack or Teams format; their own URL or ``QMCP_CHAT_WEBHOOK_URL``), or nothing. A
+message carries a title, the tool, the requester, the risk and a link to the request
+page, never the call's arguments (or a preview made from them). Each message is sent by
+a Celery task that retries; a failure is logged and never reaches the request or the
+decision.
 
 With ``QMCP_WEBHOOK_URL`` set, every created and decided request is POSTed there as JSON,
 signed with ``QMCP_WEBHOOK_SECRET`` (header ``X-QMCP-Signature: sha256=<hex HMAC of the
@@ -24,20 +26,29 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth.models import Permission
-from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
 from hitl.models import HumanRequest, ReviewerSettings
+from hitl.rules import deciders_of
 
 logger = logging.getLogger(__name__)
 
 WEBHOOK_EVENTS = {"created", "decided", "expired", "cancelled"}
 # The events reviewers hear of ("expiring" comes from the beat task, not a change).
-REVIEWER_EVENTS = {"created", "expiring", "decided", "expired", "cancelled"}
+REVIEWER_EVENTS = {
+    "created",
+    "expiring",
+    "decided",
+    "expired",
+    "cancelled",
+    "escalated",
+    "delegated",
+}
 EVENT_WORDS = {
     "created": "Needs a decision",
+    "escalated": "Escalated to you",
+    "delegated": "Handed to you",
     "expiring": "About to expire",
     "decided": "Decided",
     "expired": "Expired",
@@ -142,28 +153,22 @@ def chat_payload(message: dict, chat_format: str) -> dict:
     }
 
 
-def reviewers_of(request: HumanRequest):
-    """The people who may decide ``request``: active staff with the respond permission (or
-    superusers), in its approver group when it has one, never its requester."""
-    from users.models import User
-
-    permission = Permission.objects.filter(
-        content_type__app_label="hitl", codename="respond_humanrequest"
-    ).first()
-    users = User.objects.filter(is_active=True, is_staff=True).filter(
-        Q(is_superuser=True) | Q(user_permissions=permission) | Q(groups__permissions=permission)
-    )
-    if request.approver_group_id:
-        users = users.filter(groups=request.approver_group_id)
-    if request.created_by_id:
-        users = users.exclude(pk=request.created_by_id)
-    return users.distinct().order_by("pk")
+def reviewers_of(request: HumanRequest, event: str = "", user_ids=None):
+    """Who hears of ``event`` on ``request``: the people who may decide it
+    (:func:`hitl.rules.deciders_of`); of an escalation only its escalation group's members,
+    and only ``user_ids`` when given (a colleague the request was handed to)."""
+    users = deciders_of(request)
+    if event == "escalated":
+        users = users.filter(groups=request.escalation_group_id)
+    if user_ids is not None:
+        users = users.filter(pk__in=user_ids)
+    return users
 
 
-def notifications_dispatch(*, request_id, event: str) -> int:
-    """Queues one message per reviewer by email, and one per chat webhook for those who
-    chose chat; returns how many were queued. Never raises: a message that cannot even be
-    queued is logged."""
+def notifications_dispatch(*, request_id, event: str, user_ids=None) -> int:
+    """Queues one message per reviewer (:func:`reviewers_of`) by email, and one per chat
+    webhook for those who chose chat; returns how many were queued. Never raises: a
+    message that cannot even be queued is logged."""
     from hitl.tasks import notification_chat_send, notification_email_send
 
     request = (
@@ -173,7 +178,7 @@ def notifications_dispatch(*, request_id, event: str) -> int:
     )
     if request is None or event not in REVIEWER_EVENTS:
         return 0
-    reviewers = list(reviewers_of(request))
+    reviewers = list(reviewers_of(request, event, user_ids))
     choices = {s.user_id: s for s in ReviewerSettings.objects.filter(user__in=reviewers)}
     emails, chats = [], {}
     for user in reviewers:
@@ -243,7 +248,7 @@ def on_request_changed(sender, request_id, event, **kwargs):
         except Exception:  # waiting calls re-read, and queues refresh, now and then
             logger.warning("could not push the change of request %s", request_id, exc_info=True)
     if event in REVIEWER_EVENTS:
-        notifications_dispatch(request_id=request_id, event=event)
+        notifications_dispatch(request_id=request_id, event=event, user_ids=kwargs.get("user_ids"))
     if settings.QMCP_WEBHOOK_URL and event in WEBHOOK_EVENTS:
         from hitl.tasks import webhook_deliver
 

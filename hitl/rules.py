@@ -8,23 +8,34 @@ for every tool, in order; the first whose conditions (``hitl.conditions``) hold 
 name their caller and expire) answer a call that would need approval, whichever rule
 asked. :func:`explain` answers the same question for ``POST /v1/policy/explain``.
 
-The rules (grants included) are read once per ``QMCP_POLICY_CACHE_SECONDS`` in one query
-for all tools, and forgotten when one is saved or deleted: a call adds no query, unless a
-rule it reaches
+Audit-only rules are kept apart, in their own small lists: the enforced rules alone decide
+the call, then the first matching audit-only rule's would-be outcome is put on the
+decision (``would_require``, recorded on the audit row). A tool with no audit-only rule
+pays one dictionary lookup for them.
+
+Who may decide a request (:func:`decider_refusal`, :func:`deciders_of`) and how many have
+approved it (:func:`approvals_count`, :data:`APPROVAL_COUNT`) live here too: one home for
+approval logic.
+
+The rules (grants included) are read once per ``QMCP_POLICY_CACHE_SECONDS`` in one
+query for all tools, and forgotten when one is saved or deleted: a call adds no query,
+unless a rule it reaches
 tests the caller's groups (one query for the user's group names) or, in an MCP session,
 the client's name (one read of the session's clientInfo).
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import Permission
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from hitl.conditions import CallerTest, Conditions, conditions_parse
-from hitl.models import ApprovalRule
+from hitl.models import ApprovalRule, HumanRequest, HumanResponse
 from qmcp_site.errors import ApplicationError
 from tools.gate import CallFacts, GateDecision
 from tools.registry import get_tool
@@ -85,13 +96,23 @@ class RuleBook:
     by_tool: dict[str, list[CompiledRule]] = field(default_factory=dict)
     grants: dict[tuple[str, int], list[CompiledGrant]] = field(default_factory=dict)
     loaded: float = 0.0
+    # The audit-only rules, the same way; empty for most books.
+    audit_by_tool: dict[str, list[CompiledRule]] = field(default_factory=dict)
 
     def for_tool(self, name: str) -> list[CompiledRule]:
         """The rules a call of ``name`` is tested against, in order: position, then id."""
-        tool, common = self.by_tool.get(name, []), self.by_tool.get("", [])
-        if not common or not tool:
-            return tool or common
-        return sorted([*tool, *common], key=lambda c: (c.rule.position, c.rule.pk))
+        return _in_order(self.by_tool, name)
+
+    def audit_for_tool(self, name: str) -> list[CompiledRule]:
+        """The audit-only rules a call of ``name`` is tried against in shadow, in order."""
+        return _in_order(self.audit_by_tool, name) if self.audit_by_tool else []
+
+
+def _in_order(by_tool: dict[str, list[CompiledRule]], name: str) -> list[CompiledRule]:
+    tool, common = by_tool.get(name, []), by_tool.get("", [])
+    if not common or not tool:
+        return tool or common
+    return sorted([*tool, *common], key=lambda c: (c.rule.position, c.rule.pk))
 
 
 class RuleCache:
@@ -124,7 +145,7 @@ def rule_book_load() -> RuleBook:
     book = RuleBook(loaded=time.monotonic())
     now = timezone.now()
     rules = ApprovalRule.objects.filter(enabled=True).select_related(
-        "approver_group", "caller", "caller_token"
+        "approver_group", "escalation_group", "caller", "caller_token"
     )
     for rule in rules.order_by("position", "id"):
         if rule.is_grant:
@@ -136,7 +157,8 @@ def rule_book_load() -> RuleBook:
             conditions = conditions_parse(rule.conditions)
         except ValueError:
             continue
-        book.by_tool.setdefault(rule.tool_name, []).append(CompiledRule(rule, conditions))
+        shelf = book.audit_by_tool if rule.audit_only else book.by_tool
+        shelf.setdefault(rule.tool_name, []).append(CompiledRule(rule, conditions))
     return book
 
 
@@ -146,11 +168,41 @@ def decide(facts: CallFacts) -> GateDecision:
     now = timezone.now()
     caller = _CallerFacts(facts)
     book = rule_book_load() if facts.fresh else RULES.book()
-    for compiled in book.for_tool(facts.spec.name):
+    decision = _first_outcome(book.for_tool(facts.spec.name), facts, caller, now)
+    if decision is None:
+        decision = GateDecision.of_policy(facts.policy)
+    decision = _unless_granted(book, facts, now, decision)
+    audit_rules = book.audit_for_tool(facts.spec.name)
+    if audit_rules:
+        shadow = _first_outcome(audit_rules, facts, caller, now)
+        if shadow is not None:
+            decision = replace(decision, would_require=would_require(shadow))
+    return decision
+
+
+def _first_outcome(
+    rules: list[CompiledRule], facts: CallFacts, caller: "_CallerFacts", now: datetime
+) -> GateDecision | None:
+    for compiled in rules:
         why = _matches(compiled.conditions, facts, caller, now)
         if why is not None:
-            return _unless_granted(book, facts, now, _outcome(compiled, facts, why))
-    return _unless_granted(book, facts, now, GateDecision.of_policy(facts.policy))
+            return _outcome(compiled, facts, why)
+    return None
+
+
+def would_require(decision: GateDecision) -> dict[str, Any]:
+    """What an audit-only rule's ``decision`` would have done, as the audit row keeps it:
+    the rule's id and label, the outcome, and a short text ("approval 2 of ops",
+    "deny: Nothing runs during the freeze.")."""
+    if decision.requires_approval:
+        group = decision.approver_group.name if decision.approver_group else "any reviewer"
+        text = f"approval {decision.approvals_required} of {group}"
+    elif decision.outcome == "deny":
+        text = f"deny: {decision.message}"[:200]
+    else:
+        text = "allow"
+    rule_id = int(decision.rule[1:].split(" ", 1)[0])
+    return {"rule_id": rule_id, "rule": decision.rule, "outcome": decision.outcome, "text": text}
 
 
 def explain(*, tool: str, arguments: Any, principal: Principal, client_name: str = "") -> dict:
@@ -230,6 +282,8 @@ def _outcome(compiled: CompiledRule, facts: CallFacts, why: str) -> GateDecision
         approvals_required=rule.approvals_required or policy.approvals_required,
         approval_timeout_seconds=rule.approval_timeout_seconds or policy.approval_timeout_seconds,
         risk_level=rule.risk_level or policy.risk_level,
+        escalate_after_seconds=rule.escalate_after_seconds if rule.escalation_group_id else None,
+        escalation_group=rule.escalation_group if rule.escalate_after_seconds else None,
     )
 
 
@@ -254,3 +308,97 @@ class _CallerFacts:
             and (test.clients is None or self.facts.client_name in test.clients)
             and (test.groups is None or not self.groups().isdisjoint(test.groups))
         )
+
+
+# Who may decide a request, and how many have approved it.
+
+RESPOND_PERMISSION = "hitl.respond_humanrequest"
+Decision = HumanResponse.Decision
+
+# ``.annotate(approval_count=APPROVAL_COUNT)``: read back by :func:`approvals_count`.
+APPROVAL_COUNT = Count("responses", filter=Q(responses__decision=Decision.APPROVE))
+
+
+def approvals_count(request: HumanRequest) -> int:
+    """How many reviewers approved ``request``: its ``approval_count`` annotation when the
+    query made one, else counted from its responses (no query when they are prefetched)."""
+    count = getattr(request, "approval_count", None)
+    if count is None:
+        count = sum(1 for r in request.responses.all() if r.decision == Decision.APPROVE)
+    return count
+
+
+def reviewer_refusal(user) -> str | None:
+    """None when ``user`` is a reviewer at all (active staff with the respond permission),
+    else why not."""
+    if user.is_active and user.is_staff and user.has_perm(RESPOND_PERMISSION):
+        return None
+    return "Only reviewers may respond to human requests."
+
+
+def decider_refusal(*, user, request: HumanRequest) -> str | None:
+    """None when ``user`` may decide ``request``, else why not, in words.
+
+    A decider is a reviewer (:func:`reviewer_refusal`) who is not the requester, has not
+    handed the request on, and is a named delegate of it, or in its approver group, or,
+    once it is escalated, in its escalation group (escalation widens the approver set: the
+    first group's approvals still count and its members may still decide). Without an
+    approver group every reviewer may decide. Costs at most two queries: the request's
+    delegations and the user's groups.
+    """
+    refusal = reviewer_refusal(user)
+    if refusal is not None:
+        return refusal
+    if request.created_by_id is not None and request.created_by_id == user.pk:
+        return "Nobody may decide on their own request."
+    delegations = list(request.delegations.all())
+    if any(d.delegated_by_id == user.pk for d in delegations):
+        return "You handed this request to a colleague; they decide it now."
+    if request.approver_group_id is None or any(d.delegate_id == user.pk for d in delegations):
+        return None
+    groups = _deciding_groups(request)
+    if user.groups.filter(pk__in=[g.pk for g in groups]).exists():
+        return None
+    names = " or ".join(f"'{g.name}'" for g in groups)
+    return f"Only members of {names} may decide this request."
+
+
+def _deciding_groups(request: HumanRequest) -> list:
+    groups = [request.approver_group]
+    if request.escalated_at is not None and request.escalation_group_id is not None:
+        groups.append(request.escalation_group)
+    return groups
+
+
+def decider_check(*, user, request: HumanRequest) -> None:
+    """Raises ``forbidden`` unless ``user`` may decide ``request`` (:func:`decider_refusal`)."""
+    refusal = decider_refusal(user=user, request=request)
+    if refusal is not None:
+        raise ApplicationError(refusal, "forbidden")
+
+
+def reviewers() -> QuerySet:
+    """Every reviewer: active staff with the respond permission, or superusers."""
+    from users.models import User
+
+    permission = Permission.objects.filter(
+        content_type__app_label="hitl", codename="respond_humanrequest"
+    ).first()
+    return User.objects.filter(is_active=True, is_staff=True).filter(
+        Q(is_superuser=True) | Q(user_permissions=permission) | Q(groups__permissions=permission)
+    )
+
+
+def deciders_of(request: HumanRequest) -> QuerySet:
+    """The people who may decide ``request`` (:func:`decider_refusal`, as one query)."""
+    users = reviewers()
+    delegations = list(request.delegations.values_list("delegate_id", "delegated_by_id"))
+    if request.approver_group_id:
+        allowed = Q(groups=request.approver_group_id) | Q(pk__in=[d for d, _ in delegations])
+        if request.escalated_at is not None and request.escalation_group_id is not None:
+            allowed |= Q(groups=request.escalation_group_id)
+        users = users.filter(allowed)
+    if request.created_by_id:
+        users = users.exclude(pk=request.created_by_id)
+    users = users.exclude(pk__in=[by for _, by in delegations if by is not None])
+    return users.distinct().order_by("pk")

@@ -1,10 +1,11 @@
 import uuid
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Case, Count, F, IntegerField, Q, QuerySet, Value, When
+from django.db.models import Case, F, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 
-from hitl.models import HumanRequest, HumanResponse
+from hitl.models import HumanRequest
+from hitl.rules import APPROVAL_COUNT
 from hitl.services import (
     human_request_reads_all,
     human_requests_expire,
@@ -74,11 +75,7 @@ def human_request_visible_list(
     qs = human_request_list(status=status)
     if not human_request_reads_all(user=principal.user):
         qs = qs.filter(created_by=principal.user)
-    return qs.annotate(
-        approval_count=Count(
-            "responses", filter=Q(responses__decision=HumanResponse.Decision.APPROVE)
-        )
-    )
+    return qs.annotate(approval_count=APPROVAL_COUNT)
 
 
 def human_request_visible_get(*, principal: Principal, request_id) -> HumanRequest:
@@ -140,11 +137,7 @@ def human_request_search(
             | Q(invocation__tool_name__icontains=word)
             | Q(created_by__email__icontains=word)
         )
-    return qs.annotate(
-        approval_count=Count(
-            "responses", filter=Q(responses__decision=HumanResponse.Decision.APPROVE)
-        )
-    )
+    return qs.annotate(approval_count=APPROVAL_COUNT)
 
 
 def human_request_queue_page(*, page=1, per_page: int = QUEUE_PAGE_SIZE, **filters) -> Page:

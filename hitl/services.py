@@ -1,4 +1,6 @@
-"""Human requests: create, respond (approve, reject, answer), cancel and expire.
+"""Human requests: create, respond (approve, reject, answer), hand to a colleague,
+escalate, cancel and expire. Who may decide and how approvals are counted are
+``hitl.rules``'s (:func:`~hitl.rules.decider_check`, :func:`~hitl.rules.approvals_count`).
 
 A decision on a gated tool call is carried out through tools' services: approval queues
 the run (a Celery task, after commit), rejection and expiry end the call with the reason.
@@ -13,10 +15,24 @@ from typing import Any
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from hitl.grants import GrantTerms, grant_check, grant_create
-from hitl.models import HumanRequest, HumanRequestEvent, HumanResponse, validate_options
+from hitl.models import (
+    HumanRequest,
+    HumanRequestDelegation,
+    HumanRequestEvent,
+    HumanResponse,
+    validate_options,
+)
+from hitl.rules import (
+    RESPOND_PERMISSION,
+    approvals_count,
+    decider_check,
+    reviewer_refusal,
+    reviewers,
+)
 from hitl.signals import human_request_changed
 from qmcp_site.errors import ApplicationError
 from qmcp_site.storable import storable_check
@@ -40,7 +56,6 @@ from users.models import User
 Status = HumanRequest.Status
 Decision = HumanResponse.Decision
 Event = HumanRequestEvent.Kind
-RESPOND_PERMISSION = "hitl.respond_humanrequest"
 # The admin's approval queue opens to staff with any of these (HumanRequestAdmin).
 QUEUE_PERMISSIONS = ("hitl.view_humanrequest", "hitl.change_humanrequest", RESPOND_PERMISSION)
 
@@ -52,10 +67,14 @@ def _trail(request: HumanRequest, kind: str, actor: User | None = None, **detail
     HumanRequestEvent.objects.create(request=request, kind=kind, actor=actor, detail=detail)
 
 
-def _announce(request: HumanRequest, event: str) -> None:
+def _announce(request: HumanRequest, event: str, **extra) -> None:
+    """Sends ``human_request_changed`` after the commit; ``extra`` goes with it (for
+    example ``user_ids``: the only reviewers to notify)."""
     request_id = request.pk
     transaction.on_commit(
-        lambda: human_request_changed.send(sender=HumanRequest, request_id=request_id, event=event)
+        lambda: human_request_changed.send(
+            sender=HumanRequest, request_id=request_id, event=event, **extra
+        )
     )
 
 
@@ -84,10 +103,13 @@ def human_request_create(
     risk_level: str = HumanRequest.Risk.MEDIUM,
     reason: str = "",
     preview: dict[str, Any] | None = None,
+    escalate_after_seconds: int | None = None,
+    escalation_group: Group | None = None,
 ) -> HumanRequest:
     """A pending request that expires after ``timeout_seconds``, with its trail's first line;
     ``unstorable_value`` for a title, prompt, context or option that a database or a
-    reviewer's page cannot hold."""
+    reviewer's page cannot hold. With ``escalate_after_seconds`` and ``escalation_group``,
+    it is escalated to that group if still pending then (:func:`human_requests_escalate`)."""
     storable_check(
         {"title": title, "prompt": prompt, "context": context, "options": options},
         what="request",
@@ -110,6 +132,8 @@ def human_request_create(
         raise ApplicationError(
             f"Unknown risk level '{risk_level}'.", "invalid", {"allowed": HumanRequest.Risk.values}
         )
+    now = timezone.now()
+    escalates = escalation_group is not None and escalate_after_seconds is not None
     request = HumanRequest(
         kind=kind,
         title=title.strip()[:200],
@@ -120,10 +144,12 @@ def human_request_create(
         approvals_required=approvals_required,
         approver_group=approver_group,
         invocation=invocation,
-        expires_at=timezone.now() + timedelta(seconds=timeout_seconds),
+        expires_at=now + timedelta(seconds=timeout_seconds),
         risk_level=risk_level,
         reason=reason,
         preview=preview,
+        escalation_group=escalation_group if escalates else None,
+        escalate_at=now + timedelta(seconds=escalate_after_seconds) if escalates else None,
     )
     _full_clean(request)
     request.save(force_insert=True)
@@ -184,6 +210,8 @@ def human_request_for_invocation(
         risk_level=decision.risk_level,
         reason=reason,
         preview=preview,
+        escalate_after_seconds=decision.escalate_after_seconds,
+        escalation_group=decision.escalation_group,
     )
 
 
@@ -197,23 +225,6 @@ def human_request_reads_all(*, user) -> bool:
         and user.is_staff
         and any(user.has_perm(perm) for perm in QUEUE_PERMISSIONS)
     )
-
-
-def reviewer_check(*, user: User, request: HumanRequest) -> None:
-    """Raises ``forbidden`` unless ``user`` may decide on ``request``.
-
-    Reviewers are active staff with the respond permission, in the approver group when
-    one is set, and never the person whose call or question it is.
-    """
-    if not (user.is_active and user.is_staff and user.has_perm(RESPOND_PERMISSION)):
-        raise ApplicationError("Only reviewers may respond to human requests.", "forbidden")
-    group = request.approver_group
-    if group is not None and not user.groups.filter(pk=group.pk).exists():
-        raise ApplicationError(
-            f"Only members of '{group.name}' may decide this request.", "forbidden"
-        )
-    if request.created_by_id is not None and request.created_by_id == user.pk:
-        raise ApplicationError("Nobody may decide on their own request.", "forbidden")
 
 
 def human_request_respond(
@@ -260,7 +271,7 @@ def _respond(
     request, responder, decision, option, answer, comment, arguments=None, grant=None
 ) -> None:
     """Records a response and settles the request; the caller holds the request's lock."""
-    reviewer_check(user=responder, request=request)
+    decider_check(user=responder, request=request)
     option, answer = _validate_response(request, decision, option, answer)
     if grant is not None:
         if decision != Decision.APPROVE:
@@ -420,8 +431,7 @@ def _settle(
     """Decides ``request`` when this response is enough; the caller holds its lock."""
     now = timezone.now()
     if decision == Decision.APPROVE:
-        approvals = request.responses.filter(decision=Decision.APPROVE).count()
-        if approvals < request.approvals_required:
+        if approvals_count(request) < request.approvals_required:
             _announce(request, "responded")
             return
         request.outcome = HumanRequest.Outcome.APPROVED
@@ -625,7 +635,7 @@ def human_request_extend(*, request_id, by: User, seconds: int) -> HumanRequest:
         request = _locked(request_id)
         if not request.is_pending:
             raise ApplicationError(closed_message(request), "conflict")
-        reviewer_check(user=by, request=request)
+        decider_check(user=by, request=request)
         now = timezone.now()
         latest = request.created_at + timedelta(seconds=MAX_LIFETIME_SECONDS)
         expires_at = min(max(now, request.expires_at) + timedelta(seconds=seconds), latest)
@@ -638,6 +648,105 @@ def human_request_extend(*, request_id, by: User, seconds: int) -> HumanRequest:
         _trail(request, Event.EXTENDED, by, before=before.isoformat(), after=expires_at.isoformat())
         _announce(request, "extended")
     return request
+
+
+def human_requests_escalate() -> int:
+    """Escalates every pending request whose escalation time has come, exactly once each,
+    and returns how many: its escalation group's members may now decide it too (see
+    :func:`hitl.rules.decider_refusal`), its trail says "escalated to <group>", and the
+    members are notified (event ``escalated``) after the commit.
+
+    Each request is claimed by a conditional UPDATE (pending, not yet escalated): of two
+    beat runs racing, or a run racing a decision that holds the row's lock, one claims it
+    and the other updates no row. None due costs one indexed SELECT and no write.
+    """
+    now = timezone.now()
+    due = HumanRequest.objects.filter(
+        status=Status.PENDING,
+        escalated_at=None,
+        escalate_at__lte=now,
+        expires_at__gt=now,
+        escalation_group__isnull=False,
+    )
+    count = 0
+    for request_id in due.order_by("escalate_at").values_list("pk", flat=True):
+        with transaction.atomic():
+            claimed = HumanRequest.objects.filter(
+                pk=request_id, status=Status.PENDING, escalated_at=None
+            ).update(escalated_at=now)
+            if not claimed:
+                continue
+            request = HumanRequest.objects.select_related("escalation_group").get(pk=request_id)
+            _trail(request, Event.ESCALATED, None, group=request.escalation_group.name)
+            _announce(request, "escalated")
+        count += 1
+    return count
+
+
+def human_request_delegate(*, request_id, by: User, to: User, comment: str = "") -> HumanRequest:
+    """``by``, who may decide the pending request, hands it to the colleague ``to``: ``to``
+    may then decide it (in the approver group or not) and is notified (event
+    ``delegated``); ``by`` may not any more, so nobody counts twice. The trail says
+    "handed to <to> by <by>".
+
+    Refused: ``forbidden`` when ``by`` may not decide it, or ``to`` is its requester;
+    ``invalid`` when ``to`` is ``by`` or not a reviewer (active staff with the respond
+    permission); ``conflict`` when it is settled, or ``by`` or ``to`` has responded, or it
+    was handed to or by ``to`` already. Runs with the request's row locked.
+    """
+    storable_check({"comment": comment}, what="delegation")
+    with transaction.atomic():
+        request = _locked(request_id)
+        if not request.is_pending:
+            raise ApplicationError(closed_message(request), "conflict")
+        decider_check(user=by, request=request)
+        _delegate_check(request, by, to)
+        HumanRequestDelegation.objects.create(request=request, delegate=to, delegated_by=by)
+        _trail(request, Event.DELEGATED, by, to=to.email, by=by.email, comment=comment)
+        _announce(request, "delegated", user_ids=[to.pk])
+    return request
+
+
+def delegate_candidates(*, request: HumanRequest, by: User):
+    """The colleagues ``by`` could hand ``request`` to: reviewers other than ``by``, its
+    requester, those who responded and those it was handed to or by."""
+    taken = {by.pk, request.created_by_id}
+    taken |= set(request.responses.values_list("responder_id", flat=True))
+    for delegate_id, by_id in request.delegations.values_list("delegate_id", "delegated_by_id"):
+        taken |= {delegate_id, by_id}
+    return reviewers().exclude(pk__in=[pk for pk in taken if pk is not None]).distinct()
+
+
+def reviewer_by_email(*, email: str) -> User:
+    """The user with ``email`` (any case), to hand a request to; ``not_found`` if none."""
+    user = User.objects.filter(email__iexact=email.strip()).first()
+    if user is None:
+        raise ApplicationError(f"No user has the email {email!r}.", "not_found")
+    return user
+
+
+def _delegate_check(request: HumanRequest, by: User, to: User) -> None:
+    """Why ``to`` cannot be handed ``request`` by ``by``; the caller holds the lock."""
+    if to.pk == by.pk:
+        raise ApplicationError("Hand the request to someone else than yourself.", "invalid")
+    if request.created_by_id == to.pk:
+        raise ApplicationError("Nobody may decide on their own request.", "forbidden")
+    if reviewer_refusal(to) is not None:
+        raise ApplicationError(
+            f"{to.email} is not a reviewer: only active staff with the permission to respond "
+            "to requests can be handed one.",
+            "invalid",
+        )
+    responded = set(request.responses.values_list("responder_id", flat=True))
+    if by.pk in responded:
+        raise ApplicationError(
+            "You have already responded: your decision counts, so it cannot be handed on.",
+            "conflict",
+        )
+    if to.pk in responded:
+        raise ApplicationError(f"{to.email} has already responded to this request.", "conflict")
+    if request.delegations.filter(Q(delegate=to) | Q(delegated_by=to)).exists():
+        raise ApplicationError(f"This request was already handed to or by {to.email}.", "conflict")
 
 
 def human_request_viewed(*, request: HumanRequest, user: User) -> None:

@@ -9,6 +9,14 @@ def human_requests_expire() -> int:
     return expire()
 
 
+@shared_task
+def human_requests_escalate() -> int:
+    """The periodic sweep that escalates requests past their deadline, once each (beat)."""
+    from hitl.services import human_requests_escalate as escalate
+
+    return escalate()
+
+
 class WebhookRefused(Exception):
     """The webhook answered with a server error; worth retrying."""
 

@@ -12,4 +12,5 @@ urlpatterns = [
     path("<uuid:request_id>/", views.request_detail, name="request"),
     path("<uuid:request_id>/respond/", views.request_respond, name="respond"),
     path("<uuid:request_id>/extend/", views.request_extend, name="extend"),
+    path("<uuid:request_id>/delegate/", views.request_delegate, name="delegate"),
 ]

@@ -1,6 +1,6 @@
 """The reviewer pages under /hitl/: the live queue (filters, search, keyboard triage, bulk
 decisions), one request with what the call would do, who asked and why, its trail and the
-decision forms, and the reviewer's notification settings.
+decision forms (and "hand to a colleague"), and the reviewer's notification settings.
 
 Staff only, in the admin's look. Every decision goes through ``human_request_respond``,
 which decides who may respond; the pages only hide forms that would be refused.
@@ -21,6 +21,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from hitl.forms import (
+    DelegateForm,
     ExtendForm,
     ResponseForm,
     ReviewerSettingsForm,
@@ -29,6 +30,7 @@ from hitl.forms import (
 )
 from hitl.grants import GRANT_HOURS_OFFERED, GrantTerms, grants_of_request
 from hitl.models import HumanRequest, HumanResponse, ReviewerSettings
+from hitl.rules import approvals_count, decider_refusal
 from hitl.selectors import (
     QUEUE_STATES,
     human_request_get,
@@ -38,12 +40,13 @@ from hitl.selectors import (
 )
 from hitl.services import (
     arguments_diff,
+    delegate_candidates,
+    human_request_delegate,
     human_request_extend,
     human_request_reads_all,
     human_request_respond,
     human_request_viewed,
     human_requests_respond,
-    reviewer_check,
 )
 from qmcp_site.errors import ApplicationError
 from tools.models import ToolInvocation
@@ -166,10 +169,9 @@ def _why_not_decide(user, human_request: HumanRequest) -> str | None:
     the request is settled)."""
     if not human_request.is_pending:
         return ""
-    try:
-        reviewer_check(user=user, request=human_request)
-    except ApplicationError as exc:
-        return exc.message
+    refusal = decider_refusal(user=user, request=human_request)
+    if refusal is not None:
+        return refusal
     if any(r.responder_id == user.pk for r in human_request.responses.all()):
         return "You have already responded; the request waits for other reviewers."
     return None
@@ -247,6 +249,12 @@ def _trail(human_request: HumanRequest, responses, invocation) -> list[dict]:
             text = f"{text}: {event.detail.get('label', '')}"
             if event.detail.get("arguments"):
                 text += f" ({event.detail['arguments']} arguments)"
+        elif event.kind == "escalated":
+            text = f"Escalated to {event.detail.get('group', '')}"
+        elif event.kind == "delegated":
+            text = f"Handed to {event.detail.get('to', '')} by {event.detail.get('by', '')}"
+            if event.detail.get("comment"):
+                text += f" — “{event.detail['comment']}”"
         lines.append({"at": event.created_at, "what": text, "who": event.actor})
     for response in responses:
         what = response.get_decision_display()
@@ -297,7 +305,7 @@ def request_detail(request, request_id):
         human_request.title,
         human_request=human_request,
         responses=responses,
-        approvals=sum(1 for r in responses if r.decision == Decision.APPROVE),
+        approvals=approvals_count(human_request),
         invocation=invocation,
         arguments=_pretty_json(original) if invocation else None,
         edited=_pretty_json(human_request.edited_arguments)
@@ -325,15 +333,20 @@ def request_detail(request, request_id):
         may_grant=invocation is not None and human_request.approvals_required == 1,
         grant_hours_offered=GRANT_HOURS_OFFERED,
         grants=grants_of_request(request=human_request),
+        delegate_form=DelegateForm(
+            candidates=delegate_candidates(request=human_request, by=request.user)
+        )
+        if why_not is None
+        else None,
     )
     return render(request, "hitl/request.html", context)
 
 
 def _decided_message(human_request: HumanRequest) -> str:
     if human_request.is_pending:
-        approvals = human_request.responses.filter(decision=Decision.APPROVE).count()
+        count = approvals_count(human_request)
         return (
-            f"Your approval is recorded ({approvals} of {human_request.approvals_required}); "
+            f"Your approval is recorded ({count} of {human_request.approvals_required}); "
             "the request waits for more reviewers."
         )
     if human_request.outcome == HumanRequest.Outcome.APPROVED:
@@ -413,6 +426,32 @@ def request_extend(request, request_id):
         messages.success(
             request, f"Extended: it now expires at {extended.expires_at:%Y-%m-%d %H:%M:%S} UTC."
         )
+    return redirect("hitl:request", request_id=request_id)
+
+
+@require_POST
+@staff_page
+def request_delegate(request, request_id):
+    """Hands the request to the chosen colleague, through the service."""
+    try:
+        human_request = human_request_get(request_id=request_id, expire=False)
+    except ApplicationError as exc:
+        raise Http404(exc.message) from exc
+    form = DelegateForm(
+        request.POST, candidates=delegate_candidates(request=human_request, by=request.user)
+    )
+    if not form.is_valid():
+        messages.error(request, "Choose a colleague who may be handed this request.")
+        return redirect("hitl:request", request_id=request_id)
+    to = form.cleaned_data["to"]
+    try:
+        human_request_delegate(
+            request_id=request_id, by=request.user, to=to, comment=form.cleaned_data["comment"]
+        )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Handed to {to.email}; they are notified and decide it now.")
     return redirect("hitl:request", request_id=request_id)
 
 

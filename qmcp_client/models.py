@@ -137,6 +137,17 @@ class PolicyApproval(_Model):
     approvals_required: int
     approval_timeout_seconds: int
     risk_level: str = ""
+    escalate_after_seconds: int | None = None
+    escalation_group: str | None = None
+
+
+class PolicyAuditOnly(_Model):
+    """What the first matching audit-only rule would have done (it decides nothing)."""
+
+    rule_id: int
+    rule: str
+    outcome: str
+    text: str
 
 
 class PolicyExplanation(_Model):
@@ -150,6 +161,7 @@ class PolicyExplanation(_Model):
     why: str = ""
     approval: PolicyApproval | None = None
     message: str | None = None
+    audit_only: PolicyAuditOnly | None = None
 
 
 class Page(_Model, Generic[T]):

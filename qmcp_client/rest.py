@@ -49,6 +49,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/human/requests"): "list_human_requests",
     ("GET", "/v1/human/requests/{request_id}"): "get_human_request",
     ("POST", "/v1/human/responses"): "respond",
+    ("POST", "/v1/human/requests/{request_id}/delegate"): "delegate",
     ("POST", "/v1/policy/explain"): "explain_policy",
 }
 
@@ -241,6 +242,15 @@ class _Base:
             "POST", "/v1/human/responses", HumanRequest.model_validate, json=body, send_json=True
         )
 
+    def _op_delegate(self, request_id, to, comment) -> _Op:
+        return _Op(
+            "POST",
+            f"/v1/human/requests/{request_id}/delegate",
+            HumanRequest.model_validate,
+            json={"to": to, "comment": comment},
+            send_json=True,
+        )
+
     def _op_explain_policy(self, tool, arguments, user, client) -> _Op:
         body = {"tool": tool, "arguments": arguments or {}, "caller": _clean({"user": user})}
         if client:
@@ -381,6 +391,10 @@ class QMCPClient(_Base):
                 request_id, decision, option, answer, comment, grant_hours, grant_arguments
             )
         )
+
+    def delegate(self, request_id: str | UUID, to: str, *, comment: str = "") -> HumanRequest:
+        """Hands a request you may decide to the colleague with the email ``to``."""
+        return self._send(self._op_delegate(request_id, to, comment))
 
     def explain_policy(
         self,
@@ -585,6 +599,10 @@ class AsyncQMCPClient(_Base):
                 request_id, decision, option, answer, comment, grant_hours, grant_arguments
             )
         )
+
+    async def delegate(self, request_id: str | UUID, to: str, *, comment: str = "") -> HumanRequest:
+        """See :meth:`QMCPClient.delegate`."""
+        return await self._send(self._op_delegate(request_id, to, comment))
 
     async def explain_policy(
         self,

@@ -357,6 +357,11 @@ CELERY_BEAT_SCHEDULE["warn-expiring-human-requests"] = {
     "task": "hitl.tasks.human_requests_warn_expiring",
     "schedule": 60.0,
 }
+# Pending requests past their rule's escalation deadline go to its backup group (once each).
+CELERY_BEAT_SCHEDULE["escalate-human-requests"] = {
+    "task": "hitl.tasks.human_requests_escalate",
+    "schedule": 30.0,
+}
 # Email: Django's console backend unless EMAIL_BACKEND (and EMAIL_HOST ...) say SMTP.
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")

@@ -82,12 +82,53 @@ def build_data() -> dict[str, str]:
         decision="approve",
         grant=GrantTerms.of(8, "exact"),
     )
+    audit_report_data(agent)
     return {
         "queue": "/hitl/",
         "request": f"/hitl/{delete.human_request.pk}/",
         "granted": f"/hitl/{granted.human_request.pk}/",
         "admin-approve": f"/admin/hitl/humanrequest/{delete.human_request.pk}/approve/",
+        "audit-report": "/admin/hitl/approvalrule/audit-only-report/",
     }
+
+
+def audit_report_data(agent) -> None:
+    """Two audit-only rules and calls that match them, for the audit-only report; the
+    reviewer may read it (the permissions to view invocations and rules)."""
+    from django.contrib.auth.models import Group, Permission
+
+    from hitl.models import ApprovalRule
+    from tools.services import tool_invoke
+
+    reviewers = Group.objects.get(name="reviewers")
+    reviewers.permissions.add(
+        *Permission.objects.filter(codename__in=["view_toolinvocation", "view_approvalrule"])
+    )
+    ApprovalRule.objects.create(
+        name="Change freeze",
+        tool_name="",
+        audit_only=True,
+        outcome="deny",
+        deny_message="Nothing runs during the change freeze.",
+        conditions={
+            "time": {
+                "zone": "UTC",
+                "windows": [{"start": "2000-01-01T00:00", "end": "2100-01-01T00:00"}],
+            }
+        },
+        position=10,
+    )
+    ApprovalRule.objects.create(
+        name="Echoes of secrets need 2 approvals",
+        tool_name="echo",
+        audit_only=True,
+        outcome="approval",
+        approvals_required=2,
+        conditions={"arguments": [{"arg": "message", "op": "matches", "pattern": "secret"}]},
+        position=5,
+    )
+    for message in ["hello", "the secret plan", "secret two"]:
+        tool_invoke(name="echo", arguments={"message": message}, principal=agent, via="rest")
 
 
 def capture(server_url: str, pages: dict[str, str], out: Path) -> list[Path]:

@@ -34,6 +34,19 @@ def database_url() -> str:
     return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
+def wait_for(condition, seconds: float = 60, what: str = "condition", logs=None, every=0.1):
+    """``condition()``'s first truthy value, polled every ``every`` s; past ``seconds``
+    an AssertionError naming ``what`` with the tail of ``logs()`` (the processes' logs)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    tail = logs()[-4000:] if logs else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
 def live_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a QMCP process started by a test: on the test database."""
     result = {

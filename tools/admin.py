@@ -25,12 +25,29 @@ class ToolPolicyAdmin(admin.ModelAdmin):
         return False
 
 
+class AuditOnlyRuleFilter(admin.SimpleListFilter):
+    """The calls an audit-only rule matched (``?audit_rule=<rule id>``, the link of the
+    audit-only report); shown only while it filters."""
+
+    title = "audit-only rule"
+    parameter_name = "audit_rule"
+
+    def lookups(self, request, model_admin):
+        value = request.GET.get(self.parameter_name, "")
+        return [(value, f"#{value}")] if value.isdigit() else []
+
+    def queryset(self, request, queryset):
+        if self.value() and self.value().isdigit():
+            return queryset.filter(would_require__rule_id=int(self.value()))
+        return queryset
+
+
 @admin.register(ToolInvocation)
 class ToolInvocationAdmin(admin.ModelAdmin):
     """The audit log: read-only for everyone, superusers included."""
 
     list_display = ("created_at", "tool_name", "status", "principal_label", "via", "duration_ms")
-    list_filter = ("status", "via", "mcp_protocol_version", "tool_name")
+    list_filter = ("status", "via", "mcp_protocol_version", "tool_name", AuditOnlyRuleFilter)
     search_fields = (
         "=id",
         "tool_name",

@@ -24,8 +24,10 @@ Outcome = Literal["allow", "approval", "deny"]
 @dataclass(frozen=True)
 class GateDecision:
     """What a call needs. ``rule`` names the rule that decided it ("" for the tool's
-    default); ``why`` says, in words, what matched. The approval fields are set only for
-    ``approval``; ``message`` only for ``deny`` (the agent reads it as the tool's error)."""
+    default); ``why`` says, in words, what matched. The approval fields (escalation
+    included) are set only for ``approval``; ``message`` only for ``deny`` (the agent reads
+    it as the tool's error). ``would_require`` is what an audit-only rule would have
+    decided, for the audit row (None when none matched); it never changes the outcome."""
 
     outcome: Outcome
     rule: str = ""
@@ -35,6 +37,9 @@ class GateDecision:
     approval_timeout_seconds: int | None = None
     risk_level: str = ""
     message: str = ""
+    escalate_after_seconds: int | None = None
+    escalation_group: Group | None = None
+    would_require: dict[str, Any] | None = None
 
     @property
     def requires_approval(self) -> bool:
@@ -64,9 +69,13 @@ class GateDecision:
                 "approvals_required": self.approvals_required,
                 "approval_timeout_seconds": self.approval_timeout_seconds,
                 "risk_level": self.risk_level,
+                "escalate_after_seconds": self.escalate_after_seconds,
+                "escalation_group": self.escalation_group.name if self.escalation_group else None,
             }
         if self.outcome == "deny":
             data["message"] = self.message
+        if self.would_require is not None:
+            data["audit_only"] = self.would_require
         return data
 
 

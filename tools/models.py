@@ -130,6 +130,9 @@ class ToolInvocation(models.Model):
         blank=True,
         help_text="The approval rule that decided the call; empty: the tool's policy did.",
     )
+    # What the first matching audit-only rule would have decided (the call was decided by
+    # the enforced rules): {"rule_id", "rule", "outcome", "text"}; null when none matched.
+    would_require = models.JSONField(null=True, blank=True)
     correlation_id = models.CharField(max_length=128, blank=True)
     # Set only on a call that waits for approval (tools.binding): the approval is bound to
     # this digest of the tool and its arguments (re-bound by an approve-with-edits), and the

@@ -160,6 +160,7 @@ def tool_invocation_prepare(
         facts = CallFacts(spec, policy, args, call["principal"], client=client_name)
         decision = TOOL_GATE.decide(facts)
         record["rule"] = decision.rule
+        record["would_require"] = decision.would_require
         if decision.outcome == "deny":
             raise ApplicationError(
                 decision.message,

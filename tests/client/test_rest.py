@@ -199,6 +199,23 @@ def test_human_requests_and_responses(client, reviewer):
     assert caught.value.status == 409
 
 
+def test_a_reviewer_hands_a_request_to_a_colleague_who_then_decides_it(
+    client, reviewer, qmcp_server
+):
+    from tests.client.conftest import make_reviewer
+
+    created = client.create_human_request("Ship it?", kind="approval")
+    colleague = make_reviewer()
+    handed = reviewer.delegate(created.id, colleague.email, comment="yours")
+    assert isinstance(handed, HumanRequest) and handed.status == "pending"
+    with pytest.raises(PermissionDenied) as caught:
+        reviewer.approve(created.id)
+    assert caught.value.code == "forbidden"
+    secret = make_token(user=colleague, scopes=["hitl:respond"])[1]
+    with QMCPClient(qmcp_server.url, secret, retries=0) as qmcp:
+        assert qmcp.approve(created.id).outcome == "approved"
+
+
 def test_only_reviewers_with_the_scope_respond(client, qmcp_server):
     created = client.create_human_request("Ship it?", kind="approval")
     # The agent's token has no hitl:respond scope.

@@ -21,6 +21,7 @@ from tests.e2e.blocking_tools import NAMES, register
 from tests.e2e.mcp_helpers import connect, text_of
 from tests.factories import StaffFactory, make_reviewer, make_token
 from tests.live import CeleryWorker, LiveServer, RedisServer
+from tests.live import wait_for as live_wait_for
 from tools.models import ToolInvocation
 from tools.registry import unregister
 
@@ -73,14 +74,7 @@ def stack(tmp_path):
 
 
 def wait_for(condition, seconds=60, what="condition", stack=None):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    logs = stack.worker_logs()[-4000:] if stack else ""
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+    return live_wait_for(condition, seconds, what, logs=stack.worker_logs if stack else None)
 
 
 def runs(directory: Path) -> list[tuple[str, int]]:

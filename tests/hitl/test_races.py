@@ -79,3 +79,22 @@ def test_two_approvals_of_a_two_of_n_request_race_to_exactly_one_run():
     request = HumanRequest.objects.get(pk=request_id)
     assert request.outcome == "approved" and request.responses.count() == 2
     assert ToolInvocation.objects.get(pk=invocation.pk).status == "succeeded"
+
+
+def test_two_escalation_runs_racing_escalate_a_request_once():
+    from datetime import timedelta
+
+    from django.contrib.auth.models import Group
+    from django.utils import timezone
+
+    from hitl.models import HumanRequestEvent
+    from hitl.services import human_requests_escalate
+
+    invocation, _ = gated_delete(StaffFactory())
+    ago = timezone.now() - timedelta(minutes=5)
+    HumanRequest.objects.filter(pk=invocation.human_request.pk).update(
+        escalation_group=Group.objects.create(name="oncall"), escalate_at=ago
+    )
+    outcomes = race(*[human_requests_escalate] * 4)
+    assert sorted(outcomes) == [0, 0, 0, 1], outcomes
+    assert HumanRequestEvent.objects.filter(kind="escalated").count() == 1

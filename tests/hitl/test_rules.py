@@ -508,8 +508,11 @@ def test_explain_names_the_matching_rule_why_and_what_it_requires(api_for):
             "approvals_required": 2,
             "approval_timeout_seconds": 3600,
             "risk_level": "medium",
+            "escalate_after_seconds": None,
+            "escalation_group": None,
         },
         "message": None,
+        "audit_only": None,
     }
     default = explain(api, {"tool": TOOL, "arguments": {}}).json()
     assert (default["outcome"], default["rule"]) == ("allow", "")
