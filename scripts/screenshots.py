@@ -78,6 +78,8 @@ def build_data() -> dict[str, str]:
         "queue": "/hitl/",
         "request": f"/hitl/{delete.human_request.pk}/",
         "audit-report": "/admin/hitl/approvalrule/audit-only-report/",
+        "rules": "/admin/hitl/approvalrule/",
+        "hand-over": f"/admin/hitl/humanrequest/{delete.human_request.pk}/delegate/",
     }
 
 
