@@ -89,6 +89,8 @@ def build_data() -> dict[str, str]:
         "granted": f"/hitl/{granted.human_request.pk}/",
         "admin-approve": f"/admin/hitl/humanrequest/{delete.human_request.pk}/approve/",
         "audit-report": "/admin/hitl/approvalrule/audit-only-report/",
+        "rules": "/admin/hitl/approvalrule/",
+        "hand-over": f"/admin/hitl/humanrequest/{delete.human_request.pk}/delegate/",
     }
 
 
