@@ -143,14 +143,15 @@ def session_authenticate(*, session_id: str, secret: str) -> tuple[McpSession, P
     return session, principal
 
 
-def token_authenticate(*, secret: str) -> Principal:
-    """The principal of a bearer secret, as ``users.services.api_token_authenticate``, kept
-    in memory like :func:`session_authenticate` (the sessionless 2026 requests' fast path).
+def token_authenticate(*, secret: str, resource: str | None = None) -> Principal:
+    """The principal of a bearer secret, as ``users.services.bearer_authenticate``; an API
+    token's is kept in memory like :func:`session_authenticate` (the sessionless 2026
+    requests' fast path), an OAuth token's is read every time, so a revocation counts at once.
 
     Saving a token or a user in this process forgets it at once; another worker checks
     again within ``QMCP_AUTH_CACHE_SECONDS``. The token's expiry is checked every time.
     """
-    from users.services import api_token_authenticate
+    from users.services import bearer_authenticate
 
     key = ("", hash_token(secret))
     ttl = settings.QMCP_AUTH_CACHE_SECONDS
@@ -159,8 +160,8 @@ def token_authenticate(*, secret: str) -> Principal:
         principal = cached[2]
         if not principal.token.is_expired:
             return principal
-    principal = api_token_authenticate(secret=secret)
-    if ttl > 0:
+    principal = bearer_authenticate(secret=secret, resource=resource)
+    if ttl > 0 and principal.token is not None:
         if len(_AUTH_CACHE) >= _AUTH_CACHE_MAX:
             _AUTH_CACHE.clear()
         _AUTH_CACHE[key] = (time.monotonic(), None, principal)
