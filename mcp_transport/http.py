@@ -336,16 +336,17 @@ def _unauthorized(message: str, headers: dict[str, str], token_sent: bool = True
     return HttpFailure(401, message, headers={"WWW-Authenticate": challenge})
 
 
-# The scope each method family needs; a token without it is refused with 403 before the
-# method runs, so an OAuth client learns which scope to ask for (MCP's scope challenge).
+# The scope each method needs. An OAuth token without it is refused with 403 before the
+# method runs, so its client learns which scope to ask the user for (MCP's scope challenge);
+# an API token cannot ask for more, and keeps getting a tool error and a refused audit row.
 METHOD_SCOPES = {"tools/call": ApiToken.Scope.TOOLS_CALL, "tools/list": ApiToken.Scope.TOOLS_READ}
 
 
 def check_method_scope(principal: Principal, method: str, headers: dict[str, str], rpc_id=None):
-    """HttpFailure(403, ``insufficient_scope`` naming the scope) when ``principal`` lacks
-    the scope ``method`` needs."""
+    """HttpFailure(403, ``insufficient_scope`` naming the scope) when ``principal`` came with
+    an OAuth token that lacks the scope ``method`` needs."""
     scope = METHOD_SCOPES.get(method)
-    if scope is None or principal.has_scope(scope):
+    if principal.oauth_token is None or scope is None or principal.has_scope(scope):
         return
     challenge = _challenge(headers, error="insufficient_scope", scope=scope)
     raise HttpFailure(

@@ -13,13 +13,13 @@ from typing import Any
 from django.conf import settings
 
 from mcp_transport.http import (
-    check_method_scope,
     META_CAPABILITIES,
     META_CLIENT_INFO,
     META_LOG_LEVEL,
     STATELESS_VERSION,
     HttpFailure,
     authenticate,
+    check_method_scope,
     check_stateless,
     is_stateless,
     legacy_header_version,

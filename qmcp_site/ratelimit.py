@@ -283,8 +283,9 @@ def client_address(scope_or_meta) -> str:
 
 class RateLimitMiddleware:
     """Counts ``/v1`` and ``/api`` requests per token and address, and admin login POSTs
-    and OAuth token and registration POSTs per address; over a limit, 429 with ``Retry-After`` before any view runs (the APIs'
-    ``rate_limited`` error body, plain text on the login page)."""
+    and OAuth token and registration POSTs per address; over a limit, 429 with
+    ``Retry-After`` before any view runs (the APIs' ``rate_limited`` error body, plain
+    text on the login page)."""
 
     def __init__(self, get_response):
         self.get_response = get_response

@@ -151,7 +151,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 # --- OAuth: DOT's admin of clients and tokens, with an audited revoke, and the audit trail.
 
 
-@admin.action(permissions=["delete"], description="Revoke selected tokens")
+@admin.action(permissions=["change"], description="Revoke selected tokens")
 def revoke_oauth_tokens(modeladmin, request, queryset):
     count = 0
     for token in queryset.select_related("user", "application"):

@@ -180,4 +180,5 @@ class OAuthEvent(models.Model):
         verbose_name = "OAuth event"
 
     def __str__(self):
-        return f"{self.get_kind_display()}: {self.client_name or self.client_id} for {self.user_label}"
+        client = self.client_name or self.client_id
+        return f"{self.get_kind_display()}: {client} for {self.user_label}"

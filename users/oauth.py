@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 from oauth2_provider.models import AccessToken, Application, RefreshToken
 from oauth2_provider.scopes import BaseScopes
+from oauth2_provider.settings import oauth2_settings
 
 from qmcp_site.errors import ApplicationError
 from users.models import ApiToken, OAuthEvent, User, hash_token
@@ -48,11 +49,18 @@ def mcp_resource_metadata_url(host: str) -> str:
     return public_origin(host) + RESOURCE_METADATA_PATH + MCP_PATH
 
 
+def _access_tokens():
+    """Access tokens people granted; not the registration tokens DOT issues to clients
+    registered dynamically (RFC 7592), which are stored as access tokens too."""
+    return AccessToken.objects.exclude(scope=oauth2_settings.DCR_REGISTRATION_SCOPE)
+
+
 def oauth_token_find(*, secret: str) -> AccessToken | None:
     """The stored access token of a bearer secret (looked up by its SHA-256), or None."""
     # DOT's token_checksum is the SHA-256 hex digest, as users.models.hash_token.
     return (
-        AccessToken.objects.select_related("application", "user")
+        _access_tokens()
+        .select_related("application", "user")
         .filter(token_checksum=hash_token(secret))
         .first()
     )
@@ -83,7 +91,7 @@ def oauth_client_principal(*, user: User, application_id: int) -> Principal:
     those the live tokens carry. ``unauthenticated`` otherwise."""
     now = timezone.now()
     scopes: set[str] = set()
-    live = AccessToken.objects.filter(user=user, application_id=application_id, expires__gt=now)
+    live = _access_tokens().filter(user=user, application_id=application_id, expires__gt=now)
     for scope in live.values_list("scope", flat=True):
         scopes.update(scope.split())
     refresh = RefreshToken.objects.filter(
@@ -141,7 +149,7 @@ def oauth_client_revoke(*, user: User, application: Application, actor: User) ->
         ):
             refresh.revoke()
             count += 1
-        for access in AccessToken.objects.filter(user=user, application=application):
+        for access in _access_tokens().filter(user=user, application=application):
             access.revoke()
             count += 1
         application.grant_set.filter(user=user).delete()
@@ -174,13 +182,14 @@ def oauth_clients_of(*, user: User) -> list[dict]:
     application, the scopes granted, and when it was last authorized."""
     now = timezone.now()
     found: dict[int, dict] = {}
-    tokens = AccessToken.objects.filter(user=user).select_related("application")
+    tokens = _access_tokens().filter(user=user).select_related("application")
     for token in tokens.order_by("created"):
         if token.application is None:
             continue
-        alive = token.expires > now or RefreshToken.objects.filter(
-            access_token=token, revoked__isnull=True
-        ).exists()
+        alive = (
+            token.expires > now
+            or RefreshToken.objects.filter(access_token=token, revoked__isnull=True).exists()
+        )
         if not alive:
             continue
         entry = found.setdefault(

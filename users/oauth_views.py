@@ -85,5 +85,6 @@ def my_client_revoke(request, application_id: int):
     if application is None:
         raise Http404
     count = oauth_client_revoke(user=request.user, application=application, actor=request.user)
-    messages.success(request, f"Revoked {application.name or application.client_id} ({count} tokens).")
+    name = application.name or application.client_id
+    messages.success(request, f"Revoked {name} ({count} tokens).")
     return redirect("oauth_clients")
