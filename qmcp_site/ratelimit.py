@@ -53,6 +53,9 @@ CREDIT_SECONDS = 1.0
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
 
+ATTEMPTS = {"login": "login attempts", "oauth": "OAuth token or registration requests"}
+
+
 @dataclass(frozen=True)
 class Refusal:
     """A request over a limit: which one, and the whole seconds until it may be retried."""
@@ -65,7 +68,8 @@ class Refusal:
         return (
             f"Rate limit exceeded for this {self.scope}; retry in {self.retry_after} s."
             if self.scope not in ("login", "oauth")
-            else f"Too many {self.scope} requests from this address; retry in {self.retry_after} s."
+            else f"Too many {ATTEMPTS[self.scope]} from this address; "
+            f"retry in {self.retry_after} s."
         )
 
     @property
