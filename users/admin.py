@@ -8,6 +8,7 @@ from django.utils.cache import add_never_cache_headers
 from oauth2_provider.admin import AccessTokenAdmin as DotAccessTokenAdmin
 from oauth2_provider.models import AccessToken
 
+from qmcp_site.readonly_admin import ReadOnlyAdmin
 from users.models import ApiToken, OAuthEvent, User
 from users.oauth import oauth_token_revoke
 from users.services import api_token_create, api_token_revoke
@@ -174,19 +175,10 @@ class OAuthAccessTokenAdmin(DotAccessTokenAdmin):
 
 
 @admin.register(OAuthEvent)
-class OAuthEventAdmin(admin.ModelAdmin):
+class OAuthEventAdmin(ReadOnlyAdmin):
     """The consent audit trail: read-only."""
 
     list_display = ("created_at", "kind", "user_label", "client_name", "scopes", "actor")
     list_filter = ("kind",)
     search_fields = ("user_label", "client_name", "client_id")
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
