@@ -442,3 +442,19 @@ def test_client_id_metadata_documents_are_refused_when_switched_off(client, user
     auth = start("https://client.example/oauth/metadata.json")
     assert client.get("/oauth/authorize/", auth.query()).status_code == 400
     assert not Application.objects.exists()
+
+
+def test_a_session_opened_through_one_client_is_not_usable_through_another(client, user):
+    _, first = tokens_for(client, user)
+    _, second = tokens_for(client, user)
+    mcp = HostMcp(first["access_token"])
+    mcp.initialize()
+    assert mcp.session().oauth_client is not None and mcp.session().token is None
+    other = HostMcp(second["access_token"])
+    other.session_id, other.version = mcp.session_id, mcp.version
+    from mcp_transport.http import HttpFailure
+
+    with pytest.raises(HttpFailure) as refused:
+        other.post(rpc("tools/list"))
+    assert refused.value.status == 404
+    assert "tools" in mcp.result("tools/list")
