@@ -129,10 +129,11 @@ def test_dynamic_registration_is_404_when_switched_off(client, settings):
     assert "registration_endpoint" not in meta
 
 
-def test_token_endpoint_is_rate_limited_per_address(client, settings):
+@pytest.mark.parametrize("path", ["/oauth/token/", "/oauth/register/"])
+def test_token_and_registration_endpoints_are_rate_limited_per_address(client, settings, path):
     settings.QMCP_RATELIMIT_OAUTH = "2/minute"
-    statuses = [client.post("/oauth/token/", {"grant_type": "x"}).status_code for _ in range(3)]
-    assert statuses[:2] == [400, 400] and statuses[2] == 429
+    statuses = [client.post(path, {"grant_type": "x"}).status_code for _ in range(3)]
+    assert 429 not in statuses[:2] and statuses[2] == 429
 
 
 # --- Consent ------------------------------------------------------------------------------
@@ -338,13 +339,14 @@ def test_a_refresh_rotates_and_the_old_refresh_token_is_refused(client, user):
     assert reused.status_code == 400
 
 
-def test_an_oauth_token_works_on_the_rest_api(client, user):
+def test_an_oauth_token_works_on_both_rest_apis_with_its_scopes(client, user):
     _, tokens = tokens_for(client, user)
     client.logout()
-    response = client.get(
-        "/v1/tools", headers={"Authorization": f"Bearer {tokens['access_token']}"}
-    )
-    assert response.status_code == 200
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert client.get("/v1/tools", headers=bearer).status_code == 200
+    assert client.get("/api/tools/", headers=bearer).status_code == 200
+    # users:read was not granted
+    assert client.get("/api/users/", headers=bearer).status_code == 403
 
 
 # --- The user's and the admin's side -------------------------------------------------------
