@@ -5,12 +5,14 @@ from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 from oauth2_provider.models import AccessToken, Application, Grant, RefreshToken
 
 from mcp_transport.protocol import handle_post
 from tests.factories import UserFactory
 from tests.mcp_transport.sync_client import Mcp, rpc
+from tests.test_ratelimit import random_address
 from tests.users.oauth_flow import (
     REDIRECT_URI,
     RESOURCE,
@@ -130,10 +132,12 @@ def test_dynamic_registration_is_404_when_switched_off(client, settings):
 
 
 @pytest.mark.parametrize("path", ["/oauth/token/", "/oauth/register/"])
-def test_token_and_registration_endpoints_are_rate_limited_per_address(client, settings, path):
+def test_token_and_registration_endpoints_are_rate_limited_per_address(settings, path):
     settings.QMCP_RATELIMIT_OAUTH = "2/minute"
+    client = Client(REMOTE_ADDR=random_address())  # counts in Redis outlive a test
     statuses = [client.post(path, {"grant_type": "x"}).status_code for _ in range(3)]
     assert 429 not in statuses[:2] and statuses[2] == 429
+    assert Client(REMOTE_ADDR=random_address()).post(path, {}).status_code != 429
 
 
 # --- Consent ------------------------------------------------------------------------------
@@ -170,8 +174,6 @@ def test_consent_needs_a_login(client):
 
 
 def test_consent_post_needs_the_csrf_token(user):
-    from django.test import Client
-
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(user)
     auth = start(register(strict)["client_id"])
