@@ -7,6 +7,7 @@ principal of an OAuth access token, and the consent audit trail (:class:`OAuthEv
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from oauth2_provider.models import AccessToken, Application, RefreshToken
 from oauth2_provider.scopes import BaseScopes
@@ -182,16 +183,16 @@ def oauth_clients_of(*, user: User) -> list[dict]:
     application, the scopes granted, and when it was last authorized."""
     now = timezone.now()
     found: dict[int, dict] = {}
-    tokens = _access_tokens().filter(user=user).select_related("application")
-    for token in tokens.order_by("created"):
-        if token.application is None:
-            continue
-        alive = (
-            token.expires > now
-            or RefreshToken.objects.filter(access_token=token, revoked__isnull=True).exists()
-        )
-        if not alive:
-            continue
+    # A token is alive while it is unexpired, or while its refresh token can renew it.
+    renewable = RefreshToken.objects.filter(access_token=OuterRef("pk"), revoked__isnull=True)
+    tokens = (
+        _access_tokens()
+        .filter(user=user, application__isnull=False)
+        .filter(Q(expires__gt=now) | Exists(renewable))
+        .select_related("application")
+        .order_by("created")
+    )
+    for token in tokens:
         entry = found.setdefault(
             token.application_id,
             {"application": token.application, "scopes": set(), "authorized_at": token.created},
