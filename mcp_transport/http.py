@@ -24,8 +24,10 @@ from mcp_transport.sessions import (
     token_authenticate,
 )
 from qmcp_site.errors import ApplicationError
+from qmcp_site.ratelimit import bearer_secret
 from tools.registry import ToolSpec, get_tool
 from users.models import ApiToken, User
+from users.oauth import mcp_resource, mcp_resource_metadata_url
 from users.principals import Principal
 
 LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
@@ -298,18 +300,20 @@ def method_not_found(method: str, rpc_id) -> HttpFailure:
 
 
 def _bearer(headers: dict[str, str]) -> str:
-    scheme, _, secret = headers.get("authorization", "").partition(" ")
-    return secret.strip() if scheme.lower() == "bearer" else ""
+    return bearer_secret(headers.get("authorization", ""))
 
 
-def authenticate(authorization: str) -> Principal:
-    """The caller, from ``Authorization: Bearer``; HttpFailure(401) otherwise."""
-    secret = _bearer({"authorization": authorization or ""})
+def authenticate(headers: dict[str, str]) -> Principal:
+    """The caller, from ``Authorization: Bearer`` (an API token, or an OAuth access token
+    bound to this MCP endpoint); HttpFailure(401) otherwise, whose challenge names the
+    protected-resource metadata (RFC 9728) so an OAuth client can find where to sign in."""
+    authorization = headers.get("authorization", "")
+    secret = _bearer(headers)
     if secret:
         try:
-            return token_authenticate(secret=secret)
+            return token_authenticate(secret=secret, resource=mcp_resource(headers.get("host", "")))
         except ApplicationError as exc:
-            raise _unauthorized(exc.message) from exc
+            raise _unauthorized(exc.message, headers) from exc
     anonymous = settings.QMCP_MCP_ANONYMOUS_USER
     if anonymous and not authorization:
         user = User.objects.filter(email__iexact=anonymous, is_active=True).first()
@@ -317,14 +321,41 @@ def authenticate(authorization: str) -> Principal:
             scopes = frozenset({ApiToken.Scope.TOOLS_READ, ApiToken.Scope.TOOLS_CALL})
             return Principal(user=user, scopes=scopes)
     raise _unauthorized(
-        "Authentication required: send 'Authorization: Bearer <token>'.", token_sent=False
+        "Authentication required: send 'Authorization: Bearer <token>'.", headers, token_sent=False
     )
 
 
-def _unauthorized(message: str, token_sent: bool = True) -> HttpFailure:
+def _challenge(headers: dict[str, str], **params: str) -> str:
+    params["resource_metadata"] = mcp_resource_metadata_url(headers.get("host", ""))
+    return 'Bearer realm="qmcp", ' + ", ".join(f'{k}="{v}"' for k, v in params.items())
+
+
+def _unauthorized(message: str, headers: dict[str, str], token_sent: bool = True) -> HttpFailure:
     # RFC 6750 section 3.1: a request without any token gets no error code.
-    challenge = 'Bearer realm="qmcp"' + (', error="invalid_token"' if token_sent else "")
+    challenge = _challenge(headers, **({"error": "invalid_token"} if token_sent else {}))
     return HttpFailure(401, message, headers={"WWW-Authenticate": challenge})
+
+
+# The scope each method needs. An OAuth token without it is refused with 403 before the
+# method runs, so its client learns which scope to ask the user for (MCP's scope challenge);
+# an API token cannot ask for more, and keeps getting a tool error and a refused audit row.
+METHOD_SCOPES = {"tools/call": ApiToken.Scope.TOOLS_CALL, "tools/list": ApiToken.Scope.TOOLS_READ}
+
+
+def check_method_scope(principal: Principal, method: str, headers: dict[str, str], rpc_id=None):
+    """HttpFailure(403, ``insufficient_scope`` naming the scope) when ``principal`` came with
+    an OAuth token that lacks the scope ``method`` needs."""
+    scope = METHOD_SCOPES.get(method)
+    if principal.oauth_token is None or scope is None or principal.has_scope(scope):
+        return
+    challenge = _challenge(headers, error="insufficient_scope", scope=scope)
+    raise HttpFailure(
+        403,
+        f"This token lacks the '{scope}' scope.",
+        headers={"WWW-Authenticate": challenge},
+        rpc_id=rpc_id,
+        data={"scope": scope},
+    )
 
 
 def session_and_principal(headers: dict[str, str]) -> tuple[McpSession, Principal]:
@@ -334,7 +365,7 @@ def session_and_principal(headers: dict[str, str]) -> tuple[McpSession, Principa
     )
     if fast is not None:
         return fast
-    principal = authenticate(headers.get("authorization", ""))
+    principal = authenticate(headers)
     session_id = headers.get("mcp-session-id", "")
     if not session_id:
         raise HttpFailure(400, "Bad Request: Mcp-Session-Id header is required.")

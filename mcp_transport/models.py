@@ -17,6 +17,14 @@ class McpSession(models.Model):
         related_name="mcp_sessions",
         help_text="The token that opened the session; only it may use the session.",
     )
+    oauth_client = models.ForeignKey(
+        "oauth2_provider.Application",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="Opened with an OAuth token: only this client's tokens of the user may use it.",
+    )
     protocol_version = models.CharField(max_length=16)
     client_info = models.JSONField(default=dict, blank=True)
     client_capabilities = models.JSONField(default=dict, blank=True)
@@ -77,12 +85,13 @@ class McpEvent(models.Model):
 class McpTask(models.Model):
     """An MCP task: a tools/call that goes on after its request was answered.
 
-    The task is the invocation. A 2025-11-25 task (a task-augmented call) belongs to its
-    session; a 2026-07-28 task (the tasks extension) has none. Either way it is owned by the
-    token that made it (its user's, without a token): ``user`` and ``token`` are the caller's.
-    A 2026 task that waits for its client's input keeps the questions still open in
-    ``input_requests`` and every answer so far in ``input_responses`` (see
-    mcp_transport.methods.tasks_2026).
+        The task is the invocation. A 2025-11-25 task (a task-augmented call) belongs to its
+        session; a 2026-07-28 task (the tasks extension) has none. Either way it is owned by the
+        token that made it (its user's, without a token; the user's through one OAuth client, with
+    an OAuth token): ``user``, ``token`` and ``oauth_client`` are the caller's.
+        A 2026 task that waits for its client's input keeps the questions still open in
+        ``input_requests`` and every answer so far in ``input_responses`` (see
+        mcp_transport.methods.tasks_2026).
     """
 
     invocation = models.OneToOneField(
@@ -96,6 +105,13 @@ class McpTask(models.Model):
     )
     token = models.ForeignKey(
         "users.ApiToken", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    oauth_client = models.ForeignKey(
+        "oauth2_provider.Application",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
     )
     ttl_ms = models.PositiveIntegerField(null=True, blank=True)
     input_requests = models.JSONField(default=dict, blank=True)

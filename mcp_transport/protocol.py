@@ -19,6 +19,7 @@ from mcp_transport.http import (
     STATELESS_VERSION,
     HttpFailure,
     authenticate,
+    check_method_scope,
     check_stateless,
     is_stateless,
     legacy_header_version,
@@ -99,7 +100,7 @@ def handle_post(
 
     initialize = [m for m in messages if m.kind == "request" and m.method == "initialize"]
     if initialize:
-        principal = authenticate(headers.get("authorization", ""))
+        principal = authenticate(headers)
         if is_batch:
             raise HttpFailure(400, "Invalid Request: initialize must not be part of a batch.")
         session, version = None, LATEST_VERSION
@@ -110,6 +111,8 @@ def handle_post(
         if is_batch and version != "2025-03-26":
             raise HttpFailure(400, f"Invalid Request: batches are not part of MCP {version}.")
 
+    if not is_batch and messages[0].kind == "request":
+        check_method_scope(principal, messages[0].method, headers, messages[0].raw["id"])
     reply = PostReply()
     replies: list[dict[str, Any]] = []
     notifications: list[dict[str, Any]] = []
@@ -200,10 +203,11 @@ def handle_stateless_post(
     if message.method not in STATELESS_METHODS:
         raise method_not_found(message.method, rpc_id)
     try:
-        principal = authenticate(headers.get("authorization", ""))
+        principal = authenticate(headers)
     except HttpFailure as failure:
         failure.rpc_id = rpc_id
         raise
+    check_method_scope(principal, message.method, headers, rpc_id)
     level = meta.get(META_LOG_LEVEL)
     ex = Exchange(
         principal=principal,

@@ -35,10 +35,16 @@ def _idle_timeout() -> timedelta:
 
 
 def _owner_filter(principal: Principal, prefix: str = "") -> dict:
-    """The lookup of what the principal's token owns (its user's, without a token)."""
+    """The lookup of what the principal's token owns (its user's through the same OAuth
+    client, for an OAuth token, so a refreshed token keeps its sessions; its user's without
+    a token, for a session login)."""
     if principal.token is not None:
         return {f"{prefix}token": principal.token}
-    return {f"{prefix}token__isnull": True, f"{prefix}user": principal.user}
+    return {
+        f"{prefix}token__isnull": True,
+        f"{prefix}user": principal.user,
+        f"{prefix}oauth_client": principal.oauth_application,
+    }
 
 
 def session_create(
@@ -76,6 +82,7 @@ def session_create(
         id=secrets.token_hex(16),
         user=principal.user,
         token=principal.token,
+        oauth_client=principal.oauth_application,
         protocol_version=protocol_version,
         client_info=client_info,
         client_capabilities=client_capabilities,
@@ -143,14 +150,15 @@ def session_authenticate(*, session_id: str, secret: str) -> tuple[McpSession, P
     return session, principal
 
 
-def token_authenticate(*, secret: str) -> Principal:
-    """The principal of a bearer secret, as ``users.services.api_token_authenticate``, kept
-    in memory like :func:`session_authenticate` (the sessionless 2026 requests' fast path).
+def token_authenticate(*, secret: str, resource: str | None = None) -> Principal:
+    """The principal of a bearer secret, as ``users.services.bearer_authenticate``; an API
+    token's is kept in memory like :func:`session_authenticate` (the sessionless 2026
+    requests' fast path), an OAuth token's is read every time, so a revocation counts at once.
 
     Saving a token or a user in this process forgets it at once; another worker checks
     again within ``QMCP_AUTH_CACHE_SECONDS``. The token's expiry is checked every time.
     """
-    from users.services import api_token_authenticate
+    from users.services import bearer_authenticate
 
     key = ("", hash_token(secret))
     ttl = settings.QMCP_AUTH_CACHE_SECONDS
@@ -159,8 +167,8 @@ def token_authenticate(*, secret: str) -> Principal:
         principal = cached[2]
         if not principal.token.is_expired:
             return principal
-    principal = api_token_authenticate(secret=secret)
-    if ttl > 0:
+    principal = bearer_authenticate(secret=secret, resource=resource)
+    if ttl > 0 and principal.token is not None:
         if len(_AUTH_CACHE) >= _AUTH_CACHE_MAX:
             _AUTH_CACHE.clear()
         _AUTH_CACHE[key] = (time.monotonic(), None, principal)
@@ -244,6 +252,7 @@ def task_create(
         session=session,
         user=principal.user,
         token=principal.token,
+        oauth_client=principal.oauth_application,
         ttl_ms=ttl_ms,
         input_responses=input_responses or {},
         expires_at=expires_at,
@@ -304,9 +313,15 @@ def streams_open(*, principal: Principal, delta: int) -> int:
 
 
 def _owned_by(session: McpSession, principal: Principal) -> bool:
+    """See :func:`_owner_filter`."""
     if principal.token is not None:
         return session.token_id == principal.token.pk
-    return session.token_id is None and session.user_id == principal.user.pk
+    application = principal.oauth_application
+    return (
+        session.token_id is None
+        and session.user_id == principal.user.pk
+        and session.oauth_client_id == (application.pk if application is not None else None)
+    )
 
 
 def session_close(*, session: McpSession) -> None:

@@ -31,7 +31,7 @@ from rest_framework.response import Response
 
 from qmcp_site.errors import ApplicationError, error_body
 from users.principals import Principal
-from users.services import api_token_authenticate
+from users.services import bearer_authenticate
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class BearerTokenAuthentication(BaseAuthentication):
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Send 'Authorization: Bearer <token>'.")
         try:
-            principal = api_token_authenticate(secret=parts[1].decode("latin-1"))
+            principal = bearer_authenticate(secret=parts[1].decode("latin-1"))
         except ApplicationError as exc:
             raise exceptions.AuthenticationFailed(exc.message) from exc
         return principal.user, principal

@@ -44,11 +44,16 @@ KEY_PREFIX = "qmcp:ratelimit"
 # Paths of the REST APIs; MCP calls the limiter itself, and the admin only for its login.
 LIMITED_PREFIXES = ("/v1/", "/api/")
 LOGIN_PATH = "/admin/login/"
+# The OAuth endpoints a client may hit without a token: counted per address (scope "oauth").
+OAUTH_PATHS = ("/oauth/token/", "/oauth/register/")
 # See Credits.
 CREDIT_BATCH = 10
 CREDIT_SECONDS = 1.0
 # Bounded waits on Redis: a slow store must not hold requests for long.
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
+ATTEMPTS = {"login": "login attempts", "oauth": "OAuth token or registration requests"}
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,9 @@ class Refusal:
     def message(self) -> str:
         return (
             f"Rate limit exceeded for this {self.scope}; retry in {self.retry_after} s."
-            if self.scope != "login"
-            else f"Too many login attempts from this address; retry in {self.retry_after} s."
+            if self.scope not in ("login", "oauth")
+            else f"Too many {ATTEMPTS[self.scope]} from this address; "
+            f"retry in {self.retry_after} s."
         )
 
     @property
@@ -81,11 +87,12 @@ class RateLimiter:
     """The configured limits over one storage; :meth:`check` and :meth:`acheck` count a
     request and say whether it is over a limit."""
 
-    def __init__(self, *, storage_uri: str, token: str, address: str, login: str):
+    def __init__(self, *, storage_uri: str, token: str, address: str, login: str, oauth=""):
         self.rules: dict[str, list[RateLimitItem]] = {
             "token": parse_many(token) if token else [],
             "address": parse_many(address) if address else [],
             "login": parse_many(login) if login else [],
+            "oauth": parse_many(oauth) if oauth else [],
         }
         self.storage_uri = storage_uri or "memory://"
         self.is_redis = self.storage_uri.startswith(("redis", "rediss"))
@@ -101,9 +108,11 @@ class RateLimiter:
         self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _checks(self, *, address: str, authorization: str, login: bool) -> list[tuple]:
-        """The (limit, scope, key) a request counts against."""
+        """The (limit, scope, key) a request counts against. ``login`` is False, True (an
+        admin login) or "oauth" (the OAuth token and registration endpoints)."""
         if login:
-            return [(item, "login", address) for item in self.rules["login"]]
+            scope = "oauth" if login == "oauth" else "login"
+            return [(item, scope, address) for item in self.rules[scope]]
         checks = [(item, "address", address) for item in self.rules["address"]]
         secret = bearer_secret(authorization)
         if secret:
@@ -256,6 +265,7 @@ def limiter() -> RateLimiter:
                     token=settings.QMCP_RATELIMIT_TOKEN,
                     address=settings.QMCP_RATELIMIT_ADDRESS,
                     login=settings.QMCP_RATELIMIT_LOGIN,
+                    oauth=settings.QMCP_RATELIMIT_OAUTH,
                 )
     return _limiter
 
@@ -277,8 +287,9 @@ def client_address(scope_or_meta) -> str:
 
 class RateLimitMiddleware:
     """Counts ``/v1`` and ``/api`` requests per token and address, and admin login POSTs
-    per address; over a limit, 429 with ``Retry-After`` before any view runs (the APIs'
-    ``rate_limited`` error body, plain text on the login page)."""
+    and OAuth token and registration POSTs per address; over a limit, 429 with
+    ``Retry-After`` before any view runs (the APIs' ``rate_limited`` error body, plain
+    text on the login page)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -287,6 +298,8 @@ class RateLimitMiddleware:
     def __call__(self, request):
         path = request.path
         login = path == LOGIN_PATH and request.method == "POST"
+        if path in OAUTH_PATHS and request.method == "POST":
+            login = "oauth"
         if not (login or path.startswith(LIMITED_PREFIXES)):
             return self.get_response(request)
         refusal = limiter().check(
@@ -296,7 +309,7 @@ class RateLimitMiddleware:
         )
         if refusal is None:
             return self.get_response(request)
-        if login:
+        if login is True:
             return HttpResponse(
                 refusal.message, status=429, content_type="text/plain", headers=refusal.headers
             )

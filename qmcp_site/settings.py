@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "ninja",
+    "oauth2_provider",
     "users",
     "tools",
     "hitl",
@@ -245,10 +246,67 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
-if env_bool("QMCP_HTTPS"):
+QMCP_HTTPS = env_bool("QMCP_HTTPS")
+if QMCP_HTTPS:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- OAuth 2.1 for MCP clients (django-oauth-toolkit) -------------------------------------
+# QMCP is its own authorization server: authorization code with PKCE (S256 only), rotated
+# refresh tokens, tokens stored as SHA-256 checksums only, bound to the resource they were
+# issued for (RFC 8707). Scopes are ApiToken.Scope's (users.oauth.QmcpScopes).
+# Clients register by dynamic client registration (RFC 7591, POST /oauth/register/) when
+# QMCP_OAUTH_DCR is on, and by a client ID metadata document (an https client_id whose JSON
+# is fetched and cached) when QMCP_OAUTH_CIMD is on; both on by default.
+QMCP_OAUTH_DCR = env_bool("QMCP_OAUTH_DCR", True)
+QMCP_OAUTH_CIMD = env_bool("QMCP_OAUTH_CIMD", True)
+# Requests allowed per client address on the token and registration endpoints.
+QMCP_RATELIMIT_OAUTH = os.environ.get("QMCP_RATELIMIT_OAUTH", "60/minute")
+# DOT's models are swappable; migrations that point at them need the names set.
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
+OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
+OAUTH2_PROVIDER = {
+    "SCOPES_BACKEND_CLASS": "users.oauth.QmcpScopes",
+    # DOT requires SCOPES to be set; QmcpScopes supersedes it.
+    "SCOPES": {"tools:read": "Read tools"},
+    "DEFAULT_SCOPES": ["tools:read", "tools:call"],
+    "PKCE_REQUIRED": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    # Native MCP clients receive the code on http://127.0.0.1:<port> (RFC 8252), so http
+    # redirect URIs stay allowed: `check --deploy` warns about it instead of failing.
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_SCHEME": False,
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_MATCHING": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_REQUIRED": True,
+    "ROTATE_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
+    "ACCESS_TOKEN_EXPIRE_SECONDS": int(os.environ.get("QMCP_OAUTH_ACCESS_SECONDS", "3600")),
+    "REFRESH_TOKEN_EXPIRE_SECONDS": int(
+        os.environ.get("QMCP_OAUTH_REFRESH_SECONDS", str(30 * 86400))
+    ),
+    "REQUEST_APPROVAL_PROMPT": "force",
+    "OAUTH2_RESPONSE_TYPES_SUPPORTED": ["code"],
+    "OAUTH2_GRANT_TYPES_SUPPORTED": ["authorization_code", "refresh_token"],
+    "OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED": [
+        "none",
+        "client_secret_post",
+        "client_secret_basic",
+    ],
+    "DCR_ENABLED": QMCP_OAUTH_DCR,
+    # Open registration, as MCP clients expect: a registered client gets nothing until a
+    # person consents on the authorization page.
+    "DCR_REGISTRATION_PERMISSION_CLASSES": ("oauth2_provider.dcr.AllowAllDCRPermission",),
+    "CIMD_ENABLED": QMCP_OAUTH_CIMD,
+    "OAUTH2_PROTECTED_RESOURCE_NAME": "QMCP",
+    "OAUTH2_PROTECTED_RESOURCE_BEARER_METHODS_SUPPORTED": ["header"],
+}
 
 # --- REST frameworks ------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,5 +1,7 @@
-"""Writes PNGs of what a reviewer sees: the queue, request pages (one approved with a grant)
-and the admin's approval confirmation, at 1400 and 375 px.
+"""Writes PNGs of what a reviewer sees: the queue, request pages (one approved with a grant),
+the admin's approval confirmation, hand-over form, rules list and audit-only report; and the
+OAuth pages: a client's consent page, the user's connected clients, the admin's OAuth audit
+trail; at 1400 and 375 px.
 
     .venv/bin/python scripts/screenshots.py [--out screenshots]
 
@@ -91,6 +93,7 @@ def build_data() -> dict[str, str]:
         "audit-report": "/admin/hitl/approvalrule/audit-only-report/",
         "rules": "/admin/hitl/approvalrule/",
         "hand-over": f"/admin/hitl/humanrequest/{delete.human_request.pk}/delegate/",
+        **oauth_pages(User.objects.get(email="reviewer@example.com")),
     }
 
 
@@ -131,6 +134,65 @@ def audit_report_data(agent) -> None:
     )
     for message in ["hello", "the secret plan", "secret two"]:
         tool_invoke(name="echo", arguments={"message": message}, principal=agent, via="rest")
+
+
+def oauth_pages(person) -> dict[str, str]:
+    """A client that ``person`` allowed, and the consent page of another asking."""
+    from datetime import timedelta
+    from urllib.parse import urlencode
+
+    from django.utils import timezone
+    from oauth2_provider.models import AccessToken, Application
+
+    from users.models import OAuthEvent
+    from users.oauth import oauth_event_record
+
+    def client(name):
+        return Application.objects.create(
+            name=name,
+            client_type="public",
+            authorization_grant_type="authorization-code",
+            redirect_uris="http://127.0.0.1:33418/callback",
+            client_secret="",
+        )
+
+    allowed = client("Claude Code")
+    AccessToken.objects.create(
+        user=person,
+        application=allowed,
+        token="screenshots-only",
+        expires=timezone.now() + timedelta(hours=1),
+        scope="tools:read tools:call",
+        resource=["http://127.0.0.1:8000/mcp"],
+    )
+    oauth_event_record(
+        kind=OAuthEvent.Kind.GRANTED,
+        user=person,
+        application=allowed,
+        actor=person,
+        scopes="tools:read tools:call",
+        redirect_uri="http://127.0.0.1:33418/callback",
+    )
+    from django.contrib.auth.models import Permission
+
+    # The OAuth audit trail is the admin's; a reviewer reads it with this permission.
+    person.user_permissions.add(Permission.objects.get(codename="view_oauthevent"))
+    asking = client("Cursor")
+    query = {
+        "response_type": "code",
+        "client_id": asking.client_id,
+        "redirect_uri": "http://127.0.0.1:50123/callback",
+        "scope": "tools:read tools:call hitl:respond",
+        "state": "screenshots",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+        "resource": "http://127.0.0.1:8000/mcp",
+    }
+    return {
+        "oauth-consent": f"/oauth/authorize/?{urlencode(query)}",
+        "oauth-clients": "/oauth/clients/",
+        "oauth-events": "/admin/users/oauthevent/",
+    }
 
 
 def capture(server_url: str, pages: dict[str, str], out: Path) -> list[Path]:

@@ -9,6 +9,7 @@ os.environ.setdefault("LOG_FORMAT", "console")
 os.environ.setdefault("QMCP_RATELIMIT_TOKEN", "1000000/minute")
 os.environ.setdefault("QMCP_RATELIMIT_ADDRESS", "1000000/minute")
 os.environ.setdefault("QMCP_RATELIMIT_LOGIN", "1000000/minute")
+os.environ.setdefault("QMCP_RATELIMIT_OAUTH", "1000000/minute")
 
 from qmcp_site.settings import *  # noqa: E402,F401,F403
 

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from qmcp_site.readonly_admin import ReadOnlyAdmin
 from tools.models import ToolInvocation, ToolPolicy
 
 
@@ -43,7 +44,7 @@ class AuditOnlyRuleFilter(admin.SimpleListFilter):
 
 
 @admin.register(ToolInvocation)
-class ToolInvocationAdmin(admin.ModelAdmin):
+class ToolInvocationAdmin(ReadOnlyAdmin):
     """The audit log: read-only for everyone, superusers included."""
 
     list_display = ("created_at", "tool_name", "status", "principal_label", "via", "duration_ms")
@@ -59,15 +60,3 @@ class ToolInvocationAdmin(admin.ModelAdmin):
     )
     date_hierarchy = "created_at"
     list_select_related = ("principal",)
-
-    def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

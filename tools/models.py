@@ -117,6 +117,15 @@ class ToolInvocation(models.Model):
         related_name="+",
         db_constraint=False,
     )
+    oauth_client = models.ForeignKey(
+        "oauth2_provider.Application",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,  # see token
+        help_text="The OAuth client the call came through, for a call with an OAuth token.",
+    )
     via = models.CharField(max_length=16, choices=Via.choices)
     mcp_session_id = models.CharField(max_length=64, blank=True)
     mcp_protocol_version = models.CharField(

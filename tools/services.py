@@ -287,6 +287,7 @@ def _invocation_record(
         "principal": principal.user,
         "principal_label": principal.label[:255],
         "token": principal.token,
+        "oauth_client": principal.oauth_application,
         "via": via,
         "mcp_session_id": mcp_session_id,
         "mcp_protocol_version": mcp_protocol_version[:16],
@@ -654,7 +655,10 @@ class _LeaseKeeper:
 def _approved_caller(invocation: ToolInvocation) -> Principal:
     """The caller of an approved call as they are now (see :func:`caller_check`)."""
     return caller_check(
-        user=invocation.principal, token_id=invocation.token_id, token=invocation.token
+        user=invocation.principal,
+        token_id=invocation.token_id,
+        token=invocation.token,
+        oauth_client_id=invocation.oauth_client_id,
     )
 
 

@@ -5,8 +5,12 @@ from django.contrib.auth.forms import UserChangeForm as BaseUserChangeForm
 from django.contrib.auth.forms import UserCreationForm as BaseUserCreationForm
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
+from oauth2_provider.admin import AccessTokenAdmin as DotAccessTokenAdmin
+from oauth2_provider.models import AccessToken
 
-from users.models import ApiToken, User
+from qmcp_site.readonly_admin import ReadOnlyAdmin
+from users.models import ApiToken, OAuthEvent, User
+from users.oauth import oauth_token_revoke
 from users.services import api_token_create, api_token_revoke
 
 
@@ -143,3 +147,38 @@ class ApiTokenAdmin(admin.ModelAdmin):
         for token in queryset:
             api_token_revoke(token=token)
         self.message_user(request, f"Revoked {queryset.count()} token(s).", messages.SUCCESS)
+
+
+# --- OAuth: DOT's admin of clients and tokens, with an audited revoke, and the audit trail.
+
+
+@admin.action(permissions=["change"], description="Revoke selected tokens")
+def revoke_oauth_tokens(modeladmin, request, queryset):
+    count = 0
+    for token in queryset.select_related("user", "application"):
+        oauth_token_revoke(token=token, actor=request.user)
+        count += 1
+    modeladmin.message_user(request, f"Revoked {count} OAuth tokens.", messages.SUCCESS)
+
+
+admin.site.unregister(AccessToken)
+
+
+@admin.register(AccessToken)
+class OAuthAccessTokenAdmin(DotAccessTokenAdmin):
+    """DOT's token list with its clear-text column hidden (only checksums are stored) and
+    an audited revoke action."""
+
+    list_display = ("user", "application", "scope", "resource", "expires", "created")
+    exclude = ("token",)
+    actions = [revoke_oauth_tokens]
+
+
+@admin.register(OAuthEvent)
+class OAuthEventAdmin(ReadOnlyAdmin):
+    """The consent audit trail: read-only."""
+
+    list_display = ("created_at", "kind", "user_label", "client_name", "scopes", "actor")
+    list_filter = ("kind",)
+    search_fields = ("user_label", "client_name", "client_id")
+    date_hierarchy = "created_at"

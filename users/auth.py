@@ -3,7 +3,7 @@
 from ninja.security import HttpBearer
 
 from users.principals import Principal
-from users.services import api_token_authenticate
+from users.services import bearer_authenticate
 
 
 class BearerAuth(HttpBearer):
@@ -16,6 +16,6 @@ class BearerAuth(HttpBearer):
     openapi_description = "An API token from `manage.py create_api_token` or the admin."
 
     def authenticate(self, request, token: str) -> Principal:
-        principal = api_token_authenticate(secret=token)
+        principal = bearer_authenticate(secret=token)
         request.principal = principal
         return principal

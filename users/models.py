@@ -137,3 +137,48 @@ class ApiToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class OAuthEvent(models.Model):
+    """The audit trail of OAuth consent: every grant a person gives a client and every
+    revocation, kept when the client or its tokens are gone."""
+
+    class Kind(models.TextChoices):
+        GRANTED = "granted", "Consent given"
+        DENIED = "denied", "Consent refused"
+        REVOKED = "revoked", "Client's access revoked"
+        TOKEN_REVOKED = "token_revoked", "Token revoked"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    user = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="oauth_events"
+    )
+    user_label = models.CharField(max_length=255, blank=True)
+    application = models.ForeignKey(
+        "oauth2_provider.Application",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    client_id = models.CharField(max_length=255, help_text="Kept if the client is deleted.")
+    client_name = models.CharField(max_length=255, blank=True)
+    scopes = models.CharField(max_length=255, blank=True)
+    redirect_uri = models.TextField(blank=True)
+    actor = models.ForeignKey(
+        User,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who acted: the user, or a staff member revoking in the admin.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "OAuth event"
+
+    def __str__(self):
+        client = self.client_name or self.client_id
+        return f"{self.get_kind_display()}: {client} for {self.user_label}"

@@ -1,9 +1,14 @@
-"""Who is calling: a user, and the token (with its scopes) they came with, if any."""
+"""Who is calling: a user, and the token (with its scopes) they came with, if any: an API
+token, or an OAuth access token of a client the user allowed."""
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qmcp_site.errors import ApplicationError
 from users.models import ApiToken, User
+
+if TYPE_CHECKING:
+    from oauth2_provider.models import AccessToken, Application
 
 ALL_SCOPES = frozenset(ApiToken.Scope.values)
 
@@ -13,6 +18,13 @@ class Principal:
     user: User
     token: ApiToken | None = None
     scopes: frozenset[str] = field(default=ALL_SCOPES)
+    oauth_token: "AccessToken | None" = None
+    # The OAuth client of the call: the token's, or (re-checked later) the one recorded.
+    oauth_application: "Application | None" = None
+
+    def __post_init__(self):
+        if self.oauth_token is not None and self.oauth_application is None:
+            object.__setattr__(self, "oauth_application", self.oauth_token.application)
 
     @classmethod
     def for_user(cls, user: User) -> "Principal":
@@ -27,6 +39,8 @@ class Principal:
     def label(self) -> str:
         if self.token is not None:
             return f"{self.user.email} (token {self.token.prefix}…)"
+        if self.oauth_application is not None:
+            return f"{self.user.email} (OAuth client {self.oauth_application.name})"
         return self.user.email
 
     def has_scope(self, scope: str) -> bool:

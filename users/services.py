@@ -142,6 +142,22 @@ def api_token_authenticate(*, secret: str) -> Principal:
     return api_token_principal(token=token)
 
 
+def bearer_authenticate(*, secret: str, resource: str | None = None) -> Principal:
+    """The principal of a bearer secret: an API token, else an OAuth access token (bound
+    to ``resource`` when one is given, see ``users.oauth.oauth_token_principal``).
+    ``unauthenticated`` if neither is known and usable. The one check of a bearer secret
+    behind MCP, /v1 and /api."""
+    from users.oauth import oauth_token_find, oauth_token_principal
+
+    try:
+        return api_token_authenticate(secret=secret)
+    except ApplicationError as exc:
+        oauth = oauth_token_find(secret=secret) if secret else None
+        if oauth is None:
+            raise exc from None
+    return oauth_token_principal(token=oauth, resource=resource)
+
+
 def api_token_check(*, token: ApiToken) -> None:
     """Raises ``unauthenticated`` unless ``token`` is usable now: not revoked, not expired,
     and its user active. Records nothing."""
@@ -153,12 +169,25 @@ def api_token_check(*, token: ApiToken) -> None:
         raise ApplicationError("The token's user is inactive.", "unauthenticated")
 
 
-def caller_check(*, user: User | None, token_id: int | None, token: ApiToken | None) -> Principal:
+def caller_check(
+    *,
+    user: User | None,
+    token_id: int | None,
+    token: ApiToken | None,
+    oauth_client_id: int | None = None,
+) -> Principal:
     """The principal of a caller recorded earlier (its user, and the id of its token and the
-    token as loaded now, None once deleted), if they may still call now; ``unauthenticated``
-    otherwise (user deleted or inactive, token revoked, expired or deleted)."""
+    token as loaded now, None once deleted, or the OAuth client it came through), if they
+    may still call now; ``unauthenticated`` otherwise (user deleted or inactive, token
+    revoked, expired or deleted, the user's access through the OAuth client revoked)."""
     if user is None:
         raise ApplicationError("The caller's account no longer exists.", "unauthenticated")
+    if token_id is None and oauth_client_id is not None:
+        from users.oauth import oauth_client_principal
+
+        if not user.is_active:
+            raise ApplicationError("The caller's account is inactive.", "unauthenticated")
+        return oauth_client_principal(user=user, application_id=oauth_client_id)
     if token_id is None:
         if not user.is_active:
             raise ApplicationError("The caller's account is inactive.", "unauthenticated")
@@ -173,9 +202,11 @@ def principal_usable(*, principal: Principal) -> bool:
     """Whether ``principal`` may still act now, read afresh (see :func:`caller_check`). For
     what outlives the request that authenticated it, such as a long-lived stream."""
     token_id = principal.token.pk if principal.token is not None else None
+    application = principal.oauth_application
     try:
         caller_check(
             user=User.objects.filter(pk=principal.user.pk).first(),
+            oauth_client_id=application.pk if application is not None else None,
             token_id=token_id,
             token=ApiToken.objects.select_related("user").filter(pk=token_id).first()
             if token_id is not None

@@ -55,11 +55,17 @@ async def test_an_unreadable_id_stays_null(secret):  # noqa: F811
 async def test_a_request_without_a_token_gets_a_challenge_without_an_error_code():
     response = await send(payload=rpc("ping", rpc_id=3))
     assert response["status"] == 401
-    assert header(response, "www-authenticate") == 'Bearer realm="qmcp"'
+    assert header(response, "www-authenticate") == (
+        'Bearer realm="qmcp", resource_metadata="http://127.0.0.1:8000'
+        '/.well-known/oauth-protected-resource/mcp"'
+    )
     assert json.loads(response["body"])["id"] == 3
 
 
 async def test_a_bad_token_gets_invalid_token():
     response = await send(payload=rpc("ping"), secret="qmcp_not-a-token")
     assert response["status"] == 401
-    assert header(response, "www-authenticate") == 'Bearer realm="qmcp", error="invalid_token"'
+    assert header(response, "www-authenticate") == (
+        'Bearer realm="qmcp", error="invalid_token", resource_metadata="http://127.0.0.1:8000'
+        '/.well-known/oauth-protected-resource/mcp"'
+    )
