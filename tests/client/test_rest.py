@@ -238,11 +238,16 @@ def test_wait_for_response_times_out(client):
     assert isinstance(caught.value, TimeoutError) and caught.value.code == "timeout"
 
 
-def approve_when_pending(reviewer_url, reviewer_token, tool, decision="approve", comment=""):
-    """A reviewer in another thread: waits for the call's request, then decides."""
+def approve_when_pending(
+    reviewer_url, reviewer_token, tool, decision="approve", comment="", after=None
+):
+    """A reviewer in another thread: waits for the call's request (and for ``after``, an
+    event, when given), then decides."""
     outcome = {}
 
     def run():
+        if after is not None:
+            after.wait(20)
         with QMCPClient(reviewer_url, reviewer_token, retries=0) as reviewer:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
@@ -262,15 +267,22 @@ def approve_when_pending(reviewer_url, reviewer_token, tool, decision="approve",
 
 
 def test_invoke_and_wait_approved(client, qmcp_server, reviewer_token):
-    thread, outcome = approve_when_pending(qmcp_server.url, reviewer_token, "deploy")
-    polls = []
+    polls, polled = [], threading.Event()
+    # The reviewer decides only once the client has polled the waiting call, so the test
+    # sees the wait whatever the machine's speed.
+    thread, outcome = approve_when_pending(qmcp_server.url, reviewer_token, "deploy", after=polled)
+
+    def on_poll(invocation):
+        polls.append(invocation)
+        polled.set()
+
     invocation = client.invoke_and_wait(
         "deploy",
         service="api",
         version="1.2.3",
         timeout=30,
         poll_interval=0.1,
-        on_poll=polls.append,
+        on_poll=on_poll,
     )
     thread.join(5)
     assert outcome["request"].outcome == "approved"
