@@ -16,7 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
-from qmcp_site.rawjoin import build_new, columns, fetch_one, insert_one
+from qmcp_site.rawjoin import build_new, columns, fetch_one, insert_later
 from qmcp_site.storable import storable_check, storable_copy, storable_text
 from tools.gate import TOOL_GATE, CallFacts
 from tools.models import ToolInvocation, ToolPolicy
@@ -310,8 +310,9 @@ def tool_invocation_execute(
     with an AsyncToolContext that can notify but not ask the client.
     """
     started = time.perf_counter()
-    if spec.annotations.get("readOnlyHint") is True:
-        # A read-only tool writes nothing to roll back: its audit row needs no transaction.
+    if not spec.writes:
+        # A tool that declares it writes nothing has nothing to roll back: its audit row
+        # needs no transaction (and may be written later, grouped: see the finish).
         try:
             result = _call(spec, args, principal, invocation, notify, note)
         except Exception as exc:
@@ -383,7 +384,9 @@ def tool_invocation_finish(
     invocation.finished_at = timezone.now()
     invocation.duration_ms = round(duration * 1000, 3)
     if invocation._state.adding:
-        insert_one(invocation)  # the audit row of every call: SQL built once
+        # The audit row of every call, with SQL built once; outside a transaction, in a
+        # job of mcp_transport's Batcher, written with the batch's others in one INSERT.
+        insert_later(invocation)
     elif invocation.lease_owner:
         _finish_leased(invocation)
     else:
