@@ -267,7 +267,7 @@ def main() -> None:
             print(f"  calls per batch       {total / max(batches, 1):>10.1f}")
             if args.profile:
                 for key, count in counter.per_function.most_common(120):
-                    print(f"  {count / total:>8.0f}  {key}")
+                    print(f"  {count / total:>8.0f} {counter.calls[key] / total:>6.2f}  {key}")
             return
         cpu = []
         for _ in range(args.repeat):

@@ -183,7 +183,13 @@ _USER_FIELDS = ("id", "email", "is_active", "is_staff", "is_superuser")
 
 
 def _session_with_token(session_id: str, token_hash: str) -> McpSession | None:
-    """The open session with its token and user, in one join on every MCP request's path."""
+    """The open session with its token and user, in one join on every MCP request's path.
+
+    Plain SQL although the auth cache holds the answer for ``QMCP_AUTH_CACHE_SECONDS``:
+    that is one lookup per session and second, 64 a second at 64 sessions, and the same
+    join through the ORM (select_related, only) cost 2,190 µs and 35,800 opcodes against
+    232 µs and 3,400 (benchmarks/RESULTS.md).
+    """
     sql = (
         f"SELECT {columns(McpSession, 's', _SESSION_FIELDS)}, "
         f"{columns(ApiToken, 't', _TOKEN_FIELDS)}, {columns(User, 'u', _USER_FIELDS)} "

@@ -16,7 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
-from qmcp_site.rawjoin import build_new, columns, fetch_one, insert_later
+from qmcp_site.rawjoin import build_new, insert_later
 from qmcp_site.storable import storable_check, storable_copy, storable_text
 from tools.gate import TOOL_GATE, CallFacts
 from tools.models import ToolInvocation, ToolPolicy
@@ -67,17 +67,10 @@ def tool_policy_get(*, spec: ToolSpec) -> ToolPolicy:
 
 
 def _tool_policy_load(spec: ToolSpec) -> ToolPolicy:
-    found = fetch_one(
-        f"SELECT {columns(ToolPolicy, 'p')} FROM {ToolPolicy._meta.db_table} p "
-        "WHERE p.tool_name = %s",
-        [spec.name],
-        ((ToolPolicy, None),),
+    """The policy from the database (the ORM: the cache above makes it rare)."""
+    policy, _ = ToolPolicy.objects.get_or_create(
+        tool_name=spec.name, defaults=tool_policy_defaults(spec)
     )
-    policy = found[0] if found else None
-    if policy is None:
-        policy, _ = ToolPolicy.objects.get_or_create(
-            tool_name=spec.name, defaults=tool_policy_defaults(spec)
-        )
     return policy
 
 
