@@ -14,14 +14,15 @@ the client's name (one read of the session's clientInfo).
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
-from hitl.conditions import CallerTest, Conditions, conditions_parse
+from hitl.conditions import CallerTest, Conditions, Predicate, conditions_parse
 from hitl.models import ApprovalRule
 from qmcp_site.errors import ApplicationError
 from tools.gate import CallFacts, GateDecision
@@ -32,14 +33,41 @@ from users.principals import Principal
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """A rule with its parsed conditions, as the cache holds it."""
+    """A rule with its parsed conditions, as the cache holds it, and those conditions
+    compiled once: ``arguments_hold`` (None without argument tests) and ``others_hold``,
+    the time and caller tests, cheapest first (None without either)."""
 
     rule: ApprovalRule
     conditions: Conditions
+    arguments_hold: Predicate | None
+    others_hold: "Callable[[_CallerFacts], bool] | None"
+
+    @classmethod
+    def of(cls, rule: ApprovalRule, conditions: Conditions) -> "CompiledRule":
+        return cls(rule, conditions, _all_hold(conditions), _others_hold(conditions))
 
     @property
     def label(self) -> str:
         return f"#{self.rule.pk} {self.rule.name}"[:200]
+
+
+def _all_hold(conditions: Conditions) -> Predicate | None:
+    tests = [test.predicate() for test in conditions.arguments]
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    return lambda arguments: all(test(arguments) for test in tests)
+
+
+def _others_hold(conditions: Conditions) -> "Callable[[_CallerFacts], bool] | None":
+    timed = None if conditions.time is None else conditions.time.predicate()
+    caller = conditions.caller
+    if timed is None and caller is None:
+        return None
+    return lambda facts: (timed is None or timed(facts.now)) and (
+        caller is None or facts.matches(caller)
+    )
 
 
 @dataclass
@@ -50,12 +78,17 @@ class RuleBook:
     by_tool: dict[str, list[CompiledRule]] = field(default_factory=dict)
     loaded: float = 0.0
 
+    merged: dict[str, list[CompiledRule]] = field(default_factory=dict)
+
     def for_tool(self, name: str) -> list[CompiledRule]:
-        """The rules a call of ``name`` is tested against, in order: position, then id."""
-        tool, common = self.by_tool.get(name, []), self.by_tool.get("", [])
-        if not common or not tool:
-            return tool or common
-        return sorted([*tool, *common], key=lambda c: (c.rule.position, c.rule.pk))
+        """The rules a call of ``name`` is tested against, in order: position, then id
+        (merged once per tool name)."""
+        merged = self.merged.get(name)
+        if merged is None:
+            tool, common = self.by_tool.get(name, []), self.by_tool.get("", [])
+            merged = sorted([*tool, *common], key=lambda c: (c.rule.position, c.rule.pk))
+            self.merged[name] = merged
+        return merged
 
 
 class RuleCache:
@@ -92,19 +125,26 @@ def rule_book_load() -> RuleBook:
             conditions = conditions_parse(rule.conditions)
         except ValueError:
             continue
-        book.by_tool.setdefault(rule.tool_name, []).append(CompiledRule(rule, conditions))
+        book.by_tool.setdefault(rule.tool_name, []).append(CompiledRule.of(rule, conditions))
     return book
 
 
 def decide(facts: CallFacts) -> GateDecision:
     """The decision for a call: the first matching rule's outcome, else the tool's policy's
-    (see the module's docstring)."""
-    now = timezone.now()
-    caller = _CallerFacts(facts)
+    (see the module's docstring). The compiled tests run in order; the arguments' JSON, the
+    time and the caller's facts are made only when a rule first needs them, and the words
+    of "why" only for the rule that matched."""
+    caller = None
     for compiled in RULES.book().for_tool(facts.spec.name):
-        why = _matches(compiled.conditions, facts, caller, now)
-        if why is not None:
-            return _outcome(compiled, facts, why)
+        arguments_hold = compiled.arguments_hold
+        if arguments_hold is not None and not arguments_hold(facts.arguments):
+            continue
+        if compiled.others_hold is not None:
+            if caller is None:
+                caller = _CallerFacts(facts)
+            if not compiled.others_hold(caller):
+                continue
+        return _outcome(compiled, facts, _why(compiled.conditions))
     return GateDecision.of_policy(facts.policy)
 
 
@@ -129,22 +169,12 @@ def explain(*, tool: str, arguments: Any, principal: Principal, client_name: str
     return {"tool": spec.name, **decision.as_dict()}
 
 
-def _matches(
-    conditions: Conditions, facts: CallFacts, caller: "_CallerFacts", now: datetime
-) -> str | None:
-    """Why the conditions hold (in words), or None when one does not."""
-    reasons = []
-    for test in conditions.arguments:
-        if not test.holds(facts.arguments):
-            return None
-        reasons.append(test.describe())
+def _why(conditions: Conditions) -> str:
+    """Why conditions that hold do, in words."""
+    reasons = [test.describe() for test in conditions.arguments]
     if conditions.caller is not None:
-        if not caller.matches(conditions.caller):
-            return None
         reasons.append("the caller matches")
     if conditions.time is not None:
-        if not conditions.time.holds(now):
-            return None
         reasons.append(f"the time matches ({conditions.time.zone})")
     return ", ".join(reasons) or "it has no conditions"
 
@@ -173,6 +203,11 @@ class _CallerFacts:
     def __init__(self, facts: CallFacts):
         self.facts, self.principal = facts, facts.principal
         self._groups: frozenset[str] | None = None
+
+    @cached_property
+    def now(self):
+        """The time every time test of the call reads: one clock reading per call."""
+        return timezone.now()
 
     def groups(self) -> frozenset[str]:
         if self._groups is None:
