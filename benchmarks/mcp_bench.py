@@ -10,6 +10,11 @@ latency, and the ratio QMCP/SDK.
     .venv/bin/python benchmarks/mcp_bench.py                      # SQLite
     .venv/bin/python benchmarks/mcp_bench.py --postgres postgres://postgres@127.0.0.1:5432/postgres
     .venv/bin/python benchmarks/mcp_bench.py --pin 0 1   # server on core 0, load on core 1
+    .venv/bin/python benchmarks/mcp_bench.py --rules 50  # also QMCP with 50 rules on echo
+
+``--rules N`` starts a second QMCP server on a database of its own with N enabled rules on
+``echo`` that no call matches (``benchmarks/bench_rules.py``: argument, caller and time
+tests), taking turns with the others; ``ratio-rules`` is its calls/s over plain QMCP's.
 
 QMCP runs with the environment of this process, so settings such as
 ``QMCP_AUDIT_SYNCHRONOUS_COMMIT=0`` apply to it.
@@ -19,6 +24,7 @@ This is a benchmark, not a test: it prints figures and asserts nothing.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -28,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -57,7 +62,7 @@ def wait_until_up(url: str, process: subprocess.Popen) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-@contextmanager
+@contextlib.contextmanager
 def run(cmd: list[str], env: dict[str, str], probe: str):
     process = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -129,10 +134,12 @@ def manage_shell(env: dict[str, str], code: str) -> list[str]:
     return out.stdout.strip().splitlines()
 
 
-def prepare_qmcp(env: dict[str, str]) -> str:
-    """Creates a user and returns a token secret."""
+def prepare_qmcp(env: dict[str, str], rules: int = 0) -> str:
+    """Creates a user (and ``rules`` non-matching rules on echo) and returns a token secret."""
     code = (
         "from users.models import User; from users.services import api_token_create;"
+        "import sys; sys.path.insert(0, 'benchmarks'); from bench_rules import rules_create;"
+        f"rules_create({rules});"
         "u, _ = User.objects.get_or_create(email='bench@example.com');"
         "print(api_token_create(user=u, name='bench', scopes=['tools:call', 'tools:read'])[1])"
     )
@@ -254,6 +261,9 @@ def main() -> None:
     )
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     parser.add_argument(
+        "--rules", type=int, default=0, help="also run QMCP with this many rules on echo"
+    )
+    parser.add_argument(
         "--era",
         nargs="+",
         choices=["2025", "2026"],
@@ -271,13 +281,25 @@ def main() -> None:
     qmcp_port, sdk_port = free_port(), free_port()
     qmcp_cmd = [*pin, *qmcp_command(args.server, qmcp_port)]
     sdk_cmd = [*pin, PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
+    targets = {
+        "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),
+        "sdk": (f"http://127.0.0.1:{sdk_port}/mcp", {}),
+    }
+    with_rules = contextlib.nullcontext()
+    if args.rules:
+        if args.postgres:
+            os.environ["QMCP_BENCH_DB"] = os.environ.get("QMCP_BENCH_DB", "qmcp_bench") + "_rules"
+        _, rules_env = server_env(args.postgres, args.redis)
+        rules_token = prepare_qmcp(rules_env, rules=args.rules)
+        rules_port = free_port()
+        rules_auth = {"Authorization": f"Bearer {rules_token}"}
+        targets["rules"] = (f"http://127.0.0.1:{rules_port}/mcp", rules_auth)
+        rules_cmd = [*pin, *qmcp_command(args.server, rules_port)]
+        with_rules = run(rules_cmd, rules_env, f"http://127.0.0.1:{rules_port}/health")
     servers = {
         f"{name}-{era}": (url, auth, era)
         for era in args.era
-        for name, (url, auth) in {
-            "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),
-            "sdk": (f"http://127.0.0.1:{sdk_port}/mcp", {}),
-        }.items()
+        for name, (url, auth) in targets.items()
     }
     base = {"Accept": ACCEPT, "Content-Type": "application/json"}
 
@@ -286,10 +308,11 @@ def main() -> None:
         f"{args.seconds:.0f} s, the servers taking turns; era 2025 = a session per client, "
         "2026 = stateless 2026-07-28"
     )
-    print(f"{'conc':>5} {'server':>9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'conc':>5} {'server':>10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     with (
         run(qmcp_cmd, env, f"http://127.0.0.1:{qmcp_port}/health"),
         run(sdk_cmd, os.environ.copy(), f"http://127.0.0.1:{sdk_port}/"),
+        with_rules,
     ):
         for concurrency in args.concurrency:
             runs: dict[str, list[dict]] = {name: [] for name in servers}
@@ -309,11 +332,17 @@ def main() -> None:
                 }
                 f = figures[name]
                 print(
-                    f"{concurrency:>5} {name:>9} {f['rps']:>9.0f} {f['p50']:>8.2f} {f['p99']:>8.2f}"
+                    f"{concurrency:>5} {name:>10} {f['rps']:>9.0f} {f['p50']:>8.2f} {f['p99']:>8.2f}"
                 )
             for era in args.era:
                 ratio = figures[f"qmcp-{era}"]["rps"] / figures[f"sdk-{era}"]["rps"]
                 print(f"{concurrency:>5} {'ratio-' + era:>9} {ratio:>9.2f}  (QMCP/SDK calls/s)")
+                if args.rules:
+                    ratio = figures[f"rules-{era}"]["rps"] / figures[f"qmcp-{era}"]["rps"]
+                    print(
+                        f"{concurrency:>5} {'rules-' + era:>9} {ratio:>9.2f}  "
+                        f"(QMCP with {args.rules} rules / without, calls/s)"
+                    )
 
 
 if __name__ == "__main__":

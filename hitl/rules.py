@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from hitl.conditions import CallerTest, Conditions, Predicate, conditions_parse
 from hitl.models import ApprovalRule
+from hitl.rule_index import RuleIndex
 from qmcp_site.errors import ApplicationError
 from tools.gate import CallFacts, GateDecision
 from tools.registry import get_tool
@@ -78,17 +79,20 @@ class RuleBook:
     by_tool: dict[str, list[CompiledRule]] = field(default_factory=dict)
     loaded: float = 0.0
 
-    merged: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    indexes: dict[str, RuleIndex] = field(default_factory=dict)
 
     def for_tool(self, name: str) -> list[CompiledRule]:
-        """The rules a call of ``name`` is tested against, in order: position, then id
-        (merged once per tool name)."""
-        merged = self.merged.get(name)
-        if merged is None:
-            tool, common = self.by_tool.get(name, []), self.by_tool.get("", [])
-            merged = sorted([*tool, *common], key=lambda c: (c.rule.position, c.rule.pk))
-            self.merged[name] = merged
-        return merged
+        """The rules a call of ``name`` is tested against, in order: position, then id."""
+        tool, common = self.by_tool.get(name, []), self.by_tool.get("", [])
+        return sorted([*tool, *common], key=lambda c: (c.rule.position, c.rule.pk))
+
+    def index(self, name: str) -> RuleIndex:
+        """:meth:`for_tool`'s rules indexed by their guards (``hitl.rule_index``), made
+        once per tool name and book."""
+        index = self.indexes.get(name)
+        if index is None:
+            index = self.indexes[name] = RuleIndex(self.for_tool(name), timezone.now())
+        return index
 
 
 class RuleCache:
@@ -135,7 +139,7 @@ def decide(facts: CallFacts) -> GateDecision:
     time and the caller's facts are made only when a rule first needs them, and the words
     of "why" only for the rule that matched."""
     caller = None
-    for compiled in RULES.book().for_tool(facts.spec.name):
+    for compiled in RULES.book().index(facts.spec.name).candidates(facts):
         arguments_hold = compiled.arguments_hold
         if arguments_hold is not None and not arguments_hold(facts.arguments):
             continue
