@@ -332,7 +332,8 @@ def main() -> None:
                 }
                 f = figures[name]
                 print(
-                    f"{concurrency:>5} {name:>10} {f['rps']:>9.0f} {f['p50']:>8.2f} {f['p99']:>8.2f}"
+                    f"{concurrency:>5} {name:>10} {f['rps']:>9.0f} "
+                    f"{f['p50']:>8.2f} {f['p99']:>8.2f}"
                 )
             for era in args.era:
                 ratio = figures[f"qmcp-{era}"]["rps"] / figures[f"sdk-{era}"]["rps"]

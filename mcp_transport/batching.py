@@ -35,6 +35,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+from qmcp_site.hot_settings import HOT_SETTINGS
 from qmcp_site.rawjoin import LATER, insert_rows, insert_statement
 
 logger = logging.getLogger(__name__)
@@ -396,7 +397,7 @@ class Batcher:
         """The withheld jobs, then ``jobs``, then the waiting ones, less those whose owner's
         slow jobs hold ``QMCP_MCP_THREADS_PER_TOKEN`` threads already: those are withheld
         (in order) until one of its slow jobs ends."""
-        share = settings.QMCP_MCP_THREADS_PER_TOKEN
+        share = HOT_SETTINGS.QMCP_MCP_THREADS_PER_TOKEN
         held = Counter(batch.slow_owner for batch in self._running if batch.stuck)
         candidates = [*self._withheld, *jobs, *self._pending]
         self._withheld, self._pending = [], []

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from mcp_transport.models import McpEvent, McpSession, McpTask
 from qmcp_site.errors import ApplicationError
+from qmcp_site.hot_settings import HOT_SETTINGS
 from qmcp_site.rawjoin import columns, fetch_one
 from tools.models import ToolInvocation
 from tools.services import tool_invocation_release
@@ -121,7 +122,7 @@ def session_authenticate(*, session_id: str, secret: str) -> tuple[McpSession, P
     if not session_id or len(session_id) > 32 or not secret:
         return None
     key = (session_id, hash_token(secret))
-    ttl = settings.QMCP_AUTH_CACHE_SECONDS
+    ttl = HOT_SETTINGS.QMCP_AUTH_CACHE_SECONDS
     cached = _AUTH_CACHE.get(key)
     now = timezone.now()
     if cached is not None and time.monotonic() - cached[0] < ttl:
@@ -153,7 +154,7 @@ def token_authenticate(*, secret: str) -> Principal:
     from users.services import api_token_authenticate
 
     key = ("", hash_token(secret))
-    ttl = settings.QMCP_AUTH_CACHE_SECONDS
+    ttl = HOT_SETTINGS.QMCP_AUTH_CACHE_SECONDS
     cached = _AUTH_CACHE.get(key)
     if cached is not None and time.monotonic() - cached[0] < ttl:
         principal = cached[2]

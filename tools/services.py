@@ -16,6 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
+from qmcp_site.hot_settings import HOT_SETTINGS
 from qmcp_site.rawjoin import build_new, insert_later
 from qmcp_site.storable import storable_check, storable_copy, storable_text
 from tools.gate import TOOL_GATE, CallFacts
@@ -56,7 +57,7 @@ def tool_policy_get(*, spec: ToolSpec) -> ToolPolicy:
     Kept in memory for ``QMCP_POLICY_CACHE_SECONDS``: a change made in this process is
     seen at once, one made in another worker within that time.
     """
-    ttl = settings.QMCP_POLICY_CACHE_SECONDS
+    ttl = HOT_SETTINGS.QMCP_POLICY_CACHE_SECONDS
     cached = _POLICY_CACHE.get(spec.name)
     if cached is not None and time.monotonic() - cached[0] < ttl:
         return cached[1]
