@@ -128,17 +128,9 @@ async def request(app, hdrs, payload: dict) -> tuple[dict, bytes]:
 
 
 async def open_session(app, secret: str) -> str:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "bench", "version": "1"},
-        },
-    }
-    start, _ = await request(app, headers(secret), init)
+    from mcp_bench import INITIALIZE
+
+    start, _ = await request(app, headers(secret), INITIALIZE)
     session = dict(start["headers"])[b"mcp-session-id"].decode()
     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     await request(app, headers(secret, session), note)

@@ -165,19 +165,21 @@ STATELESS_META = {
 }
 
 
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "1"},
+    },
+}
+
+
 async def open_session(http: httpx.AsyncClient, url: str) -> dict:
     """The 2025 line: initialize once; the headers every later request of the session sends."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "bench", "version": "1"},
-        },
-    }
-    response = await http.post(url, json=init)
+    response = await http.post(url, json=INITIALIZE)
     parse_reply(response, 0)
     session = {
         "mcp-session-id": response.headers["mcp-session-id"],
