@@ -9,7 +9,7 @@ uvicorn serves (the same consumer, database threads, rate limiter and audit rows
 - CPU microseconds of the whole process (``time.process_time``, median of ``--repeat``
   rounds): noisy on a shared machine, compare runs made a minute apart;
 - with ``--callgrind``, machine instructions while the calls run (valgrind's callgrind,
-  collection switched on only around the calls; about 50 times slower).
+  instrumentation switched on only around the calls (``callgrind_control -i``); about 50 times slower).
 
     .venv/bin/python benchmarks/inprocess_bench.py                  # SQLite, 8 at once
     .venv/bin/python benchmarks/inprocess_bench.py --rules 50       # 50 rules on echo
@@ -216,7 +216,7 @@ def main() -> None:
     if args.callgrind and "QMCP_INPROC_UNDER_VALGRIND" not in os.environ:
         out = tempfile.mktemp(prefix="qmcp-callgrind-")
         env = {**os.environ, "QMCP_INPROC_UNDER_VALGRIND": out, "PYTHONHASHSEED": "0"}
-        command = ["valgrind", "--tool=callgrind", "--collect-atstart=no"]
+        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
         command += [f"--callgrind-out-file={out}", sys.executable, *sys.argv]
         subprocess.run(command, env=env, check=True, stderr=subprocess.DEVNULL)
         return
