@@ -9,7 +9,8 @@ uvicorn serves (the same consumer, database threads, rate limiter and audit rows
 - CPU microseconds of the whole process (``time.process_time``, median of ``--repeat``
   rounds): noisy on a shared machine, compare runs made a minute apart;
 - with ``--callgrind``, machine instructions while the calls run (valgrind's callgrind,
-  instrumentation switched on only around the calls (``callgrind_control -i``); about 50 times slower).
+  instrumentation switched on only around the calls with ``callgrind_control -i``; about
+  50 times slower).
 
     .venv/bin/python benchmarks/inprocess_bench.py                  # SQLite, 8 at once
     .venv/bin/python benchmarks/inprocess_bench.py --rules 50       # 50 rules on echo
