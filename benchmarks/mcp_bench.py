@@ -14,6 +14,11 @@ what a large table costs each call.
     .venv/bin/python benchmarks/mcp_bench.py --postgres postgres://postgres@127.0.0.1:5432/postgres
     .venv/bin/python benchmarks/mcp_bench.py --pin 0 1   # server on core 0, load on core 1
     .venv/bin/python benchmarks/mcp_bench.py --pin 0 1 --audit-rows 1000000
+    .venv/bin/python benchmarks/mcp_bench.py --rules 50  # also QMCP with 50 rules on echo
+
+``--rules N`` starts a second QMCP server on a database of its own with N enabled rules on
+``echo`` that no call matches (``benchmarks/bench_rules.py``: argument, caller and time
+tests), taking turns with the others; ``ratio-rules`` is its calls/s over plain QMCP's.
 
 QMCP runs with the environment of this process, so settings such as
 ``QMCP_AUDIT_SYNCHRONOUS_COMMIT=0`` apply to it.
@@ -23,6 +28,7 @@ This is a benchmark, not a test: it prints figures and asserts nothing.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -32,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -61,7 +66,7 @@ def wait_until_up(url: str, process: subprocess.Popen) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-@contextmanager
+@contextlib.contextmanager
 def run(cmd: list[str], env: dict[str, str], probe: str):
     process = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -155,10 +160,12 @@ def manage_shell(env: dict[str, str], code: str) -> list[str]:
     return out.stdout.strip().splitlines()
 
 
-def prepare_qmcp(env: dict[str, str]) -> str:
-    """Creates a user and returns a token secret."""
+def prepare_qmcp(env: dict[str, str], rules: int = 0) -> str:
+    """Creates a user (and ``rules`` non-matching rules on echo) and returns a token secret."""
     code = (
         "from users.models import User; from users.services import api_token_create;"
+        "import sys; sys.path.insert(0, 'benchmarks'); from bench_rules import rules_create;"
+        f"rules_create({rules});"
         "u, _ = User.objects.get_or_create(email='bench@example.com');"
         "print(api_token_create(user=u, name='bench', scopes=['tools:call', 'tools:read'])[1])"
     )
@@ -213,19 +220,21 @@ STATELESS_META = {
 }
 
 
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "1"},
+    },
+}
+
+
 async def open_session(http: httpx.AsyncClient, url: str) -> dict:
     """The 2025 line: initialize once; the headers every later request of the session sends."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "bench", "version": "1"},
-        },
-    }
-    response = await http.post(url, json=init)
+    response = await http.post(url, json=INITIALIZE)
     parse_reply(response, 0)
     session = {
         "mcp-session-id": response.headers["mcp-session-id"],
@@ -315,6 +324,9 @@ def main() -> None:
         help="fill QMCP's audit table with this many rows before the runs",
     )
     parser.add_argument(
+        "--rules", type=int, default=0, help="also run QMCP with this many rules on echo"
+    )
+    parser.add_argument(
         "--era",
         nargs="+",
         choices=["2025", "2026"],
@@ -337,13 +349,25 @@ def main() -> None:
     qmcp_port, sdk_port = free_port(), free_port()
     qmcp_cmd = [*pin, *qmcp_command(args.server, qmcp_port)]
     sdk_cmd = [*pin, PYTHON, "benchmarks/sdk_echo_server.py", "--port", str(sdk_port)]
+    targets = {
+        "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),
+        "sdk": (f"http://127.0.0.1:{sdk_port}/mcp", {}),
+    }
+    with_rules = contextlib.nullcontext()
+    if args.rules:
+        if args.postgres:
+            os.environ["QMCP_BENCH_DB"] = os.environ.get("QMCP_BENCH_DB", "qmcp_bench") + "_rules"
+        _, rules_env = server_env(args.postgres, args.redis)
+        rules_token = prepare_qmcp(rules_env, rules=args.rules)
+        rules_port = free_port()
+        rules_auth = {"Authorization": f"Bearer {rules_token}"}
+        targets["rules"] = (f"http://127.0.0.1:{rules_port}/mcp", rules_auth)
+        rules_cmd = [*pin, *qmcp_command(args.server, rules_port)]
+        with_rules = run(rules_cmd, rules_env, f"http://127.0.0.1:{rules_port}/health")
     servers = {
         f"{name}-{era}": (url, auth, era)
         for era in args.era
-        for name, (url, auth) in {
-            "qmcp": (f"http://127.0.0.1:{qmcp_port}/mcp", {"Authorization": f"Bearer {token}"}),
-            "sdk": (f"http://127.0.0.1:{sdk_port}/mcp", {}),
-        }.items()
+        for name, (url, auth) in targets.items()
     }
     base = {"Accept": ACCEPT, "Content-Type": "application/json"}
 
@@ -353,21 +377,25 @@ def main() -> None:
         "2026 = stateless 2026-07-28"
     )
     print(
-        f"{'conc':>5} {'server':>9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/call':>12}"
+        f"{'conc':>5} {'server':>10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/call':>12}"
     )
     with (
         run(qmcp_cmd, env, f"http://127.0.0.1:{qmcp_port}/health") as qmcp_process,
         run(sdk_cmd, os.environ.copy(), f"http://127.0.0.1:{sdk_port}/") as sdk_process,
+        with_rules as rules_process,
     ):
         pids = {"qmcp": qmcp_process.pid, "sdk": sdk_process.pid}
+        if rules_process is not None:
+            pids["rules"] = rules_process.pid
 
         def measured(name: str, url: str, headers: dict, concurrency: int, seconds: float, era):
+            """One run against server ``name``, with its CPU per call; counts QMCP's calls."""
             nonlocal qmcp_calls
             pid = pids[name.split("-")[0]]
             cpu = cpu_seconds(pid)
             figures = asyncio.run(load(url, headers, concurrency, seconds, era))
             figures["cpu"] = (cpu_seconds(pid) - cpu) / figures["calls"] * 1e6
-            if name.startswith("qmcp"):
+            if name.startswith("qmcp-"):
                 qmcp_calls += figures["calls"]
             return figures
 
@@ -389,12 +417,19 @@ def main() -> None:
                 }
                 f = figures[name]
                 print(
-                    f"{concurrency:>5} {name:>9} {f['rps']:>9.0f} {f['p50']:>8.2f} "
-                    f"{f['p99']:>8.2f} {f['cpu']:>12.0f}"
+                    f"{concurrency:>5} {name:>10} {f['rps']:>9.0f} "
+                    f"{f['p50']:>8.2f} {f['p99']:>8.2f} {f['cpu']:>12.0f}"
                 )
             for era in args.era:
                 ratio = figures[f"qmcp-{era}"]["rps"] / figures[f"sdk-{era}"]["rps"]
                 print(f"{concurrency:>5} {'ratio-' + era:>9} {ratio:>9.2f}  (QMCP/SDK calls/s)")
+                if args.rules:
+                    ratio = figures[f"rules-{era}"]["rps"] / figures[f"qmcp-{era}"]["rps"]
+                    print(
+                        f"{concurrency:>5} {'rules-' + era:>9} {ratio:>9.2f}  "
+                        f"(QMCP with {args.rules} rules / without, calls/s)"
+                    )
+
     rows = int(manage_shell(env, AUDIT_COUNT)[-1]) - rows_before
     verdict = "one per call" if rows == qmcp_calls else "MISMATCH"
     print(f"audit rows written: {rows} for {qmcp_calls} QMCP calls answered ({verdict})")

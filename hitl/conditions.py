@@ -26,9 +26,15 @@ matches every call)::
 Patterns are bounded: at most PATTERN_MAX_LENGTH characters, compiled when the rule is
 saved, and searched in at most SUBJECT_MAX_LENGTH characters of the argument. Only people
 with the admin's rule permission write them.
+
+Every test is also compiled, once, into a closure (``predicate()``) that does only what
+its own op and value need: a call tested against 50 rules pays for 50 small calls, not for
+50 walks through these models (``hitl.rules`` keeps the compiled rules).
 """
 
+import operator
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -60,11 +66,26 @@ def _lookup(arguments: dict[str, Any], path: str) -> Any:
     return value
 
 
+Predicate = Callable[[dict[str, Any]], bool]  # the validated arguments -> the test holds
+
+
+def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
+    """The argument at ``path`` (or _MISSING) in the arguments' JSON object."""
+    if "." not in path:
+        return lambda arguments: arguments.get(path, _MISSING)
+    return lambda arguments: _lookup(arguments, path)
+
+
 class _ArgTest(_Strict):
     arg: str = Field(min_length=1, max_length=200)
 
     def holds(self, arguments: dict[str, Any]) -> bool:
         return self.test(_lookup(arguments, self.arg))
+
+    def predicate(self) -> Predicate:
+        """``holds`` as a closure made once; the ops override it with cheaper ones."""
+        get, test = _getter(self.arg), self.test
+        return lambda arguments: test(get(arguments))
 
     def test(self, value: Any) -> bool:
         raise NotImplementedError
@@ -81,6 +102,13 @@ class Equals(_ArgTest):
         same = _same(value, self.value)
         return same if self.op == "equals" else not same
 
+    def predicate(self) -> Predicate:
+        expected, equal = self.value, self.op == "equals"
+        if not isinstance(expected, str) or "." in self.arg:
+            return super().predicate()
+        name = self.arg  # a string equals only a string: no bool or number subtlety
+        return lambda arguments: (arguments.get(name, _MISSING) == expected) is equal
+
     def describe(self) -> str:
         return f"{self.arg} {'=' if self.op == 'equals' else '!='} {self.value!r}"
 
@@ -92,6 +120,12 @@ class In(_ArgTest):
     def test(self, value: Any) -> bool:
         found = any(_same(value, v) for v in self.values)
         return found if self.op == "in" else not found
+
+    def predicate(self) -> Predicate:
+        if not all(isinstance(v, str) for v in self.values):
+            return super().predicate()
+        get, values, inside = _getter(self.arg), frozenset(self.values), self.op == "in"
+        return lambda arguments: (type(v := get(arguments)) is str and v in values) is inside
 
     def describe(self) -> str:
         return f"{self.arg} {'in' if self.op == 'in' else 'not in'} {self.values!r}"
@@ -110,6 +144,13 @@ class Compare(_ArgTest):
             "gt": value > self.value,
             "ge": value >= self.value,
         }[self.op]
+
+    def predicate(self) -> Predicate:
+        get, limit = _getter(self.arg), self.value
+        compare = {"lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}[
+            self.op
+        ]
+        return lambda arguments: _is_number(v := get(arguments)) and compare(v, limit)
 
     def describe(self) -> str:
         sign = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}[self.op]
@@ -134,6 +175,12 @@ class Matches(_ArgTest):
             re.search(self.pattern, value[:SUBJECT_MAX_LENGTH]) is not None
         )
 
+    def predicate(self) -> Predicate:
+        get, search = _getter(self.arg), re.compile(self.pattern).search
+        return lambda arguments: (
+            isinstance(v := get(arguments), str) and search(v[:SUBJECT_MAX_LENGTH]) is not None
+        )
+
     def describe(self) -> str:
         return f"{self.arg} matches /{self.pattern}/"
 
@@ -144,6 +191,12 @@ class Presence(_ArgTest):
     def test(self, value: Any) -> bool:
         present = value is not _MISSING and value is not None
         return present if self.op == "present" else not present
+
+    def predicate(self) -> Predicate:
+        get, present = _getter(self.arg), self.op == "present"
+        return (
+            lambda arguments: ((v := get(arguments)) is not _MISSING and v is not None) is present
+        )
 
     def describe(self) -> str:
         return f"{self.arg} is {self.op}"
@@ -203,18 +256,30 @@ class TimeTest(_Strict):
         return zone
 
     def holds(self, now: datetime) -> bool:
+        return self.predicate()(now)
+
+    def predicate(self) -> Callable[[datetime], bool]:
+        """``holds`` with the zone, weekdays and windows prepared once."""
         zone = ZoneInfo(self.zone)
-        local = now.astimezone(zone)
-        if self.weekdays is not None and local.isoweekday() not in self.weekdays:
-            return False
-        if self.hours is not None:
-            start, end = self.hours
-            inside = start <= local.hour < end if start < end else not end <= local.hour < start
-            if not inside:
-                return False
+        weekdays = None if self.weekdays is None else frozenset(self.weekdays)
+        hours = self.hours
+        windows = None
         if self.windows is not None:
-            return any(_aware(w.start, zone) <= now < _aware(w.end, zone) for w in self.windows)
-        return True
+            windows = [(_aware(w.start, zone), _aware(w.end, zone)) for w in self.windows]
+
+        def holds(now: datetime) -> bool:
+            if windows is not None and not any(start <= now < end for start, end in windows):
+                return False
+            local = now.astimezone(zone)
+            if weekdays is not None and local.isoweekday() not in weekdays:
+                return False
+            if hours is not None:
+                start, end = hours
+                hour = local.hour
+                return start <= hour < end if start < end else not end <= hour < start
+            return True
+
+        return holds
 
 
 def _aware(moment: datetime, zone: ZoneInfo) -> datetime:

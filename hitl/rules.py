@@ -25,8 +25,9 @@ the client's name (one read of the session's clientInfo).
 """
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
@@ -34,8 +35,9 @@ from django.contrib.auth.models import Permission
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from hitl.conditions import CallerTest, Conditions, conditions_parse
+from hitl.conditions import CallerTest, Conditions, Predicate, conditions_parse
 from hitl.models import ApprovalRule, HumanRequest, HumanResponse
+from hitl.rule_index import RuleIndex
 from qmcp_site.errors import ApplicationError
 from tools.gate import CallFacts, GateDecision
 from tools.registry import get_tool
@@ -45,10 +47,18 @@ from users.principals import Principal
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """A rule with its parsed conditions, as the cache holds it."""
+    """A rule with its parsed conditions, as the cache holds it, and those conditions
+    compiled once: ``arguments_hold`` (None without argument tests) and ``others_hold``,
+    the time and caller tests, cheapest first (None without either)."""
 
     rule: ApprovalRule
     conditions: Conditions
+    arguments_hold: Predicate | None
+    others_hold: "Callable[[_CallerFacts], bool] | None"
+
+    @classmethod
+    def of(cls, rule: ApprovalRule, conditions: Conditions) -> "CompiledRule":
+        return cls(rule, conditions, _all_hold(conditions), _others_hold(conditions))
 
     @property
     def label(self) -> str:
@@ -87,6 +97,25 @@ class CompiledGrant:
         )
 
 
+def _all_hold(conditions: Conditions) -> Predicate | None:
+    tests = [test.predicate() for test in conditions.arguments]
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    return lambda arguments: all(test(arguments) for test in tests)
+
+
+def _others_hold(conditions: Conditions) -> "Callable[[_CallerFacts], bool] | None":
+    timed = None if conditions.time is None else conditions.time.predicate()
+    caller = conditions.caller
+    if timed is None and caller is None:
+        return None
+    return lambda facts: (timed is None or timed(facts.now)) and (
+        caller is None or facts.matches(caller)
+    )
+
+
 @dataclass
 class RuleBook:
     """The enabled rules, by tool name ("" for the rules of every tool), each list in order,
@@ -98,6 +127,8 @@ class RuleBook:
     loaded: float = 0.0
     # The audit-only rules, the same way; empty for most books.
     audit_by_tool: dict[str, list[CompiledRule]] = field(default_factory=dict)
+
+    indexes: dict[str, RuleIndex] = field(default_factory=dict)
 
     def for_tool(self, name: str) -> list[CompiledRule]:
         """The rules a call of ``name`` is tested against, in order: position, then id."""
@@ -113,6 +144,14 @@ def _in_order(by_tool: dict[str, list[CompiledRule]], name: str) -> list[Compile
     if not common or not tool:
         return tool or common
     return sorted([*tool, *common], key=lambda c: (c.rule.position, c.rule.pk))
+
+    def index(self, name: str) -> RuleIndex:
+        """:meth:`for_tool`'s rules indexed by their guards (``hitl.rule_index``), made
+        once per tool name and book."""
+        index = self.indexes.get(name)
+        if index is None:
+            index = self.indexes[name] = RuleIndex(self.for_tool(name), timezone.now())
+        return index
 
 
 class RuleCache:
@@ -158,35 +197,43 @@ def rule_book_load() -> RuleBook:
         except ValueError:
             continue
         shelf = book.audit_by_tool if rule.audit_only else book.by_tool
-        shelf.setdefault(rule.tool_name, []).append(CompiledRule(rule, conditions))
+        shelf.setdefault(rule.tool_name, []).append(CompiledRule.of(rule, conditions))
     return book
 
 
 def decide(facts: CallFacts) -> GateDecision:
     """The decision for a call: the first matching rule's outcome, else the tool's policy's
-    (see the module's docstring)."""
-    now = timezone.now()
-    caller = _CallerFacts(facts)
+    (see the module's docstring), unless a grant spares the approval it asks for; then the
+    first matching audit-only rule's outcome is put on it as ``would_require``. The compiled
+    tests run in order; the arguments' JSON, the time and the caller's facts are made only
+    when a rule first needs them, and the words of "why" only for the rule that matched."""
     book = rule_book_load() if facts.fresh else RULES.book()
-    decision = _first_outcome(book.for_tool(facts.spec.name), facts, caller, now)
+    name = facts.spec.name
+    decision = _first_outcome(book.index(name).candidates(facts), facts)
     if decision is None:
         decision = GateDecision.of_policy(facts.policy)
-    decision = _unless_granted(book, facts, now, decision)
-    audit_rules = book.audit_for_tool(facts.spec.name)
-    if audit_rules:
-        shadow = _first_outcome(audit_rules, facts, caller, now)
+    decision = _unless_granted(book, facts, decision)
+    if book.audit_by_tool:
+        audit_rules = book.audit_for_tool(name)
+        shadow = _first_outcome(audit_rules, facts) if audit_rules else None
         if shadow is not None:
             decision = replace(decision, would_require=would_require(shadow))
     return decision
 
 
-def _first_outcome(
-    rules: list[CompiledRule], facts: CallFacts, caller: "_CallerFacts", now: datetime
-) -> GateDecision | None:
+def _first_outcome(rules: Iterable[CompiledRule], facts: CallFacts) -> GateDecision | None:
+    """The outcome of the first of ``rules`` whose conditions hold, or None."""
+    caller = None
     for compiled in rules:
-        why = _matches(compiled.conditions, facts, caller, now)
-        if why is not None:
-            return _outcome(compiled, facts, why)
+        arguments_hold = compiled.arguments_hold
+        if arguments_hold is not None and not arguments_hold(facts.arguments):
+            continue
+        if compiled.others_hold is not None:
+            if caller is None:
+                caller = _CallerFacts(facts)
+            if not compiled.others_hold(caller):
+                continue
+        return _outcome(compiled, facts, _why(compiled.conditions))
     return None
 
 
@@ -226,9 +273,7 @@ def explain(*, tool: str, arguments: Any, principal: Principal, client_name: str
     return {"tool": spec.name, **decision.as_dict()}
 
 
-def _unless_granted(
-    book: RuleBook, facts: CallFacts, now: datetime, decision: GateDecision
-) -> GateDecision:
+def _unless_granted(book: RuleBook, facts: CallFacts, decision: GateDecision) -> GateDecision:
     """``decision``, unless it asks for approval and a live grant lets this caller through:
     then an allow that names the grant. A grant stands for the approval it spares, so it
     never overrides a denial (a change freeze, say), and a call that needs no approval
@@ -238,7 +283,7 @@ def _unless_granted(
     principal = facts.principal
     grants = book.grants.get((facts.spec.name, principal.user.pk))
     if grants:
-        stamp = now.timestamp()
+        stamp = timezone.now().timestamp()
         token_id = principal.token.pk if principal.token is not None else None
         for grant in grants:
             if grant.matches(facts, token_id, stamp):
@@ -248,22 +293,12 @@ def _unless_granted(
     return decision
 
 
-def _matches(
-    conditions: Conditions, facts: CallFacts, caller: "_CallerFacts", now: datetime
-) -> str | None:
-    """Why the conditions hold (in words), or None when one does not."""
-    reasons = []
-    for test in conditions.arguments:
-        if not test.holds(facts.arguments):
-            return None
-        reasons.append(test.describe())
+def _why(conditions: Conditions) -> str:
+    """Why conditions that hold do, in words."""
+    reasons = [test.describe() for test in conditions.arguments]
     if conditions.caller is not None:
-        if not caller.matches(conditions.caller):
-            return None
         reasons.append("the caller matches")
     if conditions.time is not None:
-        if not conditions.time.holds(now):
-            return None
         reasons.append(f"the time matches ({conditions.time.zone})")
     return ", ".join(reasons) or "it has no conditions"
 
@@ -294,6 +329,11 @@ class _CallerFacts:
     def __init__(self, facts: CallFacts):
         self.facts, self.principal = facts, facts.principal
         self._groups: frozenset[str] | None = None
+
+    @cached_property
+    def now(self):
+        """The time every time test of the call reads: one clock reading per call."""
+        return timezone.now()
 
     def groups(self) -> frozenset[str]:
         if self._groups is None:

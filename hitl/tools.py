@@ -32,7 +32,8 @@ class ApprovalStatusOutput(BaseModel):
     "still pending, and gives its result once it ran.",
     input=ApprovalStatusInput,
     output=ApprovalStatusOutput,
-    annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    writes=False,
+    annotations={"idempotentHint": True, "openWorldHint": False},
     retry_safe=True,
 )
 def approval_status(args: ApprovalStatusInput, ctx) -> ToolResult:

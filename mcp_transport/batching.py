@@ -3,9 +3,10 @@
 On a small machine handing a request to a thread costs more than the request's own sync
 work. So :func:`run_batched` hands a database thread everything that is waiting at once,
 as a :class:`Batch`: one job after the other, each in autocommit as if alone. The audit
-rows that read-only tool calls write outside any transaction are collected and written
-together in one multi-row INSERT: on SQLite by the same thread at the end of the batch; on
-PostgreSQL by :data:`AUDIT_WRITER` over an async connection on the event loop, so the next
+rows that jobs give ``rawjoin.insert_later`` outside any transaction (the calls of tools
+declared ``writes=False``) are collected per job and written together in one multi-row
+INSERT: on SQLite by the same thread at the end of the batch; on PostgreSQL by the
+Batcher's :class:`AuditWriter` over an async connection on the event loop, so the next
 batch does not wait for the round trip. A batch's replies go out only once its rows are
 in. If a grouped INSERT fails, its rows are written call by call: only a call whose own
 row cannot be written gets that error instead of its reply.
@@ -19,21 +20,23 @@ its further jobs wait until one of those ends, so another owner always finds a t
 """
 
 import asyncio
+import functools
 import logging
-import os
 import queue
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple
 
 import psycopg
-from asgiref.sync import SyncToAsync
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from qmcp_site.rawjoin import deferred_inserts, insert_deferred, insert_statement
+from qmcp_site.hot_settings import HOT_SETTINGS
+from qmcp_site.rawjoin import LATER, insert_rows, insert_statement
 
 logger = logging.getLogger(__name__)
 
@@ -50,45 +53,69 @@ Rows = dict[tuple[str, type], list[list]]  # (database alias, model) -> rows to 
 Entry = tuple[Job, Outcome, Rows]  # a job that ran, and the audit rows it left to write
 
 
-class DatabaseThread:
-    """A daemon thread that runs sync functions for the event loop, one at a time.
+class DatabaseThread(Executor):
+    """A daemon thread that runs sync functions for the event loop, one at a time, each
+    after closing stale connections (as ``database_sync_to_async`` does).
 
-    It does what ``database_sync_to_async`` does (stale connections are closed first, and
-    ``async_to_sync`` inside runs on the caller's loop) with a lighter handoff: a queue in,
-    ``call_soon_threadsafe`` out.
+    ``async_to_sync`` inside (a channel layer's group_send, say) must run on the caller's
+    loop, which owns the layer's connections. asgiref's ``sync_to_async`` tells a thread
+    which loop that is: the first job from each loop goes through it, with this thread as
+    its executor; the later ones from the same loop take a lighter handoff (a queue in,
+    ``call_soon_threadsafe`` out) on the thread asgiref has bound.
     """
 
     def __init__(self, name: str):
         self.name = name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop bound last
 
     def run(self, func: Callable[..., Any], *args: Any) -> asyncio.Future:
         """``func(*args)`` in the thread; the future gets its result or its exception."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            bind = sync_to_async(_fresh, thread_sensitive=False, executor=self)
+            return asyncio.ensure_future(bind(func, *args))
         future = loop.create_future()
-        self._queue.put((loop, future, func, args))
+        self._put((loop, future, func, args))
+        return future
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """The ``Executor`` interface, for ``sync_to_async``."""
+        future: Future = Future()
+        self._put((None, future, functools.partial(fn, *args, **kwargs), ()))
+        return future
+
+    def _put(self, item: tuple) -> None:
+        self._queue.put(item)
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
             self._thread.start()
-        return future
 
     def _serve(self) -> None:
         while True:
             loop, future, func, args = self._queue.get()
-            # What SyncToAsync's thread sets, so that async_to_sync (a channel layer's
-            # group_send, say) runs on the loop that owns the layer's connections.
-            SyncToAsync.threadlocal.main_event_loop = loop
-            SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
+            if loop is None:  # from sync_to_async, which closes no connections itself
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(func())
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                continue
             try:
-                close_old_connections()
-                outcome: Outcome = (True, func(*args))
+                outcome: Outcome = (True, _fresh(func, *args))
             except BaseException as exc:
                 outcome = (False, exc)
             try:
                 loop.call_soon_threadsafe(_settle, future, outcome)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
+
+
+def _fresh(func: Callable[..., Any], *args: Any) -> Any:
+    close_old_connections()
+    return func(*args)
 
 
 def _settle(future: asyncio.Future, outcome: Outcome) -> None:
@@ -198,14 +225,14 @@ def grouped_write(parts: list[Rows]) -> list[Exception | None]:
     failures: list[Exception | None] = [None] * len(parts)
     for key, members in _by_model(parts):
         try:
-            insert_deferred({key: [row for _, rows in members for row in rows]})
+            insert_rows({key: [row for _, rows in members for row in rows]})
         except Exception as exc:
             if len(members) == 1:
                 failures[members[0][0]] = exc
                 continue
             for index, rows in members:
                 try:
-                    insert_deferred({key: rows})
+                    insert_rows({key: rows})
                 except Exception as own:
                     failures[index] = own
     return failures
@@ -271,26 +298,6 @@ class Batch:
         return jobs, done
 
 
-def _run_batch(batch: Batch) -> list[Entry]:
-    """Runs the batch's jobs, in the database thread. Returns the entries done, with the
-    rows left for the async writer; rows for SQLite are written here already (an entry
-    whose row failed gets that error as its outcome)."""
-    while (job := batch.next_job()) is not None:
-        with deferred_inserts() as own:
-            try:
-                outcome: Outcome = (True, job.func(**job.kwargs))
-            except Exception as exc:
-                outcome = (False, exc)
-        batch.job_done((job, outcome, own))
-    entries = batch.take_done()
-    parts = [rows for _, _, rows in entries]
-    if not any(parts) or all(
-        connections[using].vendor == "postgresql" for part in parts for using, _ in part
-    ):
-        return entries
-    return _with_failures(entries, grouped_write(parts), written=True)
-
-
 def _with_failures(entries: list[Entry], failures: list, *, written: bool) -> list[Entry]:
     """The entries with each failure as its outcome (and, once written, no rows left)."""
     out = []
@@ -316,6 +323,7 @@ class Batcher:
     STUCK_AFTER = 0.05  # seconds one job may run before the others go elsewhere
 
     def __init__(self):
+        self.writer = AuditWriter()  # PostgreSQL's rows, over async connections
         self._pending: list[Job] = []
         # The loop that has a dispatch or a write under way: a loop that was closed meanwhile
         # (a test's) leaves nothing waiting for it.
@@ -339,11 +347,31 @@ class Batcher:
             loop.call_soon(self._dispatch)
         return await future
 
+    @staticmethod
+    def _run_batch(batch: Batch) -> list[Entry]:
+        """Runs the batch's jobs, in the database thread. Returns the entries done, with the
+        rows left for the async writer; rows for SQLite are written here already (an entry
+        whose row failed gets that error as its outcome)."""
+        while (job := batch.next_job()) is not None:
+            with LATER.collecting() as own:
+                try:
+                    outcome: Outcome = (True, job.func(**job.kwargs))
+                except Exception as exc:
+                    outcome = (False, exc)
+            batch.job_done((job, outcome, own))
+        entries = batch.take_done()
+        parts = [rows for _, _, rows in entries]
+        if not any(parts) or all(
+            connections[using].vendor == "postgresql" for part in parts for using, _ in part
+        ):
+            return entries
+        return _with_failures(entries, grouped_write(parts), written=True)
+
     async def close_connections(self) -> None:
         """Closes the database connections of every idle thread and of the writer."""
         for thread in list(self._idle):
             await thread.run(connections.close_all)
-        await AUDIT_WRITER.close()
+        await self.writer.close()
 
     def _dispatch(self) -> None:
         """Starts a batch of the waiting jobs, unless a batch that is not stuck runs: its
@@ -369,7 +397,7 @@ class Batcher:
         """The withheld jobs, then ``jobs``, then the waiting ones, less those whose owner's
         slow jobs hold ``QMCP_MCP_THREADS_PER_TOKEN`` threads already: those are withheld
         (in order) until one of its slow jobs ends."""
-        share = settings.QMCP_MCP_THREADS_PER_TOKEN
+        share = HOT_SETTINGS.QMCP_MCP_THREADS_PER_TOKEN
         held = Counter(batch.slow_owner for batch in self._running if batch.stuck)
         candidates = [*self._withheld, *jobs, *self._pending]
         self._withheld, self._pending = [], []
@@ -394,7 +422,7 @@ class Batcher:
         loop = batch.loop = asyncio.get_running_loop()
         batch.thread = thread
         self._running[batch] = loop.call_later(self.STUCK_AFTER, self._check, batch)
-        thread.run(_run_batch, batch).add_done_callback(
+        thread.run(self._run_batch, batch).add_done_callback(
             lambda future: self._ended(thread, batch, future)
         )
 
@@ -422,7 +450,7 @@ class Batcher:
             self._idle.append(thread)
 
     def _ended(self, thread: DatabaseThread, batch: Batch, future: asyncio.Future) -> None:
-        if batch not in self._running:
+        if batch not in self._running or future.cancelled():  # its loop is closing
             return
         self._running.pop(batch).cancel()
         self._idle.append(thread)
@@ -448,7 +476,7 @@ class Batcher:
                 entries, self._unwritten = self._unwritten, []
                 parts = [rows for _, _, rows in entries]
                 try:
-                    failures = await AUDIT_WRITER.write_each(parts)
+                    failures = await self.writer.write_each(parts)
                 except Exception as exc:
                     failures = [exc] * len(entries)
                 self._reply(_with_failures(entries, failures, written=True))
@@ -461,8 +489,7 @@ class Batcher:
             _settle(job.future, outcome)
 
 
-AUDIT_WRITER = AuditWriter()
-BATCHER = Batcher()
+BATCHER = Batcher()  # the process's one: its threads and connections serve every loop
 
 
 async def run_batched(func: Callable[..., Any], /, job_owner: str | None = None, **kwargs) -> Any:

@@ -50,6 +50,7 @@ from mcp_transport.streams import (
     session_group,
     sse_frame,
 )
+from qmcp_site.hot_settings import HOT_SETTINGS
 from qmcp_site.observability import clean_id
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class McpConsumer(AsyncHttpConsumer):
         chunk = message.get("body", b"")
         self.size += len(chunk)
         if not self.refused:
-            limit = settings.QMCP_MAX_BODY_BYTES
+            limit = HOT_SETTINGS.QMCP_MAX_BODY_BYTES
             if self.size > limit or int(self._headers().get("content-length") or 0) > limit:
                 self.refused = True
                 await self.send_failure(HttpFailure(413, f"Request body exceeds {limit} bytes."))
@@ -209,13 +210,13 @@ class McpConsumer(AsyncHttpConsumer):
         """DNS-rebinding protection: the Host must be allowed, an Origin must be our own."""
         host = headers.get("host", "")
         domain, _ = split_domain_port(host)
-        if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+        if not domain or not validate_host(domain, HOT_SETTINGS.ALLOWED_HOSTS):
             raise HttpFailure(421, f"Misdirected request: host '{host}' is not allowed.")
         origin = headers.get("origin")
         if origin is None:
             return
         parts = urlsplit(origin)
-        trusted = set(settings.CSRF_TRUSTED_ORIGINS)
+        trusted = set(HOT_SETTINGS.CSRF_TRUSTED_ORIGINS)
         if not (parts.scheme in ("http", "https") and (parts.netloc == host or origin in trusted)):
             raise HttpFailure(403, f"Forbidden: origin '{origin}' is not allowed.")
 

@@ -3,7 +3,8 @@
 For a small query the ORM spends far longer compiling SQL than the database spends running
 it. ``fetch_one`` runs plain SQL that selects ``columns(Model, alias)`` for each model, in
 order, and turns the row into instances with the same converters the ORM would apply;
-``insert_one`` inserts an instance with SQL built once per model.
+``insert_one`` inserts an instance with SQL built once per model, and ``insert_later``
+is the one place where a row may wait to be written with others (see its docstring).
 """
 
 import itertools
@@ -15,7 +16,6 @@ from functools import cache, lru_cache
 from django.db import connections
 from django.db.models import CharField, TextField
 
-_deferred = threading.local()
 # Django's own pattern for the "format" placeholders it turns into sqlite3's "?".
 _FORMAT_MARK = re.compile(r"(?<!%)%s")
 
@@ -147,13 +147,31 @@ def _build_plan(model) -> tuple[tuple, tuple]:
 
 
 def insert_one(obj, using: str = "default") -> None:
-    """Inserts ``obj`` as ``save(force_insert=True)`` would, without compiling SQL each time.
+    """Inserts ``obj`` at once, as ``save(force_insert=True)`` would, without compiling SQL
+    each time.
 
     For a model whose primary key is set before saving (a UUID, say) and that has no
-    ``pre_save``/``post_save`` receivers: none are sent. Inside :func:`deferred_inserts`,
-    and outside any transaction, the row is written when that block ends, with the others,
-    in one statement; inside a transaction it is written at once, to commit with it.
+    ``pre_save``/``post_save`` receivers: none are sent.
     """
+    insert_rows({(using, type(obj)): [_insert_params(obj, using)]})
+
+
+def insert_later(obj, using: str = "default") -> None:
+    """The one deferral point: :func:`insert_one`, except that in a block where
+    :data:`LATER` collects rows (the jobs of ``mcp_transport``'s Batcher) and outside any
+    transaction, the row is only queued there, and written when its batch ends, together
+    with the others, in one statement. Whoever collects writes the rows, or fails the job
+    whose row could not be written."""
+    params = _insert_params(obj, using)
+    rows = LATER.rows
+    if rows is not None and not connections[using].in_atomic_block:
+        rows.setdefault((using, type(obj)), []).append(params)
+        return
+    insert_rows({(using, type(obj)): [params]})
+
+
+def _insert_params(obj, using: str) -> list:
+    """The INSERT parameters of ``obj``, which is marked saved in ``using``."""
     connection = connections[using]
     fields, _ = _insert_plan(connection.vendor, type(obj))
     params = [
@@ -164,24 +182,29 @@ def insert_one(obj, using: str = "default") -> None:
     ]
     obj._state.adding = False
     obj._state.db = using
-    pending = getattr(_deferred, "rows", None)
-    if pending is not None and not connection.in_atomic_block:
-        pending.setdefault((using, type(obj)), []).append(params)
-        return
-    insert_deferred({(using, type(obj)): [params]})
+    return params
 
 
-@contextmanager
-def deferred_inserts():
-    """Collects the rows :func:`insert_one` is given, for :func:`insert_deferred`."""
-    _deferred.rows = rows = {}
-    try:
-        yield rows
-    finally:
-        _deferred.rows = None
+class LaterRows(threading.local):
+    """The rows :func:`insert_later` queued in this thread, while a block collects them."""
+
+    rows: dict | None = None
+
+    @contextmanager
+    def collecting(self):
+        """Collects the rows :func:`insert_later` is given in the block, for
+        :func:`insert_rows`: ``(alias, model) -> [params]``."""
+        self.rows = rows = {}
+        try:
+            yield rows
+        finally:
+            self.rows = None
 
 
-def insert_deferred(rows: dict) -> None:
+LATER = LaterRows()
+
+
+def insert_rows(rows: dict) -> None:
     """Writes collected rows, one multi-row INSERT per model (each all or none)."""
     for (using, model), values in rows.items():
         connection = connections[using]

@@ -47,7 +47,7 @@ def test_insert_one_stores_a_row_as_save_does():
     saved = call(mcp_session_id="saved")
     saved.save(force_insert=True)
     inserted = call(mcp_session_id="inserted")
-    insert_one(inserted)  # outside deferred_inserts: written at once
+    insert_one(inserted)  # written at once
     rows = ToolInvocation.objects.order_by("mcp_session_id").values()
     by_session = {row.pop("mcp_session_id"): row for row in rows}
     for row in by_session.values():

@@ -22,7 +22,8 @@ class EchoOutput(BaseModel):
     description="Returns the message it is given. Useful to check that tool calls work.",
     input=EchoInput,
     output=EchoOutput,
-    annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    writes=False,
+    annotations={"idempotentHint": True, "openWorldHint": False},
     retry_safe=True,
 )
 def echo(args: EchoInput, ctx) -> ToolResult:
@@ -65,7 +66,8 @@ def plan_steps(goal: str, max_steps: int) -> list[str]:
     ),
     input=PlannerInput,
     output=PlannerOutput,
-    annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    writes=False,
+    annotations={"idempotentHint": True, "openWorldHint": False},
     retry_safe=True,
 )
 def planner(args: PlannerInput, ctx) -> ToolResult:

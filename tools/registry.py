@@ -243,6 +243,11 @@ class ToolSpec:
     requires_approval: bool = False
     # A JSON schema used as inputSchema as it is, for tools whose schema pydantic cannot say.
     raw_input_schema: dict[str, Any] | None = None
+    # The tool declares (for the server) whether it writes anything: a tool that does runs
+    # in a transaction with its audit row; one that does not (writes=False) runs without
+    # one, and its audit row may be written later, grouped with others'. MCP's readOnlyHint
+    # is derived from it, never the reverse: a client's hint decides nothing here.
+    writes: bool = True
     # The tool declares (for the server, unlike the client's idempotentHint) that running it
     # again after a run that died part way is harmless: an approved call whose worker was
     # lost then runs once more instead of failing.
@@ -330,12 +335,17 @@ def tool(
     annotations: dict[str, Any] | None = None,
     requires_approval: bool = False,
     raw_input_schema: dict[str, Any] | None = None,
+    writes: bool = True,
     retry_safe: bool = False,
     preview: Callable[[Any], Preview] | None = None,
     risk: str = "medium",
     task_support: str = "forbidden",
 ):
     """Registers the decorated function as a tool; names are unique.
+
+    ``writes=False`` declares that the tool writes nothing (see ToolSpec.writes); its
+    ``readOnlyHint`` annotation is then set for clients, and giving ``readOnlyHint`` without
+    ``writes=False`` is an error: the declaration, not the hint, decides how the tool runs.
 
     ``retry_safe=True`` says a run cut short may be run again (see ToolSpec.retry_safe):
     true of tools whose only effects are QMCP's own database writes, which commit with the
@@ -349,6 +359,10 @@ def tool(
     unknown = set(annotations) - ANNOTATION_KEYS
     if unknown:
         raise ValueError(f"Unknown tool annotations: {sorted(unknown)}")
+    if annotations.get("readOnlyHint", not writes) is writes:
+        raise ValueError(f"Tool {name!r}: readOnlyHint follows writes=...; declare writes instead.")
+    if not writes:
+        annotations["readOnlyHint"] = True
 
     def decorator(func):
         if name in _REGISTRY and _REGISTRY[name].func is not func:
@@ -365,6 +379,7 @@ def tool(
             annotations=annotations,
             requires_approval=requires_approval,
             raw_input_schema=raw_input_schema,
+            writes=writes,
             retry_safe=retry_safe,
             preview=preview,
             risk=risk,

@@ -16,7 +16,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from qmcp_site.errors import ApplicationError
-from qmcp_site.rawjoin import build_new, columns, fetch_one, insert_one
+from qmcp_site.hot_settings import HOT_SETTINGS
+from qmcp_site.rawjoin import build_new, insert_later
 from qmcp_site.storable import storable_check, storable_copy, storable_text
 from tools.gate import TOOL_GATE, CallFacts
 from tools.models import ToolInvocation, ToolPolicy
@@ -56,7 +57,7 @@ def tool_policy_get(*, spec: ToolSpec) -> ToolPolicy:
     Kept in memory for ``QMCP_POLICY_CACHE_SECONDS``: a change made in this process is
     seen at once, one made in another worker within that time.
     """
-    ttl = settings.QMCP_POLICY_CACHE_SECONDS
+    ttl = HOT_SETTINGS.QMCP_POLICY_CACHE_SECONDS
     cached = _POLICY_CACHE.get(spec.name)
     if cached is not None and time.monotonic() - cached[0] < ttl:
         return cached[1]
@@ -67,17 +68,10 @@ def tool_policy_get(*, spec: ToolSpec) -> ToolPolicy:
 
 
 def _tool_policy_load(spec: ToolSpec) -> ToolPolicy:
-    found = fetch_one(
-        f"SELECT {columns(ToolPolicy, 'p')} FROM {ToolPolicy._meta.db_table} p "
-        "WHERE p.tool_name = %s",
-        [spec.name],
-        ((ToolPolicy, None),),
+    """The policy from the database (the ORM: the cache above makes it rare)."""
+    policy, _ = ToolPolicy.objects.get_or_create(
+        tool_name=spec.name, defaults=tool_policy_defaults(spec)
     )
-    policy = found[0] if found else None
-    if policy is None:
-        policy, _ = ToolPolicy.objects.get_or_create(
-            tool_name=spec.name, defaults=tool_policy_defaults(spec)
-        )
     return policy
 
 
@@ -314,8 +308,9 @@ def tool_invocation_execute(
     with an AsyncToolContext that can notify but not ask the client.
     """
     started = time.perf_counter()
-    if spec.annotations.get("readOnlyHint") is True:
-        # A read-only tool writes nothing to roll back: its audit row needs no transaction.
+    if not spec.writes:
+        # A tool that declares it writes nothing has nothing to roll back: its audit row
+        # needs no transaction (and may be written later, grouped: see the finish).
         try:
             result = _call(spec, args, principal, invocation, notify, note)
         except Exception as exc:
@@ -387,7 +382,9 @@ def tool_invocation_finish(
     invocation.finished_at = timezone.now()
     invocation.duration_ms = round(duration * 1000, 3)
     if invocation._state.adding:
-        insert_one(invocation)  # the audit row of every call: SQL built once
+        # The audit row of every call, with SQL built once; outside a transaction, in a
+        # job of mcp_transport's Batcher, written with the batch's others in one INSERT.
+        insert_later(invocation)
     elif invocation.lease_owner:
         _finish_leased(invocation)
     else:

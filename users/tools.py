@@ -114,7 +114,8 @@ class UserIdInput(ToolInput):
     description="Returns one user's profile by id.",
     input=UserIdInput,
     output=UserOut,
-    annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    writes=False,
+    annotations={"idempotentHint": True, "openWorldHint": False},
     retry_safe=True,
 )
 def get_user_by_id(args: UserIdInput, ctx) -> ToolResult:
@@ -142,7 +143,8 @@ class SearchUsersOutput(BaseModel):
     "(case-insensitive). Use it to check whether someone is already a user.",
     input=SearchUsersInput,
     output=SearchUsersOutput,
-    annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+    writes=False,
+    annotations={"idempotentHint": True, "openWorldHint": False},
     retry_safe=True,
 )
 def search_users(args: SearchUsersInput, ctx) -> ToolResult:

@@ -45,7 +45,7 @@ def register() -> None:
             name=name,
             description="Blocks until released (fault tests).",
             input=BlockInput,
-            annotations={"readOnlyHint": True},
+            writes=False,
             requires_approval=True,
             retry_safe=retry_safe,
         )(block)

@@ -14,7 +14,7 @@ from django.db import IntegrityError, connections
 from django.utils import timezone
 
 from mcp_transport.batching import BATCHER, close_connections, run_batched
-from qmcp_site.rawjoin import insert_one
+from qmcp_site.rawjoin import insert_later
 from tests.factories import UserFactory, make_token
 from tests.mcp_transport.test_consumers import echo_call, open_session, rpc, send
 from tools.models import ToolInvocation
@@ -48,7 +48,7 @@ def audit_row(pk=None, arguments=None) -> uuid.UUID:
         status=ToolInvocation.Status.SUCCEEDED,
         finished_at=timezone.now(),
     )
-    insert_one(invocation)
+    insert_later(invocation)
     return invocation.pk
 
 
@@ -122,7 +122,7 @@ def slow_tool():
         name="test_slow",
         description="Waits.",
         input=Gate,
-        annotations={"readOnlyHint": True},
+        writes=False,
     )
     def slow(args, ctx):
         started.set()
@@ -219,7 +219,7 @@ def slow_tools():
         name="test_slow_many",
         description="Waits.",
         input=Gate,
-        annotations={"readOnlyHint": True},
+        writes=False,
     )
     def slow(args, ctx):
         with lock:

@@ -11,8 +11,7 @@ from channels.testing import ApplicationCommunicator, HttpCommunicator
 from django.db import connections
 from pydantic import Field
 
-from mcp_transport import batching
-from mcp_transport.batching import AUDIT_WRITER, DatabaseThread, close_connections
+from mcp_transport.batching import BATCHER, DatabaseThread, close_connections
 from mcp_transport.models import McpEvent, McpSession
 from qmcp_site.asgi import application
 from tests.factories import UserFactory, make_token
@@ -393,13 +392,13 @@ def echo_call(message: str, rpc_id: int) -> dict:
 def batch_sizes(monkeypatch):
     """The size of every batch the database thread runs."""
     sizes = []
-    run_batch = batching._run_batch
+    run_batch = BATCHER._run_batch
 
     def counting(batch):
         sizes.append(len(batch))
         return run_batch(batch)
 
-    monkeypatch.setattr(batching, "_run_batch", counting)
+    monkeypatch.setattr(BATCHER, "_run_batch", counting)
     return sizes
 
 
@@ -466,7 +465,27 @@ async def test_async_to_sync_in_the_database_thread_runs_on_the_callers_loop():
         return asyncio.get_running_loop()
 
     thread = DatabaseThread("test")
-    assert await thread.run(async_to_sync(running_loop)) is asyncio.get_running_loop()
+    # The first job binds the thread to this loop (through asgiref), the later ones keep it.
+    for _ in range(3):
+        assert await thread.run(async_to_sync(running_loop)) is asyncio.get_running_loop()
+
+
+async def test_a_database_thread_serves_each_event_loop_that_uses_it_on_that_loop():
+    """The process's threads outlive a loop (each test's, or a server's restart)."""
+
+    async def running_loop():
+        return asyncio.get_running_loop()
+
+    thread = DatabaseThread("test")
+
+    async def twice():
+        return [await thread.run(async_to_sync(running_loop)) for _ in range(2)], (
+            asyncio.get_running_loop()
+        )
+
+    await thread.run(lambda: None)  # bound to the test's loop first
+    for seen, loop in await asyncio.to_thread(lambda: [asyncio.run(twice()) for _ in range(2)]):
+        assert seen == [loop, loop]
 
 
 @pytest.mark.skipif(
@@ -477,7 +496,7 @@ async def test_the_audit_writer_replaces_a_connection_postgresql_dropped(secret)
     session_id = await open_session(secret)
     first = await send(payload=echo_call("first", 1), secret=secret, session_id=session_id)
     assert first["status"] == 200
-    pids = [c.info.backend_pid for idle in AUDIT_WRITER._idle.values() for c in idle]
+    pids = [c.info.backend_pid for idle in BATCHER.writer._idle.values() for c in idle]
     assert pids
 
     @database_sync_to_async
@@ -499,7 +518,7 @@ async def test_the_audit_writer_replaces_a_connection_postgresql_dropped(secret)
 @pytest.mark.parametrize("synchronous, shown", [(True, "on"), (False, "off")])
 async def test_the_audit_writer_commits_as_configured(settings, synchronous, shown):
     settings.QMCP_AUDIT_SYNCHRONOUS_COMMIT = synchronous
-    connection = await AUDIT_WRITER._connect("default")
+    connection = await BATCHER.writer._connect("default")
     try:
         cursor = await connection.execute("SHOW synchronous_commit")
         assert (await cursor.fetchone())[0] == shown

@@ -309,7 +309,7 @@ def test_a_read_only_run_finishing_after_its_lease_lapsed_keeps_the_recorded_fai
         name="test_stalled_reader",
         description="Outlives its lease.",
         input=ToolInput,
-        annotations={"readOnlyHint": True},
+        writes=False,
     )
     def stalled_reader(args, ctx):
         ToolInvocation.objects.filter(pk=ctx.invocation.pk).update(
@@ -457,7 +457,7 @@ def test_the_running_worker_renews_its_lease_so_no_pass_takes_a_live_run(setting
         name="test_slow_reader",
         description="Runs past several lease lengths.",
         input=ToolInput,
-        annotations={"readOnlyHint": True},
+        writes=False,
     )
     def slow_reader(args, ctx):
         def expiry():

@@ -226,3 +226,46 @@ def test_duplicate_tool_names_are_refused():
         @tool(name="echo", description="again", input=Nothing)
         def echo_again(args, ctx):
             return "x"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("writes", [True, False])
+def test_a_tool_runs_in_a_transaction_unless_it_declares_it_writes_nothing(principal, writes):
+    """The tool's own declaration decides, not the readOnlyHint clients read (which is
+    derived from it): a tool that writes commits with its audit row or not at all."""
+    from django.db import connection
+
+    seen = []
+
+    @tool(name="declared", description="test tool", input=Nothing, writes=writes)
+    def declared(args, ctx):
+        seen.append(connection.in_atomic_block)
+        return "ok"
+
+    try:
+        invocation = invoke(principal, name="declared", arguments={})
+    finally:
+        unregister("declared")
+    assert seen == [writes]
+    assert ToolInvocation.objects.get().pk == invocation.pk
+    assert ToolInvocation.objects.get().status == "succeeded"
+
+
+def test_read_only_hint_is_derived_from_the_writes_declaration():
+    def nothing(args, ctx):
+        return "ok"
+
+    tool(name="hinted", description="test tool", input=Nothing, writes=False)(nothing)
+    tool(name="writer", description="test tool", input=Nothing)(nothing)
+    from tools.registry import get_tool
+
+    try:
+        assert get_tool("hinted").annotations["readOnlyHint"] is True
+        assert "readOnlyHint" not in get_tool("writer").annotations
+    finally:
+        unregister("hinted")
+        unregister("writer")
+    for annotations, writes in [({"readOnlyHint": True}, True), ({"readOnlyHint": False}, False)]:
+        with pytest.raises(ValueError, match="declare writes"):
+            tool(name="bad", description="x", input=Nothing, annotations=annotations, writes=writes)
+    assert get_tool("bad") is None

@@ -255,7 +255,7 @@ def careless_tool():
         name="test_careless",
         description="Returns a NUL.",
         input=ToolInput,
-        annotations={"readOnlyHint": True},
+        writes=False,
     )
     def careless(args, ctx):
         return "before\x00after"
