@@ -127,7 +127,6 @@ class RuleBook:
     loaded: float = 0.0
     # The audit-only rules, the same way; empty for most books.
     audit_by_tool: dict[str, list[CompiledRule]] = field(default_factory=dict)
-
     indexes: dict[str, RuleIndex] = field(default_factory=dict)
 
     def for_tool(self, name: str) -> list[CompiledRule]:
@@ -138,13 +137,6 @@ class RuleBook:
         """The audit-only rules a call of ``name`` is tried against in shadow, in order."""
         return _in_order(self.audit_by_tool, name) if self.audit_by_tool else []
 
-
-def _in_order(by_tool: dict[str, list[CompiledRule]], name: str) -> list[CompiledRule]:
-    tool, common = by_tool.get(name, []), by_tool.get("", [])
-    if not common or not tool:
-        return tool or common
-    return sorted([*tool, *common], key=lambda c: (c.rule.position, c.rule.pk))
-
     def index(self, name: str) -> RuleIndex:
         """:meth:`for_tool`'s rules indexed by their guards (``hitl.rule_index``), made
         once per tool name and book."""
@@ -152,6 +144,13 @@ def _in_order(by_tool: dict[str, list[CompiledRule]], name: str) -> list[Compile
         if index is None:
             index = self.indexes[name] = RuleIndex(self.for_tool(name), timezone.now())
         return index
+
+
+def _in_order(by_tool: dict[str, list[CompiledRule]], name: str) -> list[CompiledRule]:
+    tool, common = by_tool.get(name, []), by_tool.get("", [])
+    if not common or not tool:
+        return tool or common
+    return sorted([*tool, *common], key=lambda c: (c.rule.position, c.rule.pk))
 
 
 class RuleCache:
