@@ -124,6 +124,8 @@ def server_env(postgres: str | None, redis: str | None, **extra: str) -> tuple[s
         # limits, which are for agents, not load tests. The limiter still counts every call.
         "QMCP_RATELIMIT_TOKEN": "100000000/minute",
         "QMCP_RATELIMIT_ADDRESS": "100000000/minute",
+        # Every run opens a session per client and leaves it open, as a load test does.
+        "QMCP_MCP_MAX_SESSIONS": "100000",
         **os.environ,
         "DATABASE_URL": database,
         "SECRET_KEY": secrets.token_urlsafe(32),
