@@ -166,11 +166,14 @@ def prepare_qmcp(env: dict[str, str], rules: int = 0) -> str:
     """Creates a user (and ``rules`` non-matching rules on echo) and returns a token secret."""
     code = (
         "from users.models import User; from users.services import api_token_create;"
-        "import sys; sys.path.insert(0, 'benchmarks'); from bench_rules import rules_create;"
-        f"rules_create({rules});"
         "u, _ = User.objects.get_or_create(email='bench@example.com');"
         "print(api_token_create(user=u, name='bench', scopes=['tools:call', 'tools:read'])[1])"
     )
+    if rules:  # (a checkout from before the rules can still be measured without them)
+        code = (
+            "import sys; sys.path.insert(0, 'benchmarks'); from bench_rules import rules_create;"
+            f"rules_create({rules});" + code
+        )
     return manage_shell(env, code)[-1]
 
 
