@@ -466,6 +466,7 @@ class HumanRequestAdmin(admin.ModelAdmin):
             "opts": self.opts,
             "media": self.media,
             "verb": verb,
+            "crumb": verb,
             "decision": decision,
             "action": action,
             "original": single,
