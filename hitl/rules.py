@@ -212,11 +212,10 @@ def decide(facts: CallFacts) -> GateDecision:
     if decision is None:
         decision = GateDecision.of_policy(facts.policy)
     decision = _unless_granted(book, facts, decision)
-    if book.audit_by_tool:
-        audit_rules = book.audit_for_tool(name)
-        shadow = _first_outcome(audit_rules, facts) if audit_rules else None
-        if shadow is not None:
-            decision = replace(decision, would_require=would_require(shadow))
+    audit_rules = book.audit_for_tool(name)  # [] at the cost of one test when there are none
+    shadow = _first_outcome(audit_rules, facts) if audit_rules else None
+    if shadow is not None:
+        decision = replace(decision, would_require=would_require(shadow))
     return decision
 
 
