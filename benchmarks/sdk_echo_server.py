@@ -1,9 +1,10 @@
 """Reference server for benchmarks: the official MCP Python SDK (mcp 2.3.0) serving one tool.
 
 Starts the SDK's own Streamable HTTP server (lowlevel ``mcp.server.Server`` +
-``StreamableHTTPSessionManager``) with stateful sessions and SSE responses
-(``json_response=False``, ``stateless_http=False``), served by uvicorn in a
-single process at ``http://127.0.0.1:<port>/mcp``.
+``StreamableHTTPSessionManager``) with stateful sessions and JSON responses
+(``json_response=True``, ``stateless_http=False``): the SDK's fastest stateful mode, and
+the shape QMCP answers plain calls in. Served by uvicorn (uvloop, httptools) in a single
+process at ``http://127.0.0.1:<port>/mcp``.
 
 Tool ``echo`` takes ``{"message": str}`` and returns the message as one text
 content block.
@@ -62,11 +63,11 @@ async def call_tool(
 
 def build_app(host: str = "127.0.0.1"):
     server = Server("sdk-echo", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
-    # Stateful sessions, SSE responses. `host` drives the SDK's automatic
+    # Stateful sessions, JSON responses. `host` drives the SDK's automatic
     # DNS-rebinding protection (Host/Origin must be 127.0.0.1/localhost/[::1]).
     return server.streamable_http_app(
         streamable_http_path="/mcp",
-        json_response=False,
+        json_response=True,
         stateless_http=False,
         host=host,
     )
