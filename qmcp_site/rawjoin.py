@@ -7,33 +7,69 @@ order, and turns the row into instances with the same converters the ORM would a
 is the one place where a row may wait to be written with others (see its docstring).
 """
 
+import datetime
 import itertools
+import json
 import re
 import threading
+import uuid
 from contextlib import contextmanager
 from functools import cache, lru_cache
 
 from django.db import connections
-from django.db.models import CharField, TextField
+from django.db.models import (
+    BigAutoField,
+    CharField,
+    DateTimeField,
+    FloatField,
+    ForeignKey,
+    JSONField,
+    PositiveSmallIntegerField,
+    TextField,
+    UUIDField,
+    signals,
+)
+from django.db.models.base import ModelState
 
 # Django's own pattern for the "format" placeholders it turns into sqlite3's "?".
 _FORMAT_MARK = re.compile(r"(?<!%)%s")
 
 
-def _execute(cursor, vendor: str, sql: str, params: list) -> None:
-    """``cursor.execute(sql, params)`` (``%s`` placeholders). On SQLite in Django's other
-    style, ``%(name)s`` with a dict: its backend turns that into sqlite3's named style with
-    one ``%`` formatting, where "format" style costs a regular expression search over the
-    whole statement on each execution (about as much CPU as the rest of a small query)."""
-    if vendor != "sqlite":
-        cursor.execute(sql, params)
-        return
-    cursor.execute(_pyformat(sql), dict(zip(_param_names(len(params)), params, strict=True)))
+def _execute(connection, sql: str, params: list) -> list | None:
+    """Runs ``sql`` (``%s`` placeholders) with ``params``; returns the first row for a
+    SELECT (None when there is none), else None.
+
+    On SQLite the statement goes to sqlite3 itself with its ``?`` placeholders (converted
+    once per statement), inside Django's error wrapper: Django's cursor would search the
+    whole statement with a regular expression on each execution, and build a dict of the
+    parameters, which costs more CPU than the database spends on a small statement. Where
+    something watches the queries (``assertNumQueries``, ``DEBUG``, an execute wrapper),
+    every statement takes Django's cursor, so it is seen as any other."""
+    if connection.vendor != "sqlite" or connection.queries_logged or connection.execute_wrappers:
+        with connection.cursor() as cursor:
+            if connection.vendor == "sqlite":
+                named = dict(zip(_param_names(len(params)), params, strict=True))
+                cursor.execute(_pyformat(sql), named)
+            else:
+                cursor.execute(sql, params)
+            return cursor.fetchone() if cursor.description else None
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = connection.connection.execute(_qmark(sql), params)
+        return cursor.fetchone() if cursor.description else None
+
+
+@lru_cache(maxsize=256)
+def _qmark(sql: str) -> str:
+    """``sql`` as sqlite3 takes it: ``?`` for each ``%s``, and ``%%`` as ``%``."""
+    return _FORMAT_MARK.sub("?", sql).replace("%%", "%")
 
 
 @lru_cache(maxsize=256)
 def _pyformat(sql: str) -> str:
-    """``sql`` with its ``%s`` placeholders as ``%(p0)s``, ``%(p1)s``, ... in order."""
+    """``sql`` with its ``%s`` placeholders as ``%(p0)s``, ``%(p1)s``, ... in order, the
+    style in which Django's SQLite cursor converts a statement without a regular
+    expression."""
     count = itertools.count()
     return _FORMAT_MARK.sub(lambda _: f"%(p{next(count)})s", sql)
 
@@ -79,9 +115,7 @@ def fetch_one(sql: str, params: list, models: tuple, using: str = "default") -> 
     to :func:`columns` (None for every field).
     """
     connection = connections[using]
-    with connection.cursor() as cursor:
-        _execute(cursor, connection.vendor, sql, params)
-        row = cursor.fetchone()
+    row = _execute(connection, sql, params)
     if row is None:
         return None
     instances, position = [], 0
@@ -105,26 +139,15 @@ def _insert_plan(vendor: str, model) -> tuple[list, str]:
     return fields, f'INSERT INTO "{model._meta.db_table}" ({names}) VALUES ({marks})'
 
 
-@cache
-def _text_attnames(model) -> tuple[str | None, ...]:
-    """Per concrete field, its attname if it is a plain ``CharField`` or ``TextField``
-    (exactly those classes), else None. Django passes a ``str`` (choices' members
-    included) in such a field to the database as it is: ``pre_save`` reads the attribute
-    and ``get_prep_value`` returns a str unchanged. :func:`insert_one` skips the four
-    calls that would say so; any other value (a lazy string, a number), and every other
-    field, goes through ``pre_save`` and ``get_db_prep_save``."""
-    return tuple(
-        f.attname if type(f) in (CharField, TextField) else None
-        for f in model._meta.concrete_fields
-    )
-
-
 def build_new(model, **values):
-    """A new, unsaved ``model`` instance, built positionally as ``Model.from_db`` builds a
-    loaded row: several times cheaper than keyword construction, for the rows written on
-    every call (then :func:`insert_one`). ``values`` are by field name; a foreign key takes
-    the related object (or None), which is cached on the instance as the keyword form does.
-    Fields not given take their defaults."""
+    """A new, unsaved ``model`` instance, as ``model(**values)`` gives, several times
+    cheaper: for the rows written on every call (then :func:`insert_later`). ``values`` are
+    by field name; a foreign key takes the related object (or None), which is cached on the
+    instance as the keyword form does. Fields not given take their defaults.
+
+    The instance's attributes are set as ``Model.__init__`` sets them for a model without
+    ``pre_init``/``post_init`` receivers (``tests/test_rawjoin.py`` compares the two); a
+    model that has such receivers is built by its constructor, positionally."""
     columns, relations = _build_plan(model)
     related = []
     for field in relations:
@@ -132,7 +155,13 @@ def build_new(model, **values):
             target = values.pop(field.name)
             related.append((field, target))
             values[field.attname] = None if target is None else target.pk
-    obj = model(*[values[name] if name in values else default() for name, default in columns])
+    row = [values[name] if name in values else default() for name, default in columns]
+    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+        obj = model(*row)
+    else:
+        obj = model.__new__(model)
+        obj._state = ModelState()
+        obj.__dict__.update(zip(_attnames(model), row, strict=True))
     for field, target in related:
         field.set_cached_value(obj, target)
     return obj
@@ -144,6 +173,11 @@ def _build_plan(model) -> tuple[tuple, tuple]:
     fields = model._meta.concrete_fields
     columns = tuple((f.attname, f._get_default) for f in fields)
     return columns, tuple(f for f in fields if f.many_to_one)
+
+
+@cache
+def _attnames(model) -> tuple[str, ...]:
+    return tuple(f.attname for f in model._meta.concrete_fields)
 
 
 def insert_one(obj, using: str = "default") -> None:
@@ -171,18 +205,94 @@ def insert_later(obj, using: str = "default") -> None:
 
 
 def _insert_params(obj, using: str) -> list:
-    """The INSERT parameters of ``obj``, which is marked saved in ``using``."""
+    """The INSERT parameters of ``obj``, which is marked saved in ``using``: each field's
+    ``get_db_prep_save(pre_save(obj, True))``, or the same value by a shorter way (see
+    :func:`_quick_converters`)."""
     connection = connections[using]
     fields, _ = _insert_plan(connection.vendor, type(obj))
-    params = [
-        value
-        if text is not None and isinstance(value := getattr(obj, text), str)
-        else f.get_db_prep_save(f.pre_save(obj, True), connection)
-        for f, text in zip(fields, _text_attnames(type(obj)), strict=True)
-    ]
+    quick = _quick_converters(using, type(obj))
+    state = obj.__dict__
+    params = [convert(state.get(attname, _SLOW)) for attname, convert in quick]
+    if _SLOW in params:
+        for index, value in enumerate(params):
+            if value is _SLOW:
+                field = fields[index]
+                params[index] = field.get_db_prep_save(field.pre_save(obj, True), connection)
     obj._state.adding = False
     obj._state.db = using
     return params
+
+
+_SLOW = object()  # a quick converter's answer for a value it does not know
+
+
+def _slow(value):
+    return _SLOW
+
+
+def _as_is(*types):
+    def convert(value):
+        return value if value is None or type(value) in types else _SLOW
+
+    return convert
+
+
+def _text(value):
+    return value if isinstance(value, str) else _SLOW
+
+
+def _sqlite_json(value):
+    if value is None:
+        return None
+    return json.dumps(value) if type(value) in (dict, list, str) else _SLOW
+
+
+def _sqlite_uuid(value):
+    return value.hex if type(value) is uuid.UUID else _SLOW
+
+
+def _sqlite_datetime(value):
+    """SQLite's text of an aware datetime in UTC, as Django's ``adapt_datetimefield_value``
+    writes it when the connection's zone is UTC."""
+    if value is None:
+        return None
+    if type(value) is datetime.datetime and value.tzinfo is datetime.UTC:
+        return str(value.replace(tzinfo=None))
+    return _SLOW
+
+
+@cache
+def _quick_converters(using: str, model) -> tuple:
+    """Per concrete field, its attribute name and a function that gives the value Django
+    would send to database ``using`` for the common values of that exact field class, or
+    ``_SLOW`` for any other value; Django's own path is always taken (``_slow``) for a field
+    whose ``pre_save`` sets the value (``auto_now``), a class not listed here, JSON on
+    databases other than SQLite and a JSON field with an encoder.
+    ``tests/test_rawjoin.py`` checks that both give the same."""
+    connection = connections[using]
+    sqlite = connection.vendor == "sqlite"
+    utc_text = sqlite and connection.timezone is datetime.UTC
+    quick = []
+    for field in model._meta.concrete_fields:
+        kind, convert = type(field), _slow
+        if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            pass
+        elif kind in (CharField, TextField):
+            convert = _text
+        elif kind is PositiveSmallIntegerField:
+            convert = _as_is(int)
+        elif kind is FloatField:
+            convert = _as_is(float)
+        elif kind is ForeignKey and type(field.target_field) is BigAutoField:
+            convert = _as_is(int)
+        elif kind is JSONField and field.encoder is None and sqlite:
+            convert = _sqlite_json
+        elif kind is UUIDField:
+            convert = _sqlite_uuid if sqlite else _as_is(uuid.UUID)
+        elif kind is DateTimeField and (utc_text or not sqlite):
+            convert = _sqlite_datetime if sqlite else _as_is(datetime.datetime)
+        quick.append((field.attname, convert))
+    return tuple(quick)
 
 
 class LaterRows(threading.local):
@@ -208,8 +318,7 @@ def insert_rows(rows: dict) -> None:
     """Writes collected rows, one multi-row INSERT per model (each all or none)."""
     for (using, model), values in rows.items():
         connection = connections[using]
-        with connection.cursor() as cursor:
-            _execute(cursor, connection.vendor, *insert_statement(connection.vendor, model, values))
+        _execute(connection, *insert_statement(connection.vendor, model, values))
 
 
 def insert_statement(
