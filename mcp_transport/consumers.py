@@ -154,9 +154,12 @@ class McpConsumer(AsyncHttpConsumer):
     # --- responses ---
 
     async def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None):
-        raw = [(b"content-type", b"application/json")]
+        """The whole response: ``body`` as JSON with its ``Content-Length``."""
+        content = json.dumps(body).encode()
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
         raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-        await self.send_response(status, json.dumps(body).encode(), headers=raw)
+        await self.send({"type": "http.response.start", "status": status, "headers": raw})
+        await self.send({"type": "http.response.body", "body": content})
 
     async def send_failure(self, failure: HttpFailure):
         await self.send_json(failure.status, failure.body(), failure.headers)

@@ -16,21 +16,26 @@ slow_readers.install()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.urls import path, re_path  # noqa: E402
+from django.urls import path  # noqa: E402
 
 from hitl.consumers import QueueConsumer  # noqa: E402
 from mcp_transport.consumers import McpConsumer  # noqa: E402
 
-application = ProtocolTypeRouter(
+MCP_PATHS = frozenset({"/mcp", "/mcp/"})
+mcp_app = McpConsumer.as_asgi()
+others = ProtocolTypeRouter(
     {
-        "http": URLRouter(
-            [
-                re_path(r"^mcp/?$", McpConsumer.as_asgi()),
-                re_path(r"", django_asgi_app),
-            ]
-        ),
+        "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter([path("ws/hitl/queue/", QueueConsumer.as_asgi())]))
         ),
     }
 )
+
+
+async def application(scope, receive, send):
+    """MCP's path to its consumer at once (channels' routers would match a regular
+    expression and copy the scope twice on every call), everything else through them."""
+    if scope["type"] == "http" and scope["path"][len(scope.get("root_path", "")) :] in MCP_PATHS:
+        return await mcp_app(scope, receive, send)
+    return await others(scope, receive, send)

@@ -32,6 +32,8 @@ import struct
 from django.conf import settings
 from uvicorn.protocols.http import httptools_impl
 
+from qmcp_site.head_with_body import HeadWithBody
+
 logger = logging.getLogger(__name__)
 
 _trim_pending = False
@@ -151,10 +153,17 @@ def _cap_send_buffer(sock) -> None:
 
 class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
     """uvicorn's httptools protocol that drops a client that reads nothing for
-    ``QMCP_WRITE_TIMEOUT_SECONDS`` (``uvicorn --http qmcp_site.slow_readers:HttpToolsProtocol``).
+    ``QMCP_WRITE_TIMEOUT_SECONDS`` (``uvicorn --http qmcp_site.slow_readers:HttpToolsProtocol``),
+    and writes each response's head with its body (:mod:`qmcp_site.head_with_body`).
     """
 
     _stall = None
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # a new request's cycle
+            cycle.transport = HeadWithBody(self.transport, self.loop)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)

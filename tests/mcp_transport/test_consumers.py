@@ -180,11 +180,30 @@ async def test_initialize_answers_json_with_a_session_id(secret, path):
     response = await send(payload=initialize(), path=path, secret=secret)
     assert response["status"] == 200
     assert header(response, "content-type") == "application/json"
+    assert header(response, "content-length") == str(len(response["body"]))
     body = json.loads(response["body"])
     assert body["id"] == 1 and body["result"]["protocolVersion"] == LATEST
     session_id = header(response, "mcp-session-id")
     session = await database_sync_to_async(McpSession.objects.get)(pk=session_id)
     assert session.client_info == {"name": "pytest"}
+
+
+async def test_mcp_is_served_under_the_servers_root_path(secret):
+    """Behind a proxy that mounts QMCP under a prefix, the ASGI server puts the prefix in
+    both ``root_path`` and ``path``; MCP is still found, and Django still gets the rest."""
+    communicator = HttpCommunicator(
+        application,
+        "POST",
+        "/qmcp/mcp",
+        body=body_of(initialize()),
+        headers=http_headers(secret=secret),
+    )
+    communicator.scope["root_path"] = "/qmcp"
+    response = await communicator.get_response(timeout=3)
+    assert response["status"] == 200 and header(response, "mcp-session-id")
+    elsewhere = HttpCommunicator(application, "GET", "/qmcp/health", headers=http_headers())
+    elsewhere.scope["root_path"] = "/qmcp"
+    assert (await elsewhere.get_response(timeout=3))["status"] == 200
 
 
 async def test_a_session_serves_tools_list_and_tools_call(secret):
