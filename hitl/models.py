@@ -1,4 +1,3 @@
-import uuid
 from datetime import UTC
 
 from django.conf import settings
@@ -8,6 +7,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from qmcp_site.ids import uuid7
 from tools.models import APPROVAL_TIMEOUT_MAX, APPROVAL_TIMEOUT_MIN, APPROVALS_MAX, ToolPolicy
 from tools.registry import RISK_LEVELS
 
@@ -55,7 +55,7 @@ class HumanRequest(models.Model):
     # The risk levels are the policy's: one list, in tools.
     Risk = ToolPolicy.Risk
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.APPROVAL)
     title = models.CharField(max_length=200)
     prompt = models.TextField(blank=True)

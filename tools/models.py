@@ -1,10 +1,9 @@
-import uuid
-
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from qmcp_site.ids import uuid7
 from tools.registry import RISK_LEVELS
 
 # The bounds of a policy's approval rules, which every approval request it creates obeys.
@@ -87,7 +86,7 @@ class ToolInvocation(models.Model):
         TASK = "task", "Celery task"
         CLI = "cli", "manage.py"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     tool_name = models.CharField(max_length=100)
     arguments = models.JSONField(null=True, blank=True)
     principal = models.ForeignKey(
