@@ -5,13 +5,14 @@ import os
 
 from django.core.asgi import get_asgi_application
 
-from qmcp_site import slow_readers
+from qmcp_site import slow_readers, sqlite_checkpoints
 from qmcp_site.daphne_tuning import tune
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "qmcp_site.settings")
 django_asgi_app = get_asgi_application()
 tune()
 slow_readers.install()
+sqlite_checkpoints.start()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -340,6 +340,10 @@ QMCP_POLICY_CACHE_SECONDS = float(os.environ.get("QMCP_POLICY_CACHE_SECONDS", "1
 # second of them, as SQLite's WAL mode may on a power cut; a crash of QMCP loses nothing,
 # and MCP throughput rises by about a tenth. Calls that change data always wait.
 QMCP_AUDIT_SYNCHRONOUS_COMMIT = env_bool("QMCP_AUDIT_SYNCHRONOUS_COMMIT", True)
+# On SQLite: a server process's WAL checkpoints run in a thread of their own this often
+# (seconds), instead of in whichever request's commit crosses 1,000 pages (which then
+# waits a few milliseconds); 0 leaves them to SQLite (see qmcp_site/sqlite_checkpoints.py).
+QMCP_SQLITE_CHECKPOINT_SECONDS = float(os.environ.get("QMCP_SQLITE_CHECKPOINT_SECONDS", "0.5"))
 # Fixture tools, resources and prompts of the official MCP conformance suite.
 QMCP_CONFORMANCE_FIXTURES = env_bool("QMCP_CONFORMANCE_FIXTURES")
 

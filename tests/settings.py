@@ -17,3 +17,6 @@ from qmcp_site.settings import *  # noqa: E402,F401,F403
 QMCP_POLICY_CACHE_SECONDS = 0
 # Tests revoke tokens and end sessions with queryset.update(): check them on every request.
 QMCP_AUTH_CACHE_SECONDS = 0
+# The test process leaves SQLite's checkpoints to SQLite; tests/test_sqlite_checkpoints.py
+# starts the thread itself.
+QMCP_SQLITE_CHECKPOINT_SECONDS = 0
