@@ -214,10 +214,18 @@ def _insert_params(obj, using: str) -> list:
     state = obj.__dict__
     params = [convert(state.get(attname, _SLOW)) for attname, convert in quick]
     if _SLOW in params:
+        after_pre_save = _after_pre_save(using, type(obj))
         for index, value in enumerate(params):
             if value is _SLOW:
                 field = fields[index]
-                params[index] = field.get_db_prep_save(field.pre_save(obj, True), connection)
+                value = field.pre_save(obj, True)
+                convert = after_pre_save[index]
+                quick_value = _SLOW if convert is None else convert(value)
+                params[index] = (
+                    field.get_db_prep_save(value, connection)
+                    if quick_value is _SLOW
+                    else quick_value
+                )
     obj._state.adding = False
     obj._state.db = using
     return params
@@ -259,6 +267,25 @@ def _sqlite_datetime(value):
     if type(value) is datetime.datetime and value.tzinfo is datetime.UTC:
         return str(value.replace(tzinfo=None))
     return _SLOW
+
+
+@cache
+def _after_pre_save(using: str, model) -> tuple:
+    """Per concrete field, the quick converter of the value its ``pre_save`` gives (the
+    time an ``auto_now`` field takes), or None: Django's own path."""
+    connection = connections[using]
+    sqlite = connection.vendor == "sqlite"
+    after = []
+    for field in model._meta.concrete_fields:
+        convert = None
+        auto = getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
+        if auto and type(field) is DateTimeField:
+            if not sqlite:
+                convert = _as_is(datetime.datetime)
+            elif connection.timezone is datetime.UTC:
+                convert = _sqlite_datetime
+        after.append(convert)
+    return tuple(after)
 
 
 @cache
