@@ -216,16 +216,14 @@ def _insert_params(obj, using: str) -> list:
     if _SLOW in params:
         after_pre_save = _after_pre_save(using, type(obj))
         for index, value in enumerate(params):
-            if value is _SLOW:
-                field = fields[index]
-                value = field.pre_save(obj, True)
-                convert = after_pre_save[index]
-                quick_value = _SLOW if convert is None else convert(value)
-                params[index] = (
-                    field.get_db_prep_save(value, connection)
-                    if quick_value is _SLOW
-                    else quick_value
-                )
+            if value is not _SLOW:
+                continue
+            field, convert = fields[index], after_pre_save[index]
+            value = field.pre_save(obj, True)
+            quick_value = _SLOW if convert is None else convert(value)
+            if quick_value is _SLOW:
+                quick_value = field.get_db_prep_save(value, connection)
+            params[index] = quick_value
     obj._state.adding = False
     obj._state.db = using
     return params
@@ -269,40 +267,44 @@ def _sqlite_datetime(value):
     return _SLOW
 
 
+def _datetime_converter(connection):
+    """The quick converter of a ``DateTimeField`` on ``connection``, or None where Django's
+    own adaptation is needed (SQLite in a zone other than UTC)."""
+    if connection.vendor != "sqlite":
+        return _as_is(datetime.datetime)
+    return _sqlite_datetime if connection.timezone is datetime.UTC else None
+
+
+def _sets_on_save(field) -> bool:
+    return getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
+
+
 @cache
 def _after_pre_save(using: str, model) -> tuple:
     """Per concrete field, the quick converter of the value its ``pre_save`` gives (the
     time an ``auto_now`` field takes), or None: Django's own path."""
-    connection = connections[using]
-    sqlite = connection.vendor == "sqlite"
-    after = []
-    for field in model._meta.concrete_fields:
-        convert = None
-        auto = getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
-        if auto and type(field) is DateTimeField:
-            if not sqlite:
-                convert = _as_is(datetime.datetime)
-            elif connection.timezone is datetime.UTC:
-                convert = _sqlite_datetime
-        after.append(convert)
-    return tuple(after)
+    convert = _datetime_converter(connections[using])
+    return tuple(
+        convert if _sets_on_save(field) and type(field) is DateTimeField else None
+        for field in model._meta.concrete_fields
+    )
 
 
 @cache
 def _quick_converters(using: str, model) -> tuple:
     """Per concrete field, its attribute name and a function that gives the value Django
     would send to database ``using`` for the common values of that exact field class, or
-    ``_SLOW`` for any other value; Django's own path is always taken (``_slow``) for a field
-    whose ``pre_save`` sets the value (``auto_now``), a class not listed here, JSON on
-    databases other than SQLite and a JSON field with an encoder.
+    ``_SLOW`` for any other value; ``_slow`` (Django's own path) for a field whose
+    ``pre_save`` sets the value (``auto_now``: see :func:`_after_pre_save`), a class not
+    listed here, JSON on databases other than SQLite and a JSON field with an encoder.
     ``tests/test_rawjoin.py`` checks that both give the same."""
     connection = connections[using]
     sqlite = connection.vendor == "sqlite"
-    utc_text = sqlite and connection.timezone is datetime.UTC
+    moment = _datetime_converter(connection)
     quick = []
     for field in model._meta.concrete_fields:
         kind, convert = type(field), _slow
-        if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        if _sets_on_save(field):
             pass
         elif kind in (CharField, TextField):
             convert = _text
@@ -316,8 +318,8 @@ def _quick_converters(using: str, model) -> tuple:
             convert = _sqlite_json
         elif kind is UUIDField:
             convert = _sqlite_uuid if sqlite else _as_is(uuid.UUID)
-        elif kind is DateTimeField and (utc_text or not sqlite):
-            convert = _sqlite_datetime if sqlite else _as_is(datetime.datetime)
+        elif kind is DateTimeField and moment is not None:
+            convert = moment
         quick.append((field.attname, convert))
     return tuple(quick)
 
