@@ -397,10 +397,13 @@ class Batcher:
         """The withheld jobs, then ``jobs``, then the waiting ones, less those whose owner's
         slow jobs hold ``QMCP_MCP_THREADS_PER_TOKEN`` threads already: those are withheld
         (in order) until one of its slow jobs ends."""
-        share = HOT_SETTINGS.QMCP_MCP_THREADS_PER_TOKEN
-        held = Counter(batch.slow_owner for batch in self._running if batch.stuck)
         candidates = [*self._withheld, *jobs, *self._pending]
         self._withheld, self._pending = [], []
+        slow_owners = [batch.slow_owner for batch in self._running if batch.stuck]
+        if not slow_owners:  # the common case: no thread is held by a slow job
+            return candidates
+        share = HOT_SETTINGS.QMCP_MCP_THREADS_PER_TOKEN
+        held = Counter(slow_owners)
         admitted = []
         for job in candidates:
             if job.owner is not None and held[job.owner] >= share:

@@ -8,6 +8,7 @@ as tasks that wait with ``await`` on the channel layer, never in a thread.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -19,6 +20,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
 
 from mcp_transport import protocol, task_runs
@@ -75,13 +78,38 @@ def _readable_id(body: bytes) -> Any:
         return None
 
 
+@functools.lru_cache(maxsize=256)
 def _accepts(accept: str, media_type: str) -> bool:
+    """Whether an ``Accept`` header value admits ``media_type`` (remembered per value: a
+    client sends the same header on every request)."""
     kind = media_type.split("/")[0]
     for item in accept.split(","):
         value = item.split(";")[0].strip().lower()
         if value in (media_type, f"{kind}/*", "*/*"):
             return True
     return False
+
+
+@functools.lru_cache(maxsize=256)
+def source_refusal(host: str, origin: str | None) -> tuple[int, str] | None:
+    """The status and message that refuse a request from ``host`` with ``origin``, or None
+    when both are allowed. Remembered per pair (a client sends the same ones every time)
+    until a setting changes; the hosts and origins are the settings' own."""
+    domain, _ = split_domain_port(host)
+    if not domain or not validate_host(domain, HOT_SETTINGS.ALLOWED_HOSTS):
+        return 421, f"Misdirected request: host '{host}' is not allowed."
+    if origin is None:
+        return None
+    parts = urlsplit(origin)
+    trusted = set(HOT_SETTINGS.CSRF_TRUSTED_ORIGINS)
+    if not (parts.scheme in ("http", "https") and (parts.netloc == host or origin in trusted)):
+        return 403, f"Forbidden: origin '{origin}' is not allowed."
+    return None
+
+
+@receiver(setting_changed)
+def _forget_sources(**kwargs) -> None:
+    source_refusal.cache_clear()
 
 
 class McpConsumer(AsyncHttpConsumer):
@@ -211,17 +239,9 @@ class McpConsumer(AsyncHttpConsumer):
 
     def check_host_and_origin(self, headers: dict[str, str]) -> None:
         """DNS-rebinding protection: the Host must be allowed, an Origin must be our own."""
-        host = headers.get("host", "")
-        domain, _ = split_domain_port(host)
-        if not domain or not validate_host(domain, HOT_SETTINGS.ALLOWED_HOSTS):
-            raise HttpFailure(421, f"Misdirected request: host '{host}' is not allowed.")
-        origin = headers.get("origin")
-        if origin is None:
-            return
-        parts = urlsplit(origin)
-        trusted = set(HOT_SETTINGS.CSRF_TRUSTED_ORIGINS)
-        if not (parts.scheme in ("http", "https") and (parts.netloc == host or origin in trusted)):
-            raise HttpFailure(403, f"Forbidden: origin '{origin}' is not allowed.")
+        refusal = source_refusal(headers.get("host", ""), headers.get("origin"))
+        if refusal is not None:
+            raise HttpFailure(*refusal)
 
     async def handle_post(self, headers: dict[str, str], body: bytes):
         accept = headers.get("accept", "")
@@ -293,6 +313,8 @@ class McpConsumer(AsyncHttpConsumer):
             return
         layer = get_channel_layer()
         for raw in payload if isinstance(payload, list) else [payload]:
+            if isinstance(raw, dict) and raw.get("method") not in (None, "notifications/cancelled"):
+                continue  # a request or another notification: nothing to route
             try:
                 message = classify(raw)
             except RpcError:

@@ -344,6 +344,20 @@ async def test_trusted_origin_is_allowed(secret, settings):
     assert response["status"] == 200
 
 
+async def test_hosts_and_origins_are_judged_again_once_the_settings_change(secret, settings):
+    # Allowed pairs are remembered per (host, origin): a changed setting must still count.
+    assert (await send(payload=initialize(), secret=secret))["status"] == 200
+    settings.ALLOWED_HOSTS = ["other.example"]
+    assert (await send(payload=initialize(), secret=secret))["status"] == 421
+    settings.ALLOWED_HOSTS = [HOST.split(":")[0], "app.example"]
+    origin = "https://app.example"
+    assert (await send(payload=initialize(), secret=secret, origin=origin))["status"] == 403
+    settings.CSRF_TRUSTED_ORIGINS = [origin]
+    assert (await send(payload=initialize(), secret=secret, origin=origin))["status"] == 200
+    settings.CSRF_TRUSTED_ORIGINS = []
+    assert (await send(payload=initialize(), secret=secret, origin=origin))["status"] == 403
+
+
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "OPTIONS"])
 async def test_other_methods_are_405(secret, method):
     response = await send(method=method, payload=initialize(), secret=secret)
