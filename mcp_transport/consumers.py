@@ -15,6 +15,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
@@ -76,6 +77,16 @@ def _readable_id(body: bytes) -> Any:
         return readable_id(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
+
+
+def _json_bytes(value: Any) -> bytes:
+    """``value`` as compact JSON, by orjson (a reply's JSON took longer to encode than
+    the rest of its sending); by the standard library where orjson refuses it (an integer
+    beyond 64 bits, say, which a client may use as its request's id)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode()
 
 
 @functools.lru_cache(maxsize=256)
@@ -183,7 +194,7 @@ class McpConsumer(AsyncHttpConsumer):
 
     async def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None):
         """The whole response: ``body`` as JSON with its ``Content-Length``."""
-        content = json.dumps(body).encode()
+        content = _json_bytes(body)
         raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
         raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         await self.send({"type": "http.response.start", "status": status, "headers": raw})

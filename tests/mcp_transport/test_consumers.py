@@ -344,6 +344,19 @@ async def test_trusted_origin_is_allowed(secret, settings):
     assert response["status"] == 200
 
 
+@pytest.mark.parametrize("rpc_id", [2**64 + 1, -(2**70), "\ud800 lone"])
+async def test_a_reply_carries_back_an_id_that_compact_json_cannot_encode(secret, rpc_id):
+    # orjson writes replies; an id beyond 64 bits or a lone surrogate takes the standard way.
+    response = await send(
+        payload=rpc("ping", rpc_id=rpc_id),
+        secret=secret,
+        session_id=await open_session(secret),
+    )
+    assert response["status"] == 200
+    assert json.loads(response["body"]) == {"jsonrpc": "2.0", "id": rpc_id, "result": {}}
+    assert int(header(response, "content-length")) == len(response["body"])
+
+
 async def test_hosts_and_origins_are_judged_again_once_the_settings_change(secret, settings):
     # Allowed pairs are remembered per (host, origin): a changed setting must still count.
     assert (await send(payload=initialize(), secret=secret))["status"] == 200
