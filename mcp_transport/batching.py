@@ -7,9 +7,11 @@ rows that jobs give ``rawjoin.insert_later`` outside any transaction (the calls 
 declared ``writes=False``) are collected per job and written together in one multi-row
 INSERT: on SQLite by the same thread at the end of the batch; on PostgreSQL by the
 Batcher's :class:`AuditWriter` over an async connection on the event loop, so the next
-batch does not wait for the round trip. A batch's replies go out only once its rows are
-in. If a grouped INSERT fails, its rows are written call by call: only a call whose own
-row cannot be written gets that error instead of its reply.
+batch does not wait for the round trip, with up to :attr:`Batcher.MAX_WRITES` writes under
+way at once (a batch's rows need not wait for the previous batch's commit to be flushed).
+A batch's replies go out only once its rows are in. If a grouped INSERT fails, its rows are
+written call by call: only a call whose own row cannot be written gets that error instead
+of its reply.
 
 No call waits behind another's slow call: while a batch runs, the next one waits for it
 only as long as its current job has run less than :attr:`Batcher.STUCK_AFTER`. Past that,
@@ -321,6 +323,7 @@ class Batcher:
 
     MAX_THREADS = 8
     STUCK_AFTER = 0.05  # seconds one job may run before the others go elsewhere
+    MAX_WRITES = 4  # audit writes to PostgreSQL under way at once, each on its connection
 
     def __init__(self):
         self.writer = AuditWriter()  # PostgreSQL's rows, over async connections
@@ -333,7 +336,7 @@ class Batcher:
         self._running: dict[Batch, asyncio.TimerHandle] = {}
         self._withheld: list[Job] = []  # of owners holding their share of threads, in order
         self._unwritten: list[Entry] = []
-        self._writing: asyncio.AbstractEventLoop | None = None
+        self._writes: list[asyncio.Task] = []  # the audit writes under way
 
     async def run(self, func: Callable[..., Any], owner: str | None, /, **kwargs) -> Any:
         """``func(**kwargs)`` in a database thread, together with whatever else waits;
@@ -466,25 +469,28 @@ class Batcher:
             self._reply(ready)
             if len(ready) < len(entries):
                 self._unwritten.extend(entry for entry in entries if entry[2])
-                loop = asyncio.get_running_loop()
-                if self._writing is not loop:
-                    self._writing = loop
-                    asyncio.ensure_future(self._write())
+                self._start_write()
         self._dispatch()
 
+    def _start_write(self) -> None:
+        """Starts a write of the unwritten rows, unless :attr:`MAX_WRITES` are under way
+        on this loop (writes of a loop that was closed meanwhile, a test's, do not count):
+        then the first of them to end takes these rows too."""
+        loop = asyncio.get_running_loop()
+        self._writes = [task for task in self._writes if not task.done()]
+        if sum(task.get_loop() is loop for task in self._writes) < self.MAX_WRITES:
+            self._writes.append(loop.create_task(self._write()))
+
     async def _write(self) -> None:
-        """Group commit: one write at a time, of the rows of every batch done meanwhile."""
-        try:
-            while self._unwritten:
-                entries, self._unwritten = self._unwritten, []
-                parts = [rows for _, _, rows in entries]
-                try:
-                    failures = await self.writer.write_each(parts)
-                except Exception as exc:
-                    failures = [exc] * len(entries)
-                self._reply(_with_failures(entries, failures, written=True))
-        finally:
-            self._writing = None
+        """Group commit: writes the rows of every batch done meanwhile, until none is left."""
+        while self._unwritten:
+            entries, self._unwritten = self._unwritten, []
+            parts = [rows for _, _, rows in entries]
+            try:
+                failures = await self.writer.write_each(parts)
+            except Exception as exc:
+                failures = [exc] * len(entries)
+            self._reply(_with_failures(entries, failures, written=True))
 
     @staticmethod
     def _reply(entries: list[Entry]) -> None:

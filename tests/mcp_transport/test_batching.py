@@ -85,6 +85,33 @@ async def test_a_row_postgresql_refuses_fails_only_its_own_call():
     assert await stored_ids() == {results[0], results[2]}
 
 
+@pytest.mark.skipif(
+    connections["default"].vendor != "postgresql",
+    reason="the async audit writer serves PostgreSQL; SQLite rows are written in the thread",
+)
+async def test_a_batchs_rows_do_not_wait_for_an_earlier_batchs_write(monkeypatch):
+    """While one batch's rows are being written (their commit flushed), the next batch's
+    rows are written and its call answered."""
+    held, release = asyncio.Event(), asyncio.Event()
+    write_each = BATCHER.writer.write_each
+
+    async def first_held(parts):
+        if not held.is_set():
+            held.set()
+            await release.wait()
+        return await write_each(parts)
+
+    monkeypatch.setattr(BATCHER.writer, "write_each", first_held)
+    first = asyncio.ensure_future(run_batched(audit_row))
+    await asyncio.wait_for(held.wait(), 5)
+    second = await asyncio.wait_for(run_batched(audit_row), 5)
+    assert await stored_ids() == {second}
+    assert not first.done()
+    release.set()
+    first_id = await asyncio.wait_for(first, 5)
+    assert await stored_ids() == {first_id, second}
+
+
 async def test_an_agent_sending_nul_bytes_never_fails_another_agents_calls(secrets):
     """The issue's scenario in small: two agents with calls in flight at once."""
     good, bad = secrets
