@@ -336,7 +336,7 @@ class Batcher:
         self._running: dict[Batch, asyncio.TimerHandle] = {}
         self._withheld: list[Job] = []  # of owners holding their share of threads, in order
         self._unwritten: list[Entry] = []
-        self._writes: list[asyncio.Task] = []  # the audit writes under way
+        self._writes: set[asyncio.Task] = set()  # the audit writes under way
 
     async def run(self, func: Callable[..., Any], owner: str | None, /, **kwargs) -> Any:
         """``func(**kwargs)`` in a database thread, together with whatever else waits;
@@ -477,9 +477,10 @@ class Batcher:
         on this loop (writes of a loop that was closed meanwhile, a test's, do not count):
         then the first of them to end takes these rows too."""
         loop = asyncio.get_running_loop()
-        self._writes = [task for task in self._writes if not task.done()]
         if sum(task.get_loop() is loop for task in self._writes) < self.MAX_WRITES:
-            self._writes.append(loop.create_task(self._write()))
+            task = loop.create_task(self._write())
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
 
     async def _write(self) -> None:
         """Group commit: writes the rows of every batch done meanwhile, until none is left."""
