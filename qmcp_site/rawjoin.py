@@ -10,9 +10,11 @@ is the one place where a row may wait to be written with others (see its docstri
 import datetime
 import itertools
 import json
+import operator
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import cache, lru_cache
 
@@ -143,41 +145,54 @@ def build_new(model, **values):
     """A new, unsaved ``model`` instance, as ``model(**values)`` gives, several times
     cheaper: for the rows written on every call (then :func:`insert_later`). ``values`` are
     by field name; a foreign key takes the related object (or None), which is cached on the
-    instance as the keyword form does. Fields not given take their defaults.
+    instance as the keyword form does. Fields not given take their defaults; a name that is
+    no field's raises TypeError, as the keyword form does.
 
     The instance's attributes are set as ``Model.__init__`` sets them for a model without
     ``pre_init``/``post_init`` receivers (``tests/test_rawjoin.py`` compares the two); a
     model that has such receivers is built by its constructor, positionally."""
-    columns, relations = _build_plan(model)
+    template, made, relations, names = _build_plan(model)
     related = []
     for field in relations:
         if field.name in values:
             target = values.pop(field.name)
             related.append((field, target))
             values[field.attname] = None if target is None else target.pk
-    row = [values[name] if name in values else default() for name, default in columns]
+    if not values.keys() <= names:
+        unknown = sorted(values.keys() - names)
+        raise TypeError(f"{model.__name__} got unexpected keyword arguments: {unknown}")
+    state = template.copy()
+    for name, default in made:
+        if name not in values:
+            state[name] = default()
+    state.update(values)
     if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
-        obj = model(*row)
+        obj = model(*state.values())
     else:
         obj = model.__new__(model)
         obj._state = ModelState()
-        obj.__dict__.update(zip(_attnames(model), row, strict=True))
+        obj.__dict__.update(state)
     for field, target in related:
         field.set_cached_value(obj, target)
     return obj
 
 
 @cache
-def _build_plan(model) -> tuple[tuple, tuple]:
-    """Each concrete field's attribute name and default maker, in order; the foreign keys."""
+def _build_plan(model) -> tuple[dict, tuple, tuple, frozenset]:
+    """For :func:`build_new`: every concrete field's attribute with its default when that
+    is one value for every instance (Django hands out the same object each time), in field
+    order; the fields whose default is made anew for each (a callable: a new id, a new
+    dict), with their makers; the foreign keys; and every attribute name."""
     fields = model._meta.concrete_fields
-    columns = tuple((f.attname, f._get_default) for f in fields)
-    return columns, tuple(f for f in fields if f.many_to_one)
-
-
-@cache
-def _attnames(model) -> tuple[str, ...]:
-    return tuple(f.attname for f in model._meta.concrete_fields)
+    template, made = {}, []
+    for field in fields:
+        if (field.has_default() and callable(field.default)) or field.has_db_default():
+            template[field.attname] = None  # a placeholder, to keep the field order
+            made.append((field.attname, field._get_default))
+        else:
+            template[field.attname] = field.get_default()
+    relations = tuple(f for f in fields if f.many_to_one)
+    return template, tuple(made), relations, frozenset(template)
 
 
 def insert_one(obj, using: str = "default") -> None:
@@ -204,53 +219,134 @@ def insert_later(obj, using: str = "default") -> None:
     insert_rows({(using, type(obj)): [params]})
 
 
+_SLOW = object()  # a quick converter's answer for a value it does not know
+_PLANS_PER_MODEL = 64  # the combinations of value types remembered per model
+
+
 def _insert_params(obj, using: str) -> list:
     """The INSERT parameters of ``obj``, which is marked saved in ``using``: each field's
-    ``get_db_prep_save(pre_save(obj, True))``, or the same value by a shorter way (see
-    :func:`_quick_converters`)."""
-    connection = connections[using]
-    fields, _ = _insert_plan(connection.vendor, type(obj))
-    quick = _quick_converters(using, type(obj))
-    state = obj.__dict__
-    params = [convert(state.get(attname, _SLOW)) for attname, convert in quick]
-    if _SLOW in params:
-        after_pre_save = _after_pre_save(using, type(obj))
-        for index, value in enumerate(params):
-            if value is not _SLOW:
-                continue
-            field, convert = fields[index], after_pre_save[index]
-            value = field.pre_save(obj, True)
-            quick_value = _SLOW if convert is None else convert(value)
-            if quick_value is _SLOW:
-                quick_value = field.get_db_prep_save(value, connection)
-            params[index] = quick_value
+    ``get_db_prep_save(pre_save(obj, True))``, or the same value by a shorter way.
+
+    The values' types, taken together, choose the steps (see :func:`_steps`), remembered
+    per combination: a value sent as it is costs nothing more than being read."""
+    model = type(obj)
+    read, plans = _params_plan(using, model)
+    try:
+        params = list(read(obj.__dict__))
+    except KeyError:  # a field that was deferred: Django's path loads it
+        params = [obj.__dict__.get(name, _SLOW) for name in _attnames(model)]
+    kinds = tuple(map(type, params))
+    steps = plans.get(kinds)
+    if steps is None:
+        steps = _steps(using, model, kinds)
+        if len(plans) < _PLANS_PER_MODEL:
+            plans[kinds] = steps
+    for index, convert in steps:
+        value = convert(params[index])
+        params[index] = _django_param(obj, using, index) if value is _SLOW else value
     obj._state.adding = False
     obj._state.db = using
     return params
 
 
-_SLOW = object()  # a quick converter's answer for a value it does not know
+@cache
+def _params_plan(using: str, model) -> tuple[Callable, dict]:
+    """What reads the attributes of ``model``'s concrete fields from an instance's dict in
+    one call, and the steps remembered per combination of their types (see :func:`_steps`)."""
+    return operator.itemgetter(*_attnames(model)), {}
+
+
+@cache
+def _attnames(model) -> tuple[str, ...]:
+    return tuple(f.attname for f in model._meta.concrete_fields)
+
+
+def _steps(using: str, model, kinds: tuple) -> tuple[tuple[int, Callable], ...]:
+    """For values of types ``kinds`` (one per concrete field of ``model``), the fields whose
+    value is not sent as it is, each with its converter; a converter's ``_SLOW`` (a value it
+    does not know, or a field whose ``pre_save`` sets the value) sends that field along
+    Django's own path. ``tests/test_rawjoin.py`` checks that both give the same."""
+    rules = _param_rules(using, model)
+    steps = []
+    for index, ((as_is, convert), kind) in enumerate(zip(rules, kinds, strict=True)):
+        # Text goes as it is whatever its class (a TextChoices member, say): Django's
+        # ``to_python`` gives back any str unchanged.
+        if not (kind in as_is or (str in as_is and issubclass(kind, str))):
+            steps.append((index, convert))
+    return tuple(steps)
+
+
+@cache
+def _param_rules(using: str, model) -> tuple[tuple[frozenset, Callable], ...]:
+    """Per concrete field: the value types that database ``using`` is sent as they are
+    (what ``get_db_prep_save`` would give them unchanged, None included, for the exact field
+    classes listed here), and the converter for any other type: a quick one, or ``_slow``
+    (Django's path) for an ``auto_now`` field, a class not listed here, JSON on databases
+    other than SQLite and a JSON field with an encoder."""
+    connection = connections[using]
+    sqlite = connection.vendor == "sqlite"
+    moment = _datetime_converter(connection)
+    none = type(None)
+    rules = []
+    for field in model._meta.concrete_fields:
+        kind, as_is, convert = type(field), (), _slow
+        if _sets_on_save(field):
+            pass
+        elif kind in (CharField, TextField):
+            as_is = (str, none)
+        elif kind is PositiveSmallIntegerField:
+            as_is = (int, none)
+        elif kind is FloatField:
+            as_is = (float, none)
+        elif kind is ForeignKey and type(field.target_field) is BigAutoField:
+            as_is = (int, none)
+        elif kind is JSONField and field.encoder is None and sqlite:
+            as_is, convert = (none,), _sqlite_json
+        elif kind is UUIDField:
+            as_is, convert = ((none,), _sqlite_uuid) if sqlite else ((uuid.UUID, none), _slow)
+        elif kind is DateTimeField and moment is not None:
+            as_is, convert = ((none,), moment) if sqlite else ((datetime.datetime, none), _slow)
+        rules.append((frozenset(as_is), convert))
+    return tuple(rules)
+
+
+def _django_param(obj, using: str, index: int):
+    """The parameter of ``obj``'s field at ``index`` by Django's own path (the quick
+    converter of the value an ``auto_now`` field's ``pre_save`` gives, where there is one)."""
+    connection = connections[using]
+    field = type(obj)._meta.concrete_fields[index]
+    value = field.pre_save(obj, True)
+    convert = _after_pre_save(using, type(obj))[index]
+    quick = _SLOW if convert is None else convert(value)
+    return field.get_db_prep_save(value, connection) if quick is _SLOW else quick
 
 
 def _slow(value):
     return _SLOW
 
 
-def _as_is(*types):
-    def convert(value):
-        return value if value is None or type(value) in types else _SLOW
-
-    return convert
-
-
-def _text(value):
-    return value if isinstance(value, str) else _SLOW
-
-
 def _sqlite_json(value):
-    if value is None:
-        return None
-    return json.dumps(value) if type(value) in (dict, list, str) else _SLOW
+    if type(value) not in (dict, list, str):
+        return _SLOW
+    try:
+        return "".join(_JSON_CHUNKS(value, 0))
+    except RecursionError:  # nested too deep, or a cycle: Django's path names it
+        return _SLOW
+
+
+# json.dumps(value) with its defaults, by the C encoder it would make for each value, made
+# once; without the check for cycles, whose recursion ends in RecursionError instead.
+_JSON_CHUNKS = json.encoder.c_make_encoder(
+    None,
+    json.JSONEncoder().default,
+    json.encoder.encode_basestring_ascii,
+    None,
+    ": ",
+    ", ",
+    False,
+    False,
+    True,
+)
 
 
 def _sqlite_uuid(value):
@@ -263,7 +359,7 @@ def _sqlite_datetime(value):
     if value is None:
         return None
     if type(value) is datetime.datetime and value.tzinfo is datetime.UTC:
-        return str(value.replace(tzinfo=None))
+        return str(value)[:-6]  # without its "+00:00"
     return _SLOW
 
 
@@ -271,7 +367,7 @@ def _datetime_converter(connection):
     """The quick converter of a ``DateTimeField`` on ``connection``, or None where Django's
     own adaptation is needed (SQLite in a zone other than UTC)."""
     if connection.vendor != "sqlite":
-        return _as_is(datetime.datetime)
+        return _as_is_datetime
     return _sqlite_datetime if connection.timezone is datetime.UTC else None
 
 
@@ -290,38 +386,8 @@ def _after_pre_save(using: str, model) -> tuple:
     )
 
 
-@cache
-def _quick_converters(using: str, model) -> tuple:
-    """Per concrete field, its attribute name and a function that gives the value Django
-    would send to database ``using`` for the common values of that exact field class, or
-    ``_SLOW`` for any other value; ``_slow`` (Django's own path) for a field whose
-    ``pre_save`` sets the value (``auto_now``: see :func:`_after_pre_save`), a class not
-    listed here, JSON on databases other than SQLite and a JSON field with an encoder.
-    ``tests/test_rawjoin.py`` checks that both give the same."""
-    connection = connections[using]
-    sqlite = connection.vendor == "sqlite"
-    moment = _datetime_converter(connection)
-    quick = []
-    for field in model._meta.concrete_fields:
-        kind, convert = type(field), _slow
-        if _sets_on_save(field):
-            pass
-        elif kind in (CharField, TextField):
-            convert = _text
-        elif kind is PositiveSmallIntegerField:
-            convert = _as_is(int)
-        elif kind is FloatField:
-            convert = _as_is(float)
-        elif kind is ForeignKey and type(field.target_field) is BigAutoField:
-            convert = _as_is(int)
-        elif kind is JSONField and field.encoder is None and sqlite:
-            convert = _sqlite_json
-        elif kind is UUIDField:
-            convert = _sqlite_uuid if sqlite else _as_is(uuid.UUID)
-        elif kind is DateTimeField and moment is not None:
-            convert = moment
-        quick.append((field.attname, convert))
-    return tuple(quick)
+def _as_is_datetime(value):
+    return value if value is None or type(value) is datetime.datetime else _SLOW
 
 
 class LaterRows(threading.local):
@@ -355,7 +421,9 @@ def insert_statement(
 ) -> tuple[str, list]:
     """One INSERT of ``rows`` (as :func:`insert_one` prepares them) and its parameters;
     with ``numbered``, PostgreSQL's own ``$1`` placeholders instead of ``%s``."""
-    return _insert_many(vendor, model, len(rows), numbered), [v for row in rows for v in row]
+    return _insert_many(vendor, model, len(rows), numbered), list(
+        itertools.chain.from_iterable(rows)
+    )
 
 
 @lru_cache(maxsize=256)
