@@ -56,6 +56,7 @@ from mcp_transport.streams import (
 )
 from qmcp_site.hot_settings import HOT_SETTINGS
 from qmcp_site.observability import clean_id
+from qmcp_site.storable import json_loads
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _client_id(headers: dict[str, str], name: str) -> str:
 def _readable_id(body: bytes) -> Any:
     """The id of the request in ``body``, when the body is one readable request."""
     try:
-        return readable_id(json.loads(body))
+        return readable_id(json_loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
@@ -264,7 +265,7 @@ class McpConsumer(AsyncHttpConsumer):
         if content_type != "application/json":
             raise HttpFailure(415, "Unsupported Media Type: Content-Type must be application/json.")
         try:
-            payload = json.loads(body)
+            payload = json_loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise HttpFailure(400, f"Parse error: {exc}", PARSE_ERROR) from exc
 
