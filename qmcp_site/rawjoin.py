@@ -149,8 +149,8 @@ def build_new(model, **values):
     no field's raises TypeError, as the keyword form does.
 
     The instance's attributes are set as ``Model.__init__`` sets them for a model without
-    ``pre_init``/``post_init`` receivers (``tests/test_rawjoin.py`` compares the two); a
-    model that has such receivers is built by its constructor, positionally."""
+    ``pre_init``/``post_init`` receivers (``tests/test_rawjoin.py`` compares the two); while
+    any model has such receivers, the model is built by its constructor, positionally."""
     template, made, relations, names = _build_plan(model)
     related = []
     for field in relations:
@@ -166,7 +166,7 @@ def build_new(model, **values):
         if name not in values:
             state[name] = default()
     state.update(values)
-    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+    if signals.pre_init.receivers or signals.post_init.receivers:
         obj = model(*state.values())
     else:
         obj = model.__new__(model)

@@ -165,3 +165,35 @@ def _unwrapped(params: list) -> list:
     """``params`` with psycopg's Jsonb wrappers (which compare by identity) replaced by
     their class and what they wrap."""
     return [(type(value), value.obj) if hasattr(value, "obj") else value for value in params]
+
+
+def test_build_new_calls_the_constructor_while_init_receivers_exist():
+    """A ``post_init`` receiver (of any model) sees build_new's instances, as it would see
+    the constructor's; without one, build_new skips the constructor."""
+    from django.db.models.signals import post_init
+
+    from qmcp_site.rawjoin import build_new
+
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append((sender, instance.tool_name))
+
+    build_new(ToolInvocation, tool_name="before")
+    post_init.connect(receiver)
+    try:
+        built = build_new(ToolInvocation, tool_name="echo", arguments={"a": 1})
+    finally:
+        post_init.disconnect(receiver)
+    build_new(ToolInvocation, tool_name="after")
+    assert seen == [(ToolInvocation, "echo")]
+    assert built.arguments == {"a": 1} and built._state.adding and built.pk is not None
+
+
+def test_build_new_refuses_a_name_that_is_no_field():
+    from qmcp_site.rawjoin import build_new
+
+    with pytest.raises(TypeError, match="tool_nmae"):
+        build_new(ToolInvocation, tool_nmae="echo")
+    with pytest.raises(TypeError):
+        ToolInvocation(tool_nmae="echo")  # as the keyword form does

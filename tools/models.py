@@ -108,6 +108,8 @@ class ToolInvocation(models.Model):
     # token that no longer exists: the row still says the call came with a token, so a
     # waiting call of a deleted token is refused when approved instead of running with the
     # session's scopes, and deleting a token rewrites none of its audit rows.
+    # Nor an index: nothing looks calls up by token (the lists filter by caller, tool and
+    # status), and deleting one touches no audit row.
     token = models.ForeignKey(
         "users.ApiToken",
         null=True,
@@ -115,6 +117,7 @@ class ToolInvocation(models.Model):
         on_delete=models.DO_NOTHING,
         related_name="+",
         db_constraint=False,
+        db_index=False,
     )
     oauth_client = models.ForeignKey(
         "oauth2_provider.Application",
@@ -123,6 +126,7 @@ class ToolInvocation(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
         db_constraint=False,  # see token
+        db_index=False,  # a partial index in Meta: only calls with an OAuth token have one
         help_text="The OAuth client the call came through, for a call with an OAuth token.",
     )
     via = models.CharField(max_length=16, choices=Via.choices)
@@ -175,6 +179,13 @@ class ToolInvocation(models.Model):
             models.Index(fields=["principal", "-created_at"]),
             models.Index(fields=["tool_name", "-created_at"]),
             models.Index(fields=["status", "-created_at"]),
+            # For deleting an OAuth client (its calls' oauth_client is set to NULL); a call
+            # with an API token, the common case, writes nothing to it.
+            models.Index(
+                fields=["oauth_client"],
+                condition=models.Q(oauth_client__isnull=False),
+                name="tools_invocation_oauth_client",
+            ),
         ]
 
     def __str__(self):

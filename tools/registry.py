@@ -6,6 +6,7 @@ a string, or a :class:`ToolResult`, and raises ``ApplicationError`` to report a 
 caller should read.
 """
 
+import functools
 import inspect
 import json
 import logging
@@ -260,9 +261,10 @@ class ToolSpec:
     # "optional" or "required" for an ``async def`` tool that calls ``ctx.as_task()``.
     task_support: str = "forbidden"
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
-        """``async def`` tools run on the event loop and get an AsyncToolContext."""
+        """``async def`` tools run on the event loop and get an AsyncToolContext (asked on
+        every call, so answered once)."""
         return inspect.iscoroutinefunction(self.func)
 
     def input_schema(self) -> dict[str, Any]:
