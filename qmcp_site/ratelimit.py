@@ -47,8 +47,9 @@ LOGIN_PATH = "/admin/login/"
 # The OAuth endpoints a client may hit without a token: counted per address (scope "oauth").
 OAUTH_PATHS = ("/oauth/token/", "/oauth/register/")
 # See Credits.
-CREDIT_BATCH = 10
-CREDIT_SECONDS = 1.0
+CREDIT_SECONDS = 1.0  # unused credits lapse after this
+CREDIT_SPAN = 0.1  # a batch is sized to last this long at the key's recent pace
+CREDIT_MAX = 1000  # the most taken at once (never more than a hundredth of the limit)
 # Bounded waits on Redis: a slow store must not hold requests for long.
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
@@ -128,10 +129,12 @@ class RateLimiter:
             ):
                 if self.credits.take(item, scope, key):
                     continue
-                batch = self.credits.batch(item, scope, key)
+                batch = self.credits.next_batch(item, scope, key)
                 if batch > 1 and self.sync.hit(item, scope, key, cost=batch):
-                    self.credits.store(item, scope, key, batch - 1)
-                elif not self.sync.hit(item, scope, key):
+                    self.credits.taken(item, scope, key, batch)
+                elif self.sync.hit(item, scope, key):
+                    self.credits.taken(item, scope, key, 1)
+                else:
                     reset = self.sync.get_window_stats(item, scope, key).reset_time
                     return _refusal(scope, reset)
         except Exception:
@@ -149,10 +152,12 @@ class RateLimiter:
             ):
                 if self.credits.take(item, scope, key):
                     continue
-                batch = self.credits.batch(item, scope, key)
+                batch = self.credits.next_batch(item, scope, key)
                 if batch > 1 and await limiter.hit(item, scope, key, cost=batch):
-                    self.credits.store(item, scope, key, batch - 1)
-                elif not await limiter.hit(item, scope, key):
+                    self.credits.taken(item, scope, key, batch)
+                elif await limiter.hit(item, scope, key):
+                    self.credits.taken(item, scope, key, 1)
+                else:
                     reset = (await limiter.get_window_stats(item, scope, key)).reset_time
                     return _refusal(scope, reset)
         except Exception:
@@ -200,23 +205,25 @@ class SweptMemoryStorage(MemoryStorage):
 
 
 class Credits:
-    """Hits of a busy key taken from the storage a few at a time, so that one count serves
+    """Hits of a busy key taken from the storage several at a time, so that one count serves
     several requests of this process: a Redis round trip costs more CPU than a whole MCP
     call, and the library's bookkeeping for one hit in memory about a tenth of one.
 
-    A key is busy when it was counted less than ``CREDIT_SECONDS`` ago; only then are up to
-    ``CREDIT_BATCH`` hits taken at once (at most a hundredth of the limit, so small limits
-    stay exact), and unused ones lapse after ``CREDIT_SECONDS``. A process thus counts at
-    most ``CREDIT_BATCH - 1`` hits per key and second that were never made (never fewer
-    than were made); near the limit, hits are taken one by one. Django's threads and the
-    event loop share the credits, so each use is taken under a lock.
+    A key is busy when it used up its last credits less than ``CREDIT_SECONDS`` after taking
+    them. Its next batch is what it used in ``CREDIT_SPAN`` at that pace, at most twice the
+    last one, ``CREDIT_MAX`` and a hundredth of the limit (so small limits stay exact): a
+    key takes from the storage about ten times a second, however busy. Unused credits lapse
+    after ``CREDIT_SECONDS``, so a process counts at most a tenth of a second of a key's
+    traffic, or a hundredth of its limit, that was never made (never fewer hits than were
+    made); near the limit, hits are taken one by one. Django's threads and the event loop
+    share the credits, so each use is taken under a lock.
     """
 
     def __init__(self):
-        # (id of the limit, scope, key) -> (credits left, taken at). The limits are the
-        # limiter's own, alive as long as these credits: their ids are cheaper to hash
-        # than the items (whose __hash__ is Python code).
-        self._keys: dict[tuple, tuple[int, float]] = {}
+        # (id of the limit, scope, key) -> (credits left, taken at, how many were taken).
+        # The limits are the limiter's own, alive as long as these credits: their ids are
+        # cheaper to hash than the items (whose __hash__ is Python code).
+        self._keys: dict[tuple, tuple[int, float, int]] = {}
         self._lock = threading.Lock()
 
     def take(self, item: RateLimitItem, scope: str, key: str) -> bool:
@@ -225,23 +232,26 @@ class Credits:
             entry = self._keys.get((id(item), scope, key))
             if entry is None or entry[0] <= 0 or time.monotonic() - entry[1] > CREDIT_SECONDS:
                 return False
-            self._keys[(id(item), scope, key)] = (entry[0] - 1, entry[1])
+            self._keys[(id(item), scope, key)] = (entry[0] - 1, entry[1], entry[2])
             return True
 
-    def batch(self, item: RateLimitItem, scope: str, key: str) -> int:
+    def next_batch(self, item: RateLimitItem, scope: str, key: str) -> int:
         """How many hits to take now: several for a busy key, else one."""
         entry = self._keys.get((id(item), scope, key))
-        if entry is None or time.monotonic() - entry[1] > CREDIT_SECONDS:
-            self.store(item, scope, key, 0)
+        lasted = CREDIT_SECONDS if entry is None else time.monotonic() - entry[1]
+        if lasted >= CREDIT_SECONDS:
             return 1
-        return max(1, min(CREDIT_BATCH, item.amount // 100))
+        at_pace = round(entry[2] * CREDIT_SPAN / max(lasted, 1e-6))
+        return max(1, min(at_pace, 2 * entry[2], CREDIT_MAX, item.amount // 100))
 
-    def store(self, item: RateLimitItem, scope: str, key: str, left: int) -> None:
+    def taken(self, item: RateLimitItem, scope: str, key: str, count: int) -> None:
+        """``count`` hits of the key were counted just now: one for this request, the rest
+        its credits."""
         with self._lock:
             if len(self._keys) > 10_000:
                 now = time.monotonic()
                 self._keys = {k: v for k, v in self._keys.items() if now - v[1] <= CREDIT_SECONDS}
-            self._keys[(id(item), scope, key)] = (left, time.monotonic())
+            self._keys[(id(item), scope, key)] = (count - 1, time.monotonic(), count)
 
 
 def _refusal(scope: str, reset_time: float) -> Refusal:

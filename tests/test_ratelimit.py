@@ -219,8 +219,9 @@ def test_two_server_processes_share_a_tokens_limit_through_redis():
 
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="counts shared through Redis")
 def test_two_limiters_sharing_redis_take_busy_hits_in_batches_and_keep_the_limit():
-    from qmcp_site.ratelimit import CREDIT_BATCH, RateLimiter
+    from qmcp_site.ratelimit import RateLimiter
 
+    cap = 1000 // 100  # credits taken at once: at most a hundredth of the limit
     workers = [
         RateLimiter(storage_uri=os.environ["REDIS_URL"], token="1000/minute", address="", login="")
         for _ in range(2)
@@ -231,7 +232,7 @@ def test_two_limiters_sharing_redis_take_busy_hits_in_batches_and_keep_the_limit
         worker = workers[index % 2]
         allowed += worker.check(address=random_address(), authorization=authorization) is None
     # Unused credits (at most a batch less one per worker) are the only hits lost.
-    assert 1000 - 2 * (CREDIT_BATCH - 1) <= allowed <= 1000
+    assert 1000 - 2 * (cap - 1) <= allowed <= 1000
     for worker in workers:
         refusal = worker.check(address=random_address(), authorization=authorization)
         assert refusal is not None and refusal.scope == "token"
@@ -273,8 +274,9 @@ def test_a_memory_limiter_drops_expired_counts_on_a_later_hit():
 
 
 def test_a_memory_limiter_takes_busy_hits_in_batches_and_keeps_the_limit(monkeypatch):
-    from qmcp_site.ratelimit import CREDIT_BATCH, RateLimiter
+    from qmcp_site.ratelimit import RateLimiter
 
+    cap = 1000 // 100  # credits taken at once: at most a hundredth of the limit
     limiter = RateLimiter(storage_uri="memory://", token="1000/minute", address="", login="")
     counted = []
     hit = limiter.sync.hit
@@ -290,7 +292,58 @@ def test_a_memory_limiter_takes_busy_hits_in_batches_and_keeps_the_limit(monkeyp
         )
 
     assert allowed(900) == 900
-    assert len(counted) <= 900 // CREDIT_BATCH + 1  # one count served several requests
+    assert len(counted) <= 900 // cap + 5  # one count served several (batches 1, 2, 4, 8, 10...)
     assert sum(counted) >= 900  # and no request went uncounted
     # Unused credits (at most a batch less one) are the only hits lost.
-    assert 1000 - (CREDIT_BATCH - 1) <= 900 + allowed(200) <= 1000
+    assert 1000 - (cap - 1) <= 900 + allowed(200) <= 1000
+
+
+class FakeClock:
+    """Time for qmcp_site.ratelimit that moves only when a test says."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+def _counting_limiter(monkeypatch, limit: str):
+    """A memory limiter on a fake clock, and the list of costs it counted in its storage."""
+    import qmcp_site.ratelimit
+    from qmcp_site.ratelimit import RateLimiter
+
+    clock = FakeClock()
+    monkeypatch.setattr(qmcp_site.ratelimit, "time", clock)
+    limiter = RateLimiter(storage_uri="memory://", token=limit, address="", login="")
+    counted = []
+    hit = limiter.sync.hit
+    monkeypatch.setattr(
+        limiter.sync, "hit", lambda *args, cost=1: counted.append(cost) or hit(*args, cost=cost)
+    )
+    return limiter, clock, counted
+
+
+def test_a_busy_key_takes_about_a_tenth_of_a_second_of_its_traffic_at_once(monkeypatch):
+    """At 2,500 requests a second under a high limit, the storage is asked about ten times a
+    second, and what is counted but never made stays under a tenth of a second's traffic."""
+    limiter, clock, counted = _counting_limiter(monkeypatch, "100000000/minute")
+    authorization = f"Bearer {secrets.token_urlsafe()}"
+    for _ in range(20_000):  # eight seconds
+        assert limiter.check(address="10.0.0.1", authorization=authorization) is None
+        clock.now += 0.0004
+    assert len(counted) <= 8 * 10 + 12  # ten a second, after the first batches doubled
+    assert max(counted) <= 1000
+    assert 20_000 <= sum(counted) <= 20_000 + 2_500 // 10
+
+
+def test_a_key_at_a_slow_pace_is_counted_hit_by_hit(monkeypatch):
+    limiter, clock, counted = _counting_limiter(monkeypatch, "100000000/minute")
+    authorization = f"Bearer {secrets.token_urlsafe()}"
+    for _ in range(50):  # two requests a second
+        assert limiter.check(address="10.0.0.1", authorization=authorization) is None
+        clock.now += 0.5
+    assert counted == [1] * 50
