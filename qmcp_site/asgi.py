@@ -21,6 +21,7 @@ from django.urls import path  # noqa: E402
 
 from hitl.consumers import QueueConsumer  # noqa: E402
 from mcp_transport.consumers import McpConsumer  # noqa: E402
+from qmcp_site import gc_tuning  # noqa: E402
 
 MCP_PATHS = frozenset({"/mcp", "/mcp/"})
 mcp_app = McpConsumer.as_asgi()
@@ -32,6 +33,9 @@ others = ProtocolTypeRouter(
         ),
     }
 )
+
+
+gc_tuning.tune()  # last: everything the application loads is loaded
 
 
 async def application(scope, receive, send):
