@@ -281,8 +281,8 @@ def _param_rules(using: str, model) -> tuple[tuple[frozenset, Callable], ...]:
     """Per concrete field: the value types that database ``using`` is sent as they are
     (what ``get_db_prep_save`` would give them unchanged, None included, for the exact field
     classes listed here), and the converter for any other type: a quick one, or ``_slow``
-    (Django's path) for an ``auto_now`` field, a class not listed here, JSON on databases
-    other than SQLite and a JSON field with an encoder."""
+    (Django's path) for an ``auto_now`` field, a class not listed here and a JSON field
+    with an encoder."""
     connection = connections[using]
     sqlite = connection.vendor == "sqlite"
     moment = _datetime_converter(connection)
@@ -300,8 +300,8 @@ def _param_rules(using: str, model) -> tuple[tuple[frozenset, Callable], ...]:
             as_is = (float, none)
         elif kind is ForeignKey and type(field.target_field) is BigAutoField:
             as_is = (int, none)
-        elif kind is JSONField and field.encoder is None and sqlite:
-            as_is, convert = (none,), _sqlite_json
+        elif kind is JSONField and field.encoder is None and connection.vendor in _JSON:
+            as_is, convert = (none,), _JSON[connection.vendor]
         elif kind is UUIDField:
             as_is, convert = ((none,), _sqlite_uuid) if sqlite else ((uuid.UUID, none), _slow)
         elif kind is DateTimeField and moment is not None:
@@ -332,6 +332,27 @@ def _sqlite_json(value):
         return "".join(_JSON_CHUNKS(value, 0))
     except RecursionError:  # nested too deep, or a cycle: Django's path names it
         return _SLOW
+
+
+def _postgresql_json(value):
+    """Django's ``Jsonb`` for ``value``, whose text is made by :func:`_json_text`."""
+    if type(value) not in (dict, list, str):
+        return _SLOW
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value, dumps=_json_text)
+
+
+_JSON = {"sqlite": _sqlite_json, "postgresql": _postgresql_json}
+
+
+def _json_text(value) -> str:
+    """``json.dumps(value)``, by the encoder it would make, made once (its errors are
+    json.dumps's own: the value goes to it again)."""
+    try:
+        return "".join(_JSON_CHUNKS(value, 0))
+    except RecursionError:
+        return json.dumps(value)
 
 
 # json.dumps(value) with its defaults, by the C encoder it would make for each value, made

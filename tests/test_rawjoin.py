@@ -163,8 +163,11 @@ def test_quick_insert_parameters_are_what_django_would_send(values, monkeypatch)
 
 def _unwrapped(params: list) -> list:
     """``params`` with psycopg's Jsonb wrappers (which compare by identity) replaced by
-    their class and what they wrap."""
-    return [(type(value), value.obj) if hasattr(value, "obj") else value for value in params]
+    their class, what they wrap and the text they send."""
+    return [
+        (type(value), value.obj, value.dumps(value.obj)) if hasattr(value, "obj") else value
+        for value in params
+    ]
 
 
 def test_build_new_calls_the_constructor_while_init_receivers_exist():
