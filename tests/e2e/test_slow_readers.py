@@ -114,14 +114,17 @@ def test_non_reading_clients_are_dropped_and_memory_is_reused(server):
     httpx.post(server.mcp_url, content=echo_body(0), headers=headers).raise_for_status()
     before = process_rss(server.process.pid)
 
-    first_peak, first_took = wave(server, headers)
-    second_peak, second_took = wave(server, headers)
+    peaks, took = zip(*(wave(server, headers) for _ in range(5)), strict=True)
+    growth = [peak - before for peak in peaks]
+    print("peaks above the start, MB:", [round(g / 2**20) for g in growth])
 
     # Dropped within the timeout's bounds (2 to 4 s, plus the time to answer them all).
-    assert first_took < 20 and second_took < 20
-    # The second wave reuses what the first freed instead of adding as much again.
-    first_growth = first_peak - before
-    assert second_peak - before < 1.5 * first_growth + 30 * 2**20
+    assert max(took) < 20
+    # Memory is reused: the peaks level off once the allocator has the sizes it needs,
+    # give or take 50 MB (measured: 51, 145, 172, 162, 171 MB under daphne, 129, 144, 207,
+    # 190, 183 under uvicorn), where a leak would set a new peak at every wave.
+    assert growth[4] < max(growth[:4]) + 0.25 * growth[0] + 30 * 2**20
+    assert max(growth) < 4 * growth[0] + 60 * 2**20
     # The server still serves, and a slow but steady reader gets its whole reply.
     reply = slow_read(server, headers)
     assert reply["id"] == 99
