@@ -326,12 +326,8 @@ def _slow(value):
 
 
 def _sqlite_json(value):
-    if type(value) not in (dict, list, str):
-        return _SLOW
-    try:
-        return "".join(_JSON_CHUNKS(value, 0))
-    except RecursionError:  # nested too deep, or a cycle: Django's path names it
-        return _SLOW
+    """SQLite's text of ``value``: the text :func:`_json_text` makes."""
+    return _json_text(value) if type(value) in (dict, list, str) else _SLOW
 
 
 def _postgresql_json(value):
@@ -348,7 +344,8 @@ _JSON = {"sqlite": _sqlite_json, "postgresql": _postgresql_json}
 
 def _json_text(value) -> str:
     """``json.dumps(value)``, by the encoder it would make, made once (its errors are
-    json.dumps's own: the value goes to it again)."""
+    json.dumps's own, as on Django's path: a value nested too deep, or with a cycle, goes
+    to it again)."""
     try:
         return "".join(_JSON_CHUNKS(value, 0))
     except RecursionError:
