@@ -74,6 +74,15 @@ def wait_live(browser):
     wait(browser).until(lambda d: d.execute_script("return window.qmcpQueueIdle === true;"))
 
 
+def confirm_and_wait_for_the_next_page(browser):
+    """Clicks the dialog's OK and waits until the page it posts to has replaced this one and
+    shows its success message (the previous page's message must not count)."""
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.ID, "hitl-confirm-ok").click()
+    wait(browser).until(EC.staleness_of(page))
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+
+
 def messages(browser) -> list[tuple[str, str]]:
     return [
         (li.get_attribute("class"), li.text)
@@ -238,8 +247,7 @@ def test_keyboard_triage_moves_asks_and_decides(qmcp_server, reviewer_browser):
 
     ActionChains(browser).send_keys("r").perform()
     browser.find_element(By.ID, "hitl-confirm-comment").send_keys("Not this one.")
-    browser.find_element(By.ID, "hitl-confirm-ok").click()
-    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    confirm_and_wait_for_the_next_page(browser)
     assert browser.current_url.startswith(f"{qmcp_server.url}/hitl/")
     wait_live(browser)
     rejected = HumanRequest.objects.get(pk=first.human_request.pk)
@@ -249,8 +257,7 @@ def test_keyboard_triage_moves_asks_and_decides(qmcp_server, reviewer_browser):
     current = browser.find_element(By.CSS_SELECTOR, "tr.hitl-current")
     assert current.get_attribute("data-request-id") == str(second.human_request.pk)
     ActionChains(browser).send_keys("a").perform()
-    browser.find_element(By.ID, "hitl-confirm-ok").click()
-    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    confirm_and_wait_for_the_next_page(browser)
     assert HumanRequest.objects.get(pk=second.human_request.pk).outcome == "approved"
     assert browser.title.startswith("(1) Reviewer queue")
     assert User.objects.filter(pk=first_target.pk).exists()
