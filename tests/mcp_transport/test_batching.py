@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from django.db import IntegrityError, connections
 from django.utils import timezone
 
-from mcp_transport.batching import BATCHER, close_connections, run_batched
+from mcp_transport.batching import BATCHER, Batch, Job, close_connections, run_batched
 from qmcp_site.rawjoin import insert_later
 from tests.factories import UserFactory, make_token
 from tests.mcp_transport.test_consumers import echo_call, open_session, rpc, send
@@ -110,6 +110,71 @@ async def test_a_batchs_rows_do_not_wait_for_an_earlier_batchs_write(monkeypatch
     release.set()
     first_id = await asyncio.wait_for(first, 5)
     assert await stored_ids() == {first_id, second}
+
+
+@pytest.fixture
+def batches(monkeypatch):
+    """The size of every batch a database thread ran, in order; the first job of the first
+    batch holds its thread until ``release`` is set (well within STUCK_AFTER, made long)."""
+    sizes, started, release = [], threading.Event(), threading.Event()
+    run_batch = BATCHER._run_batch
+
+    def counted(batch):
+        entries = run_batch(batch)
+        sizes.append(len(entries))
+        return entries
+
+    def first_held():
+        started.set()
+        assert release.wait(5)
+        return audit_row()
+
+    monkeypatch.setattr(BATCHER, "_run_batch", counted)
+    monkeypatch.setattr(BATCHER, "STUCK_AFTER", 5.0)
+    return sizes, first_held, started, release
+
+
+async def test_jobs_that_arrive_while_a_batch_runs_join_it(batches):
+    """Three calls made while a batch's first job runs are run by the same thread in the
+    same batch, their four rows written together, instead of waiting for a batch of their
+    own (at 8 agents at once the batches were half as large as they could be)."""
+    sizes, first_held, started, release = batches
+    first = asyncio.ensure_future(run_batched(first_held))
+    assert await asyncio.to_thread(started.wait, 5)
+    later = [asyncio.ensure_future(run_batched(audit_row)) for _ in range(3)]
+    await asyncio.sleep(0.05)  # the later jobs have been handed over
+    release.set()
+    ids = await asyncio.wait_for(asyncio.gather(first, *later), 5)
+    assert sizes == [4]
+    assert await stored_ids() == set(ids)
+
+
+async def test_a_running_batch_takes_jobs_up_to_its_most(batches, monkeypatch):
+    sizes, first_held, started, release = batches
+    monkeypatch.setattr(BATCHER, "MAX_BATCH", 2)
+    first = asyncio.ensure_future(run_batched(first_held))
+    assert await asyncio.to_thread(started.wait, 5)
+    later = [asyncio.ensure_future(run_batched(audit_row)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    release.set()
+    ids = await asyncio.wait_for(asyncio.gather(first, *later), 5)
+    assert sizes == [2, 2]
+    assert await stored_ids() == set(ids)
+
+
+async def test_a_batch_whose_thread_took_its_last_job_takes_no_more():
+    """Once its thread found no job left (it then writes the batch's rows and ends), a
+    batch gives every job offered back, for the next batch."""
+    loop = asyncio.get_running_loop()
+    jobs = [Job(audit_row, {}, loop.create_future()) for _ in range(3)]
+    batch = Batch(jobs[:1])
+    assert batch.offer(jobs[1:2], 8) == [] and len(batch) == 2
+    assert batch.next_job() is jobs[0] and batch.next_job() is jobs[1]
+    assert batch.next_job() is None
+    assert batch.offer(jobs[2:], 8) == jobs[2:] and len(batch) == 2
+    stuck = Batch(jobs[:1])
+    stuck.stuck = True
+    assert stuck.offer(jobs[1:], 8) == jobs[1:]
 
 
 async def test_an_agent_sending_nul_bytes_never_fails_another_agents_calls(secrets):
