@@ -41,7 +41,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from qmcp_site.hot_settings import HOT_SETTINGS
-from qmcp_site.rawjoin import LATER, insert_rows, insert_statement
+from qmcp_site.rawjoin import LATER, insert_as_json, insert_rows, insert_statement
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,9 @@ class AuditWriter:
 
     async def write(self, rows: Rows) -> None:
         for (using, model), values in rows.items():
-            sql, params = insert_statement("postgresql", model, values, numbered=True)
+            sql, params = insert_as_json(model, values) or insert_statement(
+                "postgresql", model, values, numbered=True
+            )
             connection, reused = await self._acquire(using)
             try:
                 await _execute(connection, sql, params)

@@ -200,3 +200,63 @@ def test_build_new_refuses_a_name_that_is_no_field():
         build_new(ToolInvocation, tool_nmae="echo")
     with pytest.raises(TypeError):
         ToolInvocation(tool_nmae="echo")  # as the keyword form does
+
+
+@pytest.mark.django_db
+def test_rows_inserted_as_one_json_parameter_are_stored_as_save_stores_them():
+    """PostgreSQL's audit rows go as one JSON array that the INSERT reads back into the
+    columns: each row is what ``save`` stores; a text too long is refused, not cut short;
+    a value orjson refuses leaves the rows to the INSERT with a parameter per value."""
+    from django.db import DataError, connection, transaction
+
+    from qmcp_site.rawjoin import _insert_params, insert_as_json
+    from tests.factories import UserFactory, make_token
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's statement")
+    user = UserFactory()
+    variants = [
+        {
+            "arguments": {"message": 'héllo "q" \\ 日本', "n": 2**63 - 1, "f": 0.1, "e": 1e16},
+            "result": {"content": [{"type": "text", "text": "ok"}], "isError": False},
+            "would_require": ["approval"],
+            "duration_ms": 1.25,
+            "attempts": 3,
+            "principal": user,
+            "token": make_token(user)[0],
+            "request_id": "r" * 128,
+            "started_at": datetime.datetime(2026, 12, 2, 10, 0, 0, 123456, tzinfo=PARIS),
+            "finished_at": timezone.now(),
+        },
+        {"arguments": None, "result": "text as JSON", "error": {"code": "x", "n": -0.0}},
+        {"arguments": [1, [], {}, None, True], "duration_ms": None, "principal": None},
+    ]
+    rows = []
+    for index, values in enumerate(variants):
+        common = {"tool_name": "echo", "via": "mcp", "status": "succeeded", **values}
+        ToolInvocation(mcp_session_id=f"saved-{index}", **common).save(force_insert=True)
+        quick = ToolInvocation(mcp_session_id=f"json-{index}", **common)
+        rows.append(_insert_params(quick, "default"))
+    sql, params = insert_as_json(ToolInvocation, rows)
+    assert len(params) == 1
+    with connection.cursor() as cursor:
+        cursor.execute(sql.replace("$1", "%s"), params)
+    stored = {}
+    for row in ToolInvocation.objects.values():
+        kind, index = row.pop("mcp_session_id").split("-")
+        row.pop("id"), row.pop("created_at")
+        stored.setdefault(index, {})[kind] = row
+    assert len(stored) == 3
+    for index in stored:
+        assert stored[index]["json"] == stored[index]["saved"]
+    # None in a JSON column is SQL's NULL, as save stores it, not JSON's null.
+    assert ToolInvocation.objects.filter(mcp_session_id="json-1", arguments__isnull=True).exists()
+
+    too_long = ToolInvocation(tool_name="x" * 101, via="mcp", status="failed")
+    too_long = _insert_params(too_long, "default")
+    with pytest.raises(DataError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql.replace("$1", "%s"), insert_as_json(ToolInvocation, [too_long])[1])
+    assert not ToolInvocation.objects.filter(tool_name__startswith="xx").exists()
+    surrogate = ToolInvocation(tool_name="\ud800", via="mcp", status="failed")
+    surrogate = _insert_params(surrogate, "default")
+    assert insert_as_json(ToolInvocation, [surrogate]) is None
