@@ -466,9 +466,11 @@ def insert_as_json(model, rows: list[list]) -> tuple[str, list] | None:
 
 
 def _jsonb_value(value):
+    """What a ``Jsonb`` parameter wraps, when its text would be plain ``json.dumps``'s (a
+    JSON field with an encoder of its own takes the statement with its parameters)."""
     from psycopg.types.json import Jsonb
 
-    if type(value) is Jsonb:
+    if type(value) is Jsonb and value.dumps in (_json_text, json.dumps):
         return value.obj
     raise TypeError(type(value).__name__)
 

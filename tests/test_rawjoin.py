@@ -207,7 +207,9 @@ def test_rows_inserted_as_one_json_parameter_are_stored_as_save_stores_them():
     """PostgreSQL's audit rows go as one JSON array that the INSERT reads back into the
     columns: each row is what ``save`` stores; a text too long is refused, not cut short;
     a value orjson refuses leaves the rows to the INSERT with a parameter per value."""
+    from django.core.serializers.json import DjangoJSONEncoder
     from django.db import DataError, connection, transaction
+    from psycopg.types.json import Jsonb
 
     from qmcp_site.rawjoin import _insert_params, insert_as_json
     from tests.factories import UserFactory, make_token
@@ -260,3 +262,8 @@ def test_rows_inserted_as_one_json_parameter_are_stored_as_save_stores_them():
     surrogate = ToolInvocation(tool_name="\ud800", via="mcp", status="failed")
     surrogate = _insert_params(surrogate, "default")
     assert insert_as_json(ToolInvocation, [surrogate]) is None
+    encoded = _insert_params(ToolInvocation(tool_name="echo", via="mcp"), "default")
+    encoded[[f.name for f in ToolInvocation._meta.concrete_fields].index("result")] = Jsonb(
+        {"a": 1}, dumps=DjangoJSONEncoder().encode
+    )
+    assert insert_as_json(ToolInvocation, [encoded]) is None  # its encoder's text, not ours
