@@ -6,7 +6,8 @@
 one worker, set ``DATABASE_URL`` to PostgreSQL and ``REDIS_URL``, so that the workers share
 the channel layer and the rate limits. uvicorn takes the client's address from
 ``X-Forwarded-For`` only when the proxy's address is in ``FORWARDED_ALLOW_IPS`` (default
-127.0.0.1).
+127.0.0.1). The process runs under Linux's ``SCHED_BATCH`` (:func:`no_wakeup_preemption`;
+``QMCP_SCHED_BATCH=0`` keeps the default policy).
 """
 
 import argparse
