@@ -436,13 +436,15 @@ def echo_call(message: str, rpc_id: int) -> dict:
 
 @pytest.fixture
 def batch_sizes(monkeypatch):
-    """The size of every batch the database thread runs."""
+    """The size of every batch the database thread ran, counted once it has run (jobs that
+    arrive while a batch runs join it)."""
     sizes = []
     run_batch = BATCHER._run_batch
 
     def counting(batch):
+        entries = run_batch(batch)
         sizes.append(len(batch))
-        return run_batch(batch)
+        return entries
 
     monkeypatch.setattr(BATCHER, "_run_batch", counting)
     return sizes
