@@ -213,13 +213,17 @@ class AuditWriter:
             params["prepare_threshold"] = 5
         if not settings.QMCP_AUDIT_SYNCHRONOUS_COMMIT:
             params["options"] = f"{params.get('options', '')} -c synchronous_commit=off".strip()
-        return await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        connection = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        # One cursor for the connection's life: psycopg builds a new one, with its own map
+        # of adapters, for every ``connection.execute``.
+        connection.qmcp_cursor = connection.cursor()
+        return connection
 
 
 async def _execute(connection, sql: str, params: list) -> None:
-    """Runs one statement; a connection that failed is closed."""
+    """Runs one statement on the connection's cursor; a connection that failed is closed."""
     try:
-        await connection.execute(sql, params)
+        await connection.qmcp_cursor.execute(sql, params)
     except BaseException:
         await connection.close()
         raise
