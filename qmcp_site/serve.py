@@ -16,6 +16,8 @@ import os
 
 import uvicorn
 
+from qmcp_site.env import env_bool
+
 logger = logging.getLogger(__name__)
 
 APPLICATION = "qmcp_site.asgi:application"
@@ -39,7 +41,7 @@ def no_wakeup_preemption() -> bool:
     at eight agents at once, a tenth of the server's CPU in ``perf``. Under SCHED_BATCH the
     waker runs on until it blocks (``benchmarks/RESULTS.md``: 9% less CPU a call on
     PostgreSQL at c=8)."""
-    if os.environ.get("QMCP_SCHED_BATCH", "1") in ("0", "", "off", "false"):
+    if not env_bool("QMCP_SCHED_BATCH", True):
         return False
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
