@@ -6,16 +6,17 @@ import sys
 
 import pytest
 
-CHILD = (
-    "import os, sys; from qmcp_site.serve import no_wakeup_preemption;"
-    "applied = no_wakeup_preemption();"
-    "print(applied, os.sched_getscheduler(0) == os.SCHED_BATCH)"
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "SCHED_BATCH"), reason="Linux's scheduling policies"
 )
 
+APPLY = "import os, threading; from qmcp_site.serve import no_wakeup_preemption;"
 
-def run(**env) -> str:
+
+def run(code: str, **env) -> str:
+    """What ``code`` prints, run after APPLY's imports in a process of its own."""
     return subprocess.run(
-        [sys.executable, "-c", CHILD],
+        [sys.executable, "-c", APPLY + code],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -23,19 +24,16 @@ def run(**env) -> str:
     ).stdout.strip()
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's scheduling policies")
 def test_the_server_runs_under_sched_batch_unless_turned_off():
-    assert run() == "True True"
-    assert run(QMCP_SCHED_BATCH="0") == "False False"
+    code = "print(no_wakeup_preemption(), os.sched_getscheduler(0) == os.SCHED_BATCH)"
+    assert run(code) == "True True"
+    assert run(code, QMCP_SCHED_BATCH="0") == "False False"
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's scheduling policies")
 def test_threads_started_afterwards_inherit_the_policy():
     code = (
-        "import os, threading; from qmcp_site.serve import no_wakeup_preemption;"
         "no_wakeup_preemption(); seen = [];"
         "t = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)));"
         "t.start(); t.join(); print(seen[0] == os.SCHED_BATCH)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert run(code) == "True"

@@ -2,6 +2,7 @@
 
 import pytest
 
+from mcp_transport.batching import BATCHER
 from tests.factories import UserFactory, make_token
 from tests.mcp_transport.sync_client import LATEST, OLDEST, ChattyInput, Mcp
 from tools.registry import tool, unregister
@@ -51,3 +52,19 @@ def chatty():
 
     yield "test_chatty"
     unregister("test_chatty")
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch):
+    """The size of every batch a database thread ran, in order, counted once it has run
+    (jobs that arrive while a batch runs join it)."""
+    sizes = []
+    run_batch = BATCHER._run_batch
+
+    def counting(batch):
+        entries = run_batch(batch)
+        sizes.append(len(batch))
+        return entries
+
+    monkeypatch.setattr(BATCHER, "_run_batch", counting)
+    return sizes

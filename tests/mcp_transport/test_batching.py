@@ -113,25 +113,18 @@ async def test_a_batchs_rows_do_not_wait_for_an_earlier_batchs_write(monkeypatch
 
 
 @pytest.fixture
-def batches(monkeypatch):
-    """The size of every batch a database thread ran, in order; the first job of the first
-    batch holds its thread until ``release`` is set (well within STUCK_AFTER, made long)."""
-    sizes, started, release = [], threading.Event(), threading.Event()
-    run_batch = BATCHER._run_batch
-
-    def counted(batch):
-        entries = run_batch(batch)
-        sizes.append(len(entries))
-        return entries
+def batches(batch_sizes, monkeypatch):
+    """The batch sizes (``batch_sizes``), and a job that holds its thread until ``release``
+    is set (well within STUCK_AFTER, made long)."""
+    started, release = threading.Event(), threading.Event()
 
     def first_held():
         started.set()
         assert release.wait(5)
         return audit_row()
 
-    monkeypatch.setattr(BATCHER, "_run_batch", counted)
     monkeypatch.setattr(BATCHER, "STUCK_AFTER", 5.0)
-    return sizes, first_held, started, release
+    return batch_sizes, first_held, started, release
 
 
 async def test_jobs_that_arrive_while_a_batch_runs_join_it(batches):

@@ -434,22 +434,6 @@ def echo_call(message: str, rpc_id: int) -> dict:
     return rpc("tools/call", {"name": "echo", "arguments": {"message": message}}, rpc_id)
 
 
-@pytest.fixture
-def batch_sizes(monkeypatch):
-    """The size of every batch the database thread ran, counted once it has run (jobs that
-    arrive while a batch runs join it)."""
-    sizes = []
-    run_batch = BATCHER._run_batch
-
-    def counting(batch):
-        entries = run_batch(batch)
-        sizes.append(len(batch))
-        return entries
-
-    monkeypatch.setattr(BATCHER, "_run_batch", counting)
-    return sizes
-
-
 async def test_concurrent_calls_share_hops_and_each_gets_its_reply_and_row(secret, batch_sizes):
     session_id = await open_session(secret)
     batch_sizes.clear()
